@@ -1,0 +1,11 @@
+"""The library API, one import away: `from flux_pipeline import api`."""
+
+from __future__ import annotations
+
+from .expand import Request, expand
+from .lock import read_lock
+from .plan import Plan, plan
+from .spec import Spec, load_spec
+from .validate import validate
+
+__all__ = ["Plan", "Request", "Spec", "expand", "load_spec", "plan", "read_lock", "validate"]

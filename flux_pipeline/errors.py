@@ -1,0 +1,111 @@
+"""Every error flux-pipeline raises, under one root.
+
+    FluxPipelineError
+    ├── SpecInvalid            the spec (or its requests) cannot be used; carries every Problem
+    ├── LockError              the lock file is unreadable or has the wrong shape
+    ├── ConfigError            missing key, bad option value, unusable output folder
+    └── RunError               something went wrong while talking to the API
+        ├── RequestFailed      one request failed for good (the run goes on with the others)
+        │   ├── BadResponse    the API answered something that is not a usable result
+        │   └── BadImage       a downloaded image is not what was promised
+        └── RunStopped         the API refuses all further work (401 bad key, 403 out of credits)
+
+A `Problem` is one finding about a spec, located as precisely as we can: file, line, job,
+combination and the JSON path of the field. Errors build their message from these fields.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """` (did you mean 'prompt'?)` when `word` is close to one of `choices`, else ``."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def format_combo(combo: Mapping[str, Any]) -> str:
+    """Render a matrix combination the way error messages show it: `{style: neon, n: 2}`."""
+    return "{" + ", ".join(f"{k}: {v}" for k, v in combo.items()) + "}"
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One thing wrong with a spec or one of its requests."""
+
+    message: str
+    file: str = ""
+    line: int | None = None
+    job: str | None = None
+    combo: Mapping[str, Any] = field(default_factory=dict)
+    path: str = ""
+
+    def __str__(self) -> str:
+        where = self.file
+        if self.line is not None:
+            where = f"{where}:{self.line}"
+        parts = [where] if where else []
+        if self.job is not None:
+            parts.append(f'job "{self.job}"')
+        if self.combo:
+            parts.append(format_combo(self.combo))
+        head = " ".join(parts)
+        body = f"{self.path}: {self.message}" if self.path else self.message
+        return f"{head}: {body}" if head else body
+
+    def sort_key(self) -> tuple[str, int, str]:
+        return (self.file, self.line or 0, str(self))
+
+
+class FluxPipelineError(Exception):
+    """The root of every error this package raises on purpose."""
+
+
+class SpecInvalid(FluxPipelineError):
+    """A spec has one or more problems; all of them are listed."""
+
+    def __init__(self, problems: Iterable[Problem]) -> None:
+        self.problems: tuple[Problem, ...] = tuple(problems)
+        super().__init__("\n".join(str(p) for p in self.problems))
+
+
+class LockError(FluxPipelineError):
+    """The lock file cannot be read or has an unexpected shape."""
+
+
+class ConfigError(FluxPipelineError):
+    """A setting is missing or unusable (no API key, bad --rate, unwritable folder)."""
+
+
+class RunError(FluxPipelineError):
+    """Something went wrong while generating images."""
+
+
+class RequestFailed(RunError):
+    """One request failed after every retry the policy allows."""
+
+    def __init__(self, request_id: str, message: str, status: int | None = None) -> None:
+        self.request_id = request_id
+        self.status = status
+        self.reason = message
+        super().__init__(f"{request_id}: {message}")
+
+
+class BadResponse(RequestFailed):
+    """The API's answer is not a result this tool understands."""
+
+
+class BadImage(RequestFailed):
+    """A delivered image is broken, too large, or not of the promised format or size."""
+
+
+class RunStopped(RunError):
+    """The API refuses every further request: a bad key (401) or no credits left (403)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        self.status = status
+        super().__init__(message)

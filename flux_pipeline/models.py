@@ -1,0 +1,261 @@
+"""The FLUX models the API serves, read from the provider's OpenAPI documents shipped in `openapi/`.
+
+The documents are embedded unchanged. What they state only in prose, or leave loose, is added
+here as an *overlay* on the request schema, each rule with its reason:
+
+- `image_size.width` / `.height` must be multiples of 32 (the schema's `description` and the
+  model page say so; the schema itself does not);
+- a request may not carry fields the model's document does not define (`num_image: 2` would be
+  sent and silently ignored), nor `image_size` keys other than `width` and `height`;
+- `num_images` must be a whole number (the documents type it as `number`; a fraction of an
+  image is meaningless and the tool names one file per image).
+
+Preset sizes and the sizes of `flux-pro/v1.1-ultra`'s aspect ratios are stated only in prose
+(`openapi/README.md`), so they are written out here.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import json
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+from jsonschema import Draft7Validator
+from jsonschema.exceptions import ValidationError
+
+from .errors import did_you_mean
+
+API_PATH = "/v1/images/generations"
+DEFAULT_MODEL = "flux-pro"
+SIZE_MULTIPLE = 32
+
+#: Preset names of `image_size`, as width x height (`openapi/README.md`).
+PRESETS: dict[str, tuple[int, int]] = {
+    "square_hd": (1024, 1024),
+    "square": (512, 512),
+    "portrait_4_3": (768, 1024),
+    "portrait_16_9": (576, 1024),
+    "landscape_4_3": (1024, 768),
+    "landscape_16_9": (1024, 576),
+}
+
+#: Output sizes of the models that take `aspect_ratio` (about 4 megapixels, as FLUX 1.1 ultra).
+ASPECT_SIZES: dict[str, tuple[int, int]] = {
+    "21:9": (3136, 1344),
+    "16:9": (2752, 1536),
+    "4:3": (2368, 1792),
+    "3:2": (2496, 1664),
+    "1:1": (2048, 2048),
+    "2:3": (1664, 2496),
+    "3:4": (1792, 2368),
+    "9:16": (1536, 2752),
+    "9:21": (1344, 3136),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Model:
+    """One model of the FLUX family: its name, its embedded document and the derived schemas."""
+
+    name: str
+    document: str
+    request_schema: Mapping[str, Any]
+    response_schema: Mapping[str, Any]
+
+    @property
+    def fields(self) -> frozenset[str]:
+        return frozenset(self.request_schema["properties"])
+
+    @property
+    def size_range(self) -> tuple[int, int] | None:
+        """The (minimum, maximum) of width and height, or None if the model takes no size."""
+        obj = _image_size_object(self.request_schema)
+        if obj is None:
+            return None
+        width = obj["properties"]["width"]
+        return int(width["minimum"]), int(width["maximum"])
+
+    def default(self, field: str) -> Any:
+        return self.request_schema["properties"].get(field, {}).get("default")
+
+    def size(self, body: Mapping[str, Any]) -> tuple[int, int]:
+        """The width and height the API will produce for a (valid) request body."""
+        if "aspect_ratio" in self.fields:
+            return ASPECT_SIZES[body.get("aspect_ratio", self.default("aspect_ratio"))]
+        size = body.get("image_size", self.default("image_size"))
+        if isinstance(size, str):
+            return PRESETS[size]
+        obj = _image_size_object(self.request_schema)
+        assert obj is not None  # every model without aspect_ratio has image_size
+        props = obj["properties"]
+        width = size.get("width", props["width"]["default"])
+        height = size.get("height", props["height"]["default"])
+        return int(width), int(height)
+
+    def output_format(self, body: Mapping[str, Any]) -> str | None:
+        """`png` or `jpeg` when the model lets the request choose; None when it does not say."""
+        if "output_format" not in self.fields:
+            return None
+        return str(body.get("output_format", self.default("output_format")))
+
+    def num_images(self, body: Mapping[str, Any]) -> int:
+        return int(body.get("num_images", self.default("num_images") or 1))
+
+
+def _image_size_object(schema: Mapping[str, Any]) -> dict[str, Any] | None:
+    image_size = schema["properties"].get("image_size")
+    if image_size is None:
+        return None
+    for branch in image_size.get("anyOf", []):
+        if branch.get("type") == "object":
+            return branch  # type: ignore[no-any-return]
+    return None
+
+
+def _overlay(schema: dict[str, Any]) -> dict[str, Any]:
+    """The request schema with the rules the documents state only in prose (module docstring)."""
+    schema = copy.deepcopy(schema)
+    schema["additionalProperties"] = False
+    obj = _image_size_object(schema)
+    if obj is not None:
+        obj["additionalProperties"] = False
+        for side in ("width", "height"):
+            obj["properties"][side]["multipleOf"] = SIZE_MULTIPLE
+    if "num_images" in schema["properties"]:
+        schema["properties"]["num_images"]["type"] = "integer"
+    return schema
+
+
+def _nullable_to_json_schema(node: Any) -> Any:
+    """Turn OpenAPI 3.0's `nullable: true` into JSON Schema's `type: [T, "null"]`."""
+    if isinstance(node, dict):
+        out = {k: _nullable_to_json_schema(v) for k, v in node.items() if k != "nullable"}
+        if node.get("nullable") and "type" in node:
+            out["type"] = [node["type"], "null"]
+        return out
+    if isinstance(node, list):
+        return [_nullable_to_json_schema(v) for v in node]
+    return node
+
+
+def _load(document: str) -> Model:
+    raw = resources.files("flux_pipeline.openapi").joinpath(document).read_text(encoding="utf-8")
+    operation = json.loads(raw)["paths"][API_PATH]["post"]
+    request = operation["requestBody"]["content"]["application/json"]["schema"]
+    response = operation["responses"]["200"]["content"]["application/json"]["schema"]
+    (name,) = request["properties"]["model"]["enum"]
+    return Model(
+        name=name,
+        document=document,
+        request_schema=_overlay(request),
+        response_schema=_nullable_to_json_schema(response),
+    )
+
+
+@functools.cache
+def registry() -> dict[str, Model]:
+    """Every model with an embedded document, by name (`flux-pro`, `flux/dev`, ...)."""
+    docs = resources.files("flux_pipeline.openapi").iterdir()
+    models = (_load(d.name) for d in docs if d.name.endswith(".openapi.json"))
+    return {m.name: m for m in sorted(models, key=lambda m: m.name)}
+
+
+def get_model(name: str) -> Model | None:
+    return registry().get(name)
+
+
+@functools.cache
+def _validator(name: str) -> Draft7Validator:
+    return Draft7Validator(registry()[name].request_schema)
+
+
+@dataclass(frozen=True, slots=True)
+class FieldError:
+    """A request body's field that breaks its model's schema."""
+
+    path: str
+    message: str
+
+
+def check_body(body: Mapping[str, Any]) -> list[FieldError]:
+    """Every way `body` breaks the schema of the model it names, most precise message first."""
+    model = body.get("model")
+    if not isinstance(model, str) or model not in registry():
+        known = ", ".join(registry())
+        return [FieldError("model", f"unknown model {model!r}; known models: {known}")]
+    validator = _validator(model)
+    return [_explain(e) for e in sorted(validator.iter_errors(body), key=_error_order)]
+
+
+def _error_order(error: ValidationError) -> tuple[str, ...]:
+    return tuple(str(p) for p in error.absolute_path)
+
+
+def _json_path(error: ValidationError) -> str:
+    return ".".join(str(p) for p in error.absolute_path)
+
+
+def _explain(error: ValidationError) -> FieldError:
+    """Make jsonschema's message precise: name unknown fields, and look inside `anyOf`."""
+    if error.validator == "anyOf" and error.context:
+        kind = _json_type(error.instance)
+        branches = error.schema.get("anyOf", [])
+        matching = {i for i, b in enumerate(branches) if b.get("type") == kind}
+        inner = [e for e in error.context if e.schema_path and e.schema_path[0] in matching]
+        if inner:
+            return _explain(min(inner, key=lambda e: len(e.path)))
+        allowed = " or ".join(_describe(b) for b in branches)
+        return FieldError(_json_path(error), f"{error.instance!r} is not {allowed}")
+    if error.validator == "additionalProperties":
+        allowed = sorted(error.schema.get("properties", {}))
+        extra = sorted(set(error.instance) - set(allowed))
+        path = _json_path(error)
+        word = extra[0] if extra else ""
+        name = ".".join(filter(None, [path, word]))
+        hint = did_you_mean(word, allowed) or f" (allowed: {', '.join(allowed)})"
+        return FieldError(name, f"unknown field{hint}")
+    if error.validator == "multipleOf":
+        return FieldError(
+            _json_path(error), f"{error.instance} is not a multiple of {error.validator_value}"
+        )
+    if error.validator == "maxLength":
+        return FieldError(
+            _json_path(error),
+            f"is {len(error.instance)} characters long, more than {error.validator_value}",
+        )
+    message = error.message
+    if len(message) > 200:
+        message = message[:200] + "..."
+    return FieldError(_json_path(error), message)
+
+
+def _json_type(value: Any) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, dict):
+        return "object"
+    if isinstance(value, list):
+        return "array"
+    return "null"
+
+
+def _describe(branch: Mapping[str, Any]) -> str:
+    if "enum" in branch:
+        return "one of " + ", ".join(map(str, branch["enum"]))
+    if branch.get("type") == "object":
+        return "an object with " + ", ".join(branch.get("properties", {}))
+    return f"a {branch.get('type', 'value')}"
+
+
+def iter_models() -> Iterator[Model]:
+    return iter(registry().values())

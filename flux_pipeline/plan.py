@@ -1,0 +1,124 @@
+"""The plan: every request of a spec with its size, seed, image count and state against the lock.
+
+Credits are estimated only from what the lock recorded for the same model and size; where it
+recorded nothing comparable, the estimate is unknown rather than a guess.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .expand import Request
+from .lock import Lock, State, read_lock, state_of
+from .models import get_model
+from .spec import Spec
+from .validate import validate
+
+
+@dataclass(frozen=True, slots=True)
+class PlanItem:
+    request: Request
+    state: State
+    width: int
+    height: int
+    images: int
+    credits: float | None
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "id": self.request.id,
+            "job": self.request.job,
+            "vars": dict(self.request.combo),
+            "model": self.request.model,
+            "width": self.width,
+            "height": self.height,
+            "seed": self.request.seed,
+            "images": self.images,
+            "state": self.state.state,
+            "reason": self.state.reason,
+            "credits": self.credits,
+            "body": dict(self.request.body),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    spec: Spec
+    items: tuple[PlanItem, ...]
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return dict(Counter(item.state.state for item in self.items))
+
+    @property
+    def todo(self) -> tuple[PlanItem, ...]:
+        return tuple(i for i in self.items if not i.state.up_to_date)
+
+    @property
+    def images(self) -> int:
+        return sum(i.images for i in self.items)
+
+    @property
+    def credits(self) -> float | None:
+        """Estimated credits of the requests still to do; None when any of them is unknown."""
+        estimates = [i.credits for i in self.todo]
+        if any(c is None for c in estimates):
+            return None
+        return sum(c for c in estimates if c is not None)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "spec": self.spec.name,
+            "path": str(self.spec.path),
+            "requests": [i.as_json() for i in self.items],
+            "totals": {
+                "requests": len(self.items),
+                "images": self.images,
+                "states": self.counts,
+                "credits": self.credits,
+            },
+        }
+
+
+def _credit_table(lock: Lock | None) -> dict[tuple[str, int, int], float]:
+    """Average credits per image recorded in the lock, by (model, width, height)."""
+    sums: dict[tuple[str, int, int], list[float]] = defaultdict(list)
+    for entry in lock.entries.values() if lock else ():
+        credits = entry.response.get("credits")
+        if not isinstance(credits, int | float) or not entry.outputs:
+            continue
+        first = entry.outputs[0]
+        key = (str(entry.body.get("model")), first.width, first.height)
+        sums[key].append(credits / len(entry.outputs))
+    return {k: sum(v) / len(v) for k, v in sums.items()}
+
+
+def plan(spec: Spec, requests: Sequence[Request] | None = None,
+         lock: Lock | None = None) -> Plan:
+    """The plan of a spec against its lock (read from beside the spec unless given)."""
+    if requests is None:
+        requests = validate(spec)
+    if lock is None:
+        lock = read_lock(spec.lock_path)
+    entries = lock.entries if lock else {}
+    per_image = _credit_table(lock)
+    folder = spec.lock_path.parent
+    items = []
+    for request in requests:
+        model = get_model(request.model)
+        assert model is not None  # validated
+        width, height = model.size(request.body)
+        images = model.num_images(request.body)
+        rate = per_image.get((request.model, width, height))
+        items.append(PlanItem(
+            request=request,
+            state=state_of(request, entries.get(request.id), folder),
+            width=width,
+            height=height,
+            images=images,
+            credits=None if rate is None else rate * images,
+        ))
+    return Plan(spec=spec, items=tuple(items))

@@ -1,0 +1,100 @@
+"""Validation of expanded requests: each body against its model's schema, and the names.
+
+Names become file paths under the output folder, so a name must be relative, stay inside the
+folder, use only characters that are safe on every common file system, and differ from every
+other output's name even on a case-insensitive file system.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+
+from .errors import Problem, SpecInvalid, format_combo
+from .expand import Request, expand_collect
+from .models import check_body, get_model
+from .spec import Spec
+
+MAX_NAME_CHARS = 200
+_SEGMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+_RESERVED = re.compile(r"(con|prn|aux|nul|com[0-9]|lpt[0-9])(\..*)?", re.IGNORECASE)
+
+
+def name_problem(name: str) -> str | None:
+    """Why `name` cannot be a file path under the output folder, or None if it can."""
+    if not name:
+        return "the name is empty"
+    if len(name) > MAX_NAME_CHARS:
+        return f"the name is {len(name)} characters long, more than {MAX_NAME_CHARS}"
+    if name.startswith("/") or "\\" in name or re.match(r"[A-Za-z]:", name):
+        return "the name must be a relative path (no leading /, drive letter or backslash)"
+    for segment in name.split("/"):
+        if segment in ("", ".", ".."):
+            return "the name must not contain empty, '.' or '..' path segments"
+        if not _SEGMENT.fullmatch(segment):
+            return (
+                "the name may use only letters, digits, '.', '_', '-' and '/' between folders, "
+                "and each part must start with a letter or digit (the slug filter helps)"
+            )
+        if _RESERVED.fullmatch(segment):
+            return f"{segment!r} is a reserved file name on Windows"
+    return None
+
+
+def output_stems(request: Request) -> list[str]:
+    """The file names (without extension) a request's images get: NAME, or NAME-K for K > 1."""
+    model = get_model(request.model)
+    count = model.num_images(request.body) if model else 1
+    if count == 1:
+        return [request.id]
+    return [f"{request.id}-{k}" for k in range(1, count + 1)]
+
+
+def check_requests(spec: Spec, requests: Sequence[Request]) -> list[Problem]:
+    """Every problem of already rendered requests: schema errors, unsafe and clashing names."""
+    file = str(spec.path)
+    problems: list[Problem] = []
+    owners: dict[str, list[Request]] = defaultdict(list)
+    for request in requests:
+        errors = check_body(request.body)
+        for error in errors:
+            problems.append(Problem(
+                error.message, file, request.line_of(error.path), request.job, request.combo,
+                error.path,
+            ))
+        reason = name_problem(request.id)
+        if reason:
+            problems.append(Problem(
+                f"{reason}: {request.id!r}", file, request.line, request.job, request.combo, "name"
+            ))
+            continue
+        if errors:
+            continue  # its file names depend on fields that are wrong already
+        for stem in output_stems(request):
+            owners[stem.casefold()].append(request)
+    problems += _clashes(file, owners.items())
+    return problems
+
+
+def _clashes(file: str, owners: Iterable[tuple[str, list[Request]]]) -> list[Problem]:
+    problems = []
+    for stem, users in owners:
+        if len(users) < 2:
+            continue
+        first = users[0]
+        listed = "; ".join(f'job "{r.job}" {format_combo(r.combo)}' for r in users)
+        problems.append(Problem(
+            f"{len(users)} requests write the file {stem!r}: {listed}",
+            file, first.line, first.job, path="name",
+        ))
+    return problems
+
+
+def validate(spec: Spec) -> list[Request]:
+    """Expand and check a spec; the requests if all is well, else SpecInvalid with every problem."""
+    requests, problems = expand_collect(spec)
+    problems += check_requests(spec, requests)
+    if problems:
+        raise SpecInvalid(problems)
+    return requests
