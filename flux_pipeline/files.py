@@ -18,13 +18,26 @@ from typing import IO
 TEMP_PREFIX = ".flux-tmp-"
 
 
+def _file_mode() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+# mkstemp makes files 0600; finished files get the usual mode, as open() would give them.
+FILE_MODE = _file_mode()
+
+
 @contextlib.contextmanager
 def atomic_writer(target: Path) -> Iterator[IO[bytes]]:
-    """Yield a binary file; on a clean exit it replaces `target` whole, else it vanishes."""
+    """Yield a binary file (its `name` is the temporary path, for checks before the rename);
+    on a clean exit it replaces `target` whole, else it vanishes."""
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, temp = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=target.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as handle:
+        os.chmod(temp, FILE_MODE)
+        with open(temp, "wb") as handle:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())

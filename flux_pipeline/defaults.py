@@ -1,0 +1,4 @@
+"""Defaults shared by the CLI and the library, kept in a module that imports nothing heavy."""
+
+DEFAULT_BASE_URL = "https://api.aimlapi.com"
+API_KEY_ENV = "AIMLAPI_KEY"

@@ -1,0 +1,73 @@
+"""Progress of a run on stderr: a live bar on a terminal, plain lines otherwise (CI, pipes)."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections import Counter
+from collections.abc import Sequence
+from types import TracebackType
+from typing import Any
+
+from .expand import Request
+from .runner import DONE, FAILED, NOT_SENT, SKIPPED, RequestResult, RunResult
+from .spec import Spec
+
+
+class Progress:
+    """Listens to a run's results and shows them; `summary` gives the closing report."""
+
+    def __init__(self, spec: Spec, requests: Sequence[Request], stream: Any = None) -> None:
+        self.spec = spec
+        self.total = len(requests)
+        self.stream = stream or sys.stderr
+        self.counts: Counter[str] = Counter()
+        self.started = time.monotonic()
+        self._bar: Any = None
+        self._task: Any = None
+        if self.stream.isatty():
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
+            from rich.progress import Progress as Bar
+
+            self._bar = Bar(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                            TextColumn("{task.fields[detail]}"), TimeRemainingColumn(),
+                            console=Console(file=self.stream), transient=True)
+            self._task = self._bar.add_task(spec.name, total=self.total, detail="")
+
+    def __enter__(self) -> Progress:
+        if self._bar:
+            self._bar.start()
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if self._bar:
+            self._bar.stop()
+
+    def update(self, result: RequestResult) -> None:
+        self.counts[result.status] += 1
+        if self._bar:
+            elapsed = max(time.monotonic() - self.started, 1e-9)
+            rate = self.counts[DONE] / elapsed
+            detail = (f"done {self.counts[DONE]}, skipped {self.counts[SKIPPED]}, "
+                      f"failed {self.counts[FAILED]}, {rate:.1f}/s")
+            self._bar.update(self._task, advance=1, detail=detail)
+        elif result.status != SKIPPED:
+            line = f"[{sum(self.counts.values())}/{self.total}] {result.status}: {result.id}"
+            if result.reason:
+                line += f" ({result.reason})"
+            print(line, file=self.stream, flush=True)
+
+    def summary(self, result: RunResult) -> str:
+        parts = [f"{result.count(DONE)} done", f"{result.count(SKIPPED)} skipped",
+                 f"{result.count(FAILED)} failed"]
+        if result.count(NOT_SENT):
+            parts.append(f"{result.count(NOT_SENT)} not sent")
+        lines = [f"{self.spec.path}: " + ", ".join(parts)
+                 + f"; credits {result.credits:g}; {result.seconds:.1f} s"]
+        for failure in (r for r in result.results if r.status == FAILED):
+            lines.append(f"  failed {failure.id}: {failure.reason}")
+        if result.stopped:
+            lines.append(f"  stopped: {result.stopped}")
+        return "\n".join(lines)

@@ -1,0 +1,376 @@
+"""The run: do what the plan says, concurrently, and keep the lock current as requests finish.
+
+Workers take the requests that are not up to date, send them through the `ApiClient`, store
+their images under the output folder and record them in the lock, which a writer task saves
+atomically as soon as something new finished (coalescing bursts), so a run killed at any
+moment loses no finished work. A 401 or 403 stops the run at once: no further request is sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import json
+import os
+import re
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import httpx
+
+from .client import ApiClient, Attempt, Generation, RetryPolicy, make_http_client
+from .errors import ConfigError, RequestFailed, RunStopped
+from .expand import Request
+from .files import sweep_temp_files
+from .images import EXTENSIONS
+from .lock import Entry, Output, read_lock, render_lock
+from .models import get_model
+from .plan import Plan, PlanItem, plan
+from .spec import Spec
+from .validate import output_stems
+
+JOURNAL = ".journal.jsonl"
+
+
+@dataclass(frozen=True, slots=True)
+class Rate:
+    """Requests per second shared by all workers, parsed from `10/s` or `100/m`."""
+
+    per_second: float
+
+    @classmethod
+    def parse(cls, text: str) -> Rate:
+        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*/\s*(s|sec|second|m|min|minute)\s*", text)
+        if not match or float(match.group(1)) <= 0:
+            raise ConfigError(f"--rate must look like 10/s or 100/m, not {text!r}")
+        value = float(match.group(1))
+        return cls(value if match.group(2).startswith("s") else value / 60)
+
+
+@dataclass(frozen=True, slots=True)
+class RunOptions:
+    concurrency: int = 4
+    rate: Rate | None = None
+    retries: int = 3
+    timeout: float = 120.0
+    only: tuple[str, ...] = ()
+    force: bool = False
+    prune: bool = False
+    max_credits: float | None = None
+    max_requests: int | None = None
+    transport: str = "aiohttp"
+
+
+# ----- results and events ------------------------------------------------------------------
+
+DONE = "done"
+SKIPPED = "skipped"
+FAILED = "failed"
+NOT_SENT = "not sent"
+
+
+@dataclass(frozen=True, slots=True)
+class RequestResult:
+    id: str
+    status: str  # done, skipped, failed, not sent
+    reason: str = ""
+    credits: float | None = None
+    attempts: int = 0
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class RunResult:
+    spec: Spec
+    results: tuple[RequestResult, ...]
+    seconds: float
+    stopped: str | None = None  # why the run stopped sending, if it did
+
+    def count(self, status: str) -> int:
+        return sum(1 for r in self.results if r.status == status)
+
+    @property
+    def credits(self) -> float:
+        return sum(r.credits or 0 for r in self.results)
+
+    @property
+    def ok(self) -> bool:
+        return self.stopped is None and not any(r.status in (FAILED, NOT_SENT)
+                                                for r in self.results)
+
+
+#: Called with each request's result as it finishes (for progress displays).
+Listener = Callable[[RequestResult], None]
+
+
+# ----- pacing ------------------------------------------------------------------------------
+
+
+class Pacer:
+    """Spaces request starts evenly at a shared rate; `None` means no limit."""
+
+    def __init__(self, rate: Rate | None, clock: Callable[[], float] = time.monotonic) -> None:
+        self._interval = 1 / rate.per_second if rate else 0.0
+        self._next = 0.0
+        self._clock = clock
+
+    async def wait(self) -> None:
+        if not self._interval:
+            return
+        now = self._clock()
+        slot = max(now, self._next)
+        self._next = slot + self._interval
+        if slot > now:
+            await asyncio.sleep(slot - now)
+
+
+# ----- the lock keeper ---------------------------------------------------------------------
+
+
+class LockKeeper:
+    """Holds the run's lock entries and saves them whenever something new finished."""
+
+    def __init__(self, spec: Spec, entries: Mapping[str, Entry]) -> None:
+        self._spec = spec
+        self.entries = dict(entries)
+        self._dirty = asyncio.Event()
+        self._written: str | None = None
+
+    def record(self, entry: Entry) -> None:
+        self.entries[entry.id] = entry
+        self._dirty.set()
+
+    def save(self) -> None:
+        from .files import write_atomic
+
+        text = render_lock(self._spec.name, self.entries.values())
+        if text != self._written:
+            write_atomic(self._spec.lock_path, text.encode())
+            self._written = text
+
+    async def keep(self) -> None:
+        """Save after every change, coalescing changes that arrive during a save."""
+        while True:
+            await self._dirty.wait()
+            self._dirty.clear()
+            await asyncio.to_thread(self.save)
+
+
+# ----- the run -----------------------------------------------------------------------------
+
+
+def select(items: Iterable[PlanItem], options: RunOptions) -> list[PlanItem]:
+    """The plan items this run must do: not up to date (or all with --force), matching --only."""
+    chosen = []
+    for item in items:
+        if options.only and not any(fnmatch.fnmatchcase(item.request.id, g) for g in options.only):
+            continue
+        if options.force or not item.state.up_to_date:
+            chosen.append(item)
+    return chosen
+
+
+@dataclass
+class _Run:
+    spec: Spec
+    client: ApiClient
+    keeper: LockKeeper
+    options: RunOptions
+    journal: IO[str]
+    listener: Listener | None
+    stopped: str | None = None
+    sent: int = 0
+    credits: float = 0.0
+    results: list[RequestResult] = field(default_factory=list)
+
+    def finish(self, result: RequestResult, attempts: Sequence[Attempt] = ()) -> None:
+        self.results.append(result)
+        self.journal.write(json.dumps({
+            "event": "request",
+            "id": result.id,
+            "status": result.status,
+            "reason": result.reason,
+            "seconds": round(result.seconds, 4),
+            "attempts": [{"status": a.status, "seconds": round(a.seconds, 4), "error": a.error}
+                         for a in attempts],
+        }) + "\n")
+        self.journal.flush()
+        if self.listener:
+            self.listener(result)
+
+    def may_start(self) -> str | None:
+        """Why no new request may start now, or None if one may."""
+        if self.stopped:
+            return self.stopped
+        limit = self.options.max_requests
+        if limit is not None and self.sent >= limit:
+            return f"--max-requests {limit} reached"
+        budget = self.options.max_credits
+        if budget is not None and self.credits >= budget:
+            return f"--max-credits {budget:g} reached"
+        return None
+
+    async def worker(self, queue: deque[PlanItem]) -> None:
+        while queue:
+            item = queue.popleft()
+            reason = self.may_start()
+            if reason:
+                self.finish(RequestResult(item.request.id, NOT_SENT, reason))
+                continue
+            self.sent += 1
+            await self.one(item)
+
+    async def one(self, item: PlanItem) -> None:
+        request = item.request
+        attempts: list[Attempt] = []
+        started = time.monotonic()
+        try:
+            generation = await self.client.generate(request.id, request.body, attempts)
+            self.credits += generation.credits or 0
+            outputs = await self.store(item, generation)
+        except RunStopped as exc:
+            if self.stopped is None:
+                self.stopped = str(exc)
+            status = NOT_SENT if exc.status == 0 else FAILED  # 0: stopped before sending
+            self.finish(RequestResult(request.id, status, str(exc), None, len(attempts),
+                                      time.monotonic() - started), attempts)
+            return
+        except RequestFailed as exc:
+            self.finish(RequestResult(request.id, FAILED, exc.reason, None, len(attempts),
+                                      time.monotonic() - started), attempts)
+            return
+        except OSError as exc:
+            reason = f"cannot write the image: {exc.strerror or exc}"
+            self.finish(RequestResult(request.id, FAILED, reason, None, len(attempts),
+                                      time.monotonic() - started), attempts)
+            return
+        self.keeper.record(Entry.of(request, outputs, generation.summary()))
+        self.finish(RequestResult(request.id, DONE, "", generation.credits, len(attempts),
+                                  time.monotonic() - started), attempts)
+
+    async def store(self, item: PlanItem, generation: Generation) -> list[Output]:
+        request = item.request
+        model = get_model(request.model)
+        assert model is not None  # validated
+        stems = output_stems(request)
+        if len(generation.images) != len(stems):
+            raise RequestFailed(request.id, f"expected {len(stems)} images, the API returned "
+                                            f"{len(generation.images)}")
+        expected = model.output_format(request.body)
+        outputs = []
+        for stem, delivery in zip(stems, generation.images, strict=True):
+            # The extension follows the format we asked for; a model that takes no
+            # output_format may send any, so its file is named after the bytes' own format.
+            ext = EXTENSIONS[expected] if expected else ".img"
+            target = confined(self.spec.output, stem + ext)
+            info, sha256, size = await self.client.fetch(
+                request.id, delivery, target, expected, (item.width, item.height)
+            )
+            if not expected:
+                final = confined(self.spec.output, stem + EXTENSIONS[info.format])
+                target.replace(final)
+                target = final
+            relative = os.path.relpath(target, self.spec.lock_path.parent.resolve())
+            outputs.append(Output(
+                path=Path(relative).as_posix(),
+                sha256=sha256, bytes=size, width=info.width, height=info.height,
+                format=info.format,
+            ))
+        return outputs
+
+
+def confined(folder: Path, relative: str) -> Path:
+    """`folder / relative`, refusing any path (symlinks included) that leads outside `folder`."""
+    root = folder.resolve()
+    target = root / relative
+    parent = target.parent.resolve()
+    if not parent.is_relative_to(root):
+        raise RequestFailed(relative, f"refusing to write outside the output folder: {relative}")
+    return parent / target.name
+
+
+async def run_async(
+    spec: Spec,
+    the_plan: Plan,
+    http: httpx.AsyncClient,
+    *,
+    base_url: str,
+    api_key: str,
+    options: RunOptions = RunOptions(),
+    listener: Listener | None = None,
+) -> RunResult:
+    """Do a plan with an HTTP client the caller owns. The lock is saved however this ends."""
+    started = time.monotonic()
+    old = read_lock(spec.lock_path)
+    wanted = {item.request.id for item in the_plan.items}
+    # Requests gone from the spec leave the lock; the others keep their entry until redone.
+    entries = {k: v for k, v in (old.entries if old else {}).items() if k in wanted}
+    if options.prune and old:
+        _prune(spec, [e for k, e in old.entries.items() if k not in wanted])
+    keeper = LockKeeper(spec, entries)
+    todo = select(the_plan.items, options)
+    skipped = [i for i in the_plan.items if i not in todo]
+    pacer = Pacer(options.rate)
+    spec.output.mkdir(parents=True, exist_ok=True)
+    sweep_temp_files(spec.output)
+    with (spec.output / JOURNAL).open("a", encoding="utf-8") as journal:
+        journal.write(json.dumps({"event": "run", "spec": spec.name, "requests": len(todo),
+                                  "time": time.time()}) + "\n")
+        state = _Run(spec, ApiClient(http, base_url, api_key,
+                                     RetryPolicy(retries=options.retries)),
+                     keeper, options, journal, listener)
+
+        async def before_send() -> None:
+            if state.stopped:
+                raise RunStopped(0, state.stopped)
+            await pacer.wait()
+
+        state.client.before_send = before_send
+        for item in skipped:
+            state.finish(RequestResult(item.request.id, SKIPPED))
+        saver = asyncio.ensure_future(keeper.keep())
+        try:
+            queue = deque(todo)
+            workers = [asyncio.ensure_future(state.worker(queue))
+                       for _ in range(max(1, min(options.concurrency, len(todo))))]
+            await asyncio.gather(*workers)
+        finally:
+            saver.cancel()
+            keeper.save()
+    return RunResult(spec, tuple(state.results), time.monotonic() - started, state.stopped)
+
+
+def _prune(spec: Spec, gone: Iterable[Entry]) -> None:
+    base = spec.lock_path.parent
+    for entry in gone:
+        for output in entry.outputs:
+            path = base / output.path
+            if path.resolve().is_relative_to(spec.output.resolve()):
+                path.unlink(missing_ok=True)
+
+
+def run(
+    spec: Spec,
+    *,
+    base_url: str,
+    api_key: str,
+    options: RunOptions = RunOptions(),
+    listener: Listener | None = None,
+    requests: Sequence[Request] | None = None,
+) -> RunResult:
+    """Plan and run a spec against an API (or emulator) at `base_url`."""
+    if not api_key:
+        raise ConfigError("no API key: set AIMLAPI_KEY, or use --emulator to run offline")
+    the_plan = plan(spec, requests)
+
+    async def main() -> RunResult:
+        async with make_http_client(options.concurrency, options.timeout,
+                                    options.transport) as http:
+            return await run_async(spec, the_plan, http, base_url=base_url, api_key=api_key,
+                                   options=options, listener=listener)
+
+    return asyncio.run(main())
