@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from .expand import Request, expand
+from .expansion import Request, expand
 from .lock import read_lock
-from .plan import Plan, plan
+from .planning import Plan, plan
 from .spec import Spec, load_spec
-from .validate import validate
+from .validation import validate
 
 __all__ = ["Plan", "Request", "Spec", "expand", "load_spec", "plan", "read_lock", "validate"]

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import LockError
-from .expand import Request, canonical_json
+from .expansion import Request, canonical_json
 from .files import sha256_file, write_atomic
 
 LOCK_VERSION = 1

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from types import TracebackType
 from typing import Any
 
-from .expand import Request
+from .expansion import Request
 from .runner import DONE, FAILED, NOT_SENT, SKIPPED, RequestResult, RunResult
 from .spec import Spec
 

@@ -24,14 +24,14 @@ import httpx
 
 from .client import ApiClient, Attempt, Generation, RetryPolicy, make_http_client
 from .errors import ConfigError, RequestFailed, RunStopped
-from .expand import Request
+from .expansion import Request
 from .files import sweep_temp_files
 from .images import EXTENSIONS
 from .lock import Entry, Output, read_lock, render_lock
 from .models import get_model
-from .plan import Plan, PlanItem, plan
+from .planning import Plan, PlanItem, plan
 from .spec import Spec
-from .validate import output_stems
+from .validation import output_stems
 
 JOURNAL = ".journal.jsonl"
 

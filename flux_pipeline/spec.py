@@ -332,12 +332,13 @@ def load_spec(path: str | Path) -> Spec:
     if doc is None:
         raise SpecInvalid([Problem("the spec is empty", file=file)])
     if not isinstance(doc, dict):
-        kind = type(doc).__name__
+        kind = {list: "list", str: "string", int: "number", float: "number", bool: "boolean"}
+        kind = next((v for t, v in kind.items() if isinstance(doc, t)), type(doc).__name__)
         raise SpecInvalid([Problem(f"the spec must be a mapping, not a {kind}", file=file, line=1)])
     errors = sorted(_SPEC_VALIDATOR.iter_errors(doc), key=lambda e: list(map(str, e.path)))
     if errors:
-        problems = sorted({_structure_problem(file, doc, e) for e in errors}, key=Problem.sort_key)
-        raise SpecInvalid(problems)
+        unique = {str(p): p for p in (_structure_problem(file, doc, e) for e in errors)}
+        raise SpecInvalid(sorted(unique.values(), key=Problem.sort_key))
 
     name = doc.get("name", path.name.removesuffix(".yaml").removesuffix(".yml"))
     output = path.parent / doc.get("output", f"out/{name}")
@@ -349,7 +350,9 @@ def load_spec(path: str | Path) -> Spec:
         output=output,
         vars=dict(doc.get("vars", {})),
         defaults=dict(doc.get("defaults", {})),
-        defaults_lines=_lines(doc.get("defaults")),
+        # A top-level `model` is a default like the others; errors in it point at its line.
+        defaults_lines={**{k: v for k, v in doc.key_lines.items() if k == "model"},
+                        **_lines(doc.get("defaults"))},
         jobs=jobs,
     )
 

@@ -11,11 +11,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .expand import Request
+from .expansion import Request
 from .lock import Lock, State, read_lock, state_of
 from .models import get_model
 from .spec import Spec
-from .validate import validate
+from .validation import validate
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,7 +12,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 
 from .errors import Problem, SpecInvalid, format_combo
-from .expand import Request, expand_collect
+from .expansion import Request, expand_collect
 from .models import check_body, get_model
 from .spec import Spec
 

@@ -1,0 +1,175 @@
+"""Bad specs: each gives a clear one-line error with file:line, exit 1 and no traceback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from helpers import build_file_tree, invoke, write_spec
+
+BILLION_LAUGHS = """
+version: 1
+a: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]
+b: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]
+c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]
+d: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c]
+e: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d]
+f: &f [*e, *e, *e, *e, *e, *e, *e, *e, *e]
+g: &g [*f, *f, *f, *f, *f, *f, *f, *f, *f]
+h: &h [*g, *g, *g, *g, *g, *g, *g, *g, *g]
+jobs: [{name: x, prompt: *h}]
+"""
+
+CASES = {
+    "yaml syntax": ("version: 1\njobs: [\n", ":3: YAML error: "),
+    "not a mapping": ("- just\n- a list\n", ":1: the spec must be a mapping, not a list"),
+    "empty": ("", ": the spec is empty"),
+    "unknown key": (
+        "version: 1\njobs:\n  - name: a\n    promt: x\n",
+        ":4: jobs.0: unknown key 'promt' (did you mean 'prompt'?)",
+    ),
+    "unknown top key": (
+        "version: 1\ndefault: {}\njobs: [{name: a, prompt: b}]\n",
+        ":2: unknown key 'default' (did you mean 'defaults'?)",
+    ),
+    "undefined variable": (
+        "version: 1\njobs:\n  - name: a\n    prompt: '{{ colour }}'\n",
+        ":4 job \"a\": prompt: undefined variable 'colour'",
+    ),
+    "mro escape": (
+        "version: 1\njobs:\n  - name: a\n    prompt: \"{{ ''.__class__.__mro__ }}\"\n",
+        ":4 job \"a\": prompt: unsafe template: access to attribute '__class__'",
+    ),
+    "attr escape": (
+        "version: 1\njobs:\n  - name: a\n    prompt: \"{{ ''|attr('__class__') }}\"\n",
+        "prompt: unsafe template: access to attribute '__class__'",
+    ),
+    "format escape": (
+        "version: 1\njobs:\n  - name: a\n    prompt: \"{{ '{0.__class__}'.format(1) }}\"\n",
+        "prompt: unsafe template: access to attribute '__class__'",
+    ),
+    "huge string": (
+        "version: 1\njobs:\n  - name: a\n    prompt: \"{{ 'x' * 10**9 }}\"\n",
+        "prompt: unsafe template: the result of * would be too large",
+    ),
+    "python tag": (
+        "version: 1\njobs: !!python/object/apply:os.system ['echo pwned']\n",
+        ":2: YAML error: could not determine a constructor for the tag",
+    ),
+    "alias bomb": (BILLION_LAUGHS, ": YAML aliases expand to more than 1,000,000 values"),
+    "duplicate key": (
+        "version: 1\njobs: []\njobs: [{name: a, prompt: b}]\n",
+        ":3: YAML error: duplicate key 'jobs' (first on line 2)",
+    ),
+    "dotdot name": (
+        "version: 1\njobs:\n  - {name: ../escape, prompt: p}\n",
+        ":3 job \"../escape\": name: the name must not contain empty, '.' or '..' path segments",
+    ),
+    "absolute name": (
+        "version: 1\njobs:\n  - {name: /etc/x, prompt: p}\n",
+        "name: the name must be a relative path",
+    ),
+    "duplicate names": (
+        "version: 1\njobs:\n  - name: same\n    prompt: '{{ c }}'\n    matrix: {c: [red, blue]}\n",
+        ":3 job \"same\": name: 2 requests write the file 'same': "
+        "job \"same\" {c: red}; job \"same\" {c: blue}",
+    ),
+    "missing prompt_file": (
+        "version: 1\njobs:\n  - {name: a, prompt_file: nowhere.j2}\n",
+        ":3 job \"a\": prompt_file: template file not found in the spec's folder or templates/: "
+        "nowhere.j2",
+    ),
+    "prompt_file outside": (
+        "version: 1\njobs:\n  - {name: a, prompt_file: ../../../etc/passwd}\n",
+        "template file not found",
+    ),
+    "unknown model": (
+        "version: 1\nmodel: flux-ultra-max\njobs:\n  - {name: a, prompt: p}\n",
+        ":2 job \"a\": model: unknown model 'flux-ultra-max'; known models: flux-pro,",
+    ),
+    "bad size": (
+        "version: 1\njobs:\n  - name: hero\n    prompt: p\n    matrix: {style: [neon]}\n"
+        "    request:\n      image_size: {width: 1000, height: 768}\n",
+        ":7 job \"hero\" {style: neon}: image_size.width: 1000 is not a multiple of 32",
+    ),
+    "deep nesting": ("version: 1\njobs: " + "[" * 1000 + "]" * 1000 + "\n",
+                     ": YAML is nested too deeply"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_bad_spec_gives_one_clear_error(tmp_path: Path, case: str) -> None:
+    text, expected = CASES[case]
+    path = write_spec(tmp_path, text) if text else build_file_tree(
+        tmp_path, {"spec.yaml": ""}) / "spec.yaml"
+    result = invoke("validate", str(path))
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    assert result.stdout == ""
+    *errors, count = result.stderr.splitlines()
+    assert count.endswith(("problem found", "problems found"))
+    assert all(line.startswith(f"error: {path}") for line in errors), errors
+    assert any(expected in line for line in errors), errors
+
+
+def test_non_utf8_file(tmp_path: Path) -> None:
+    path = tmp_path / "spec.yaml"
+    path.write_bytes(b"version: 1\nname: caf\xe9\n")
+    result = invoke("validate", str(path))
+    assert result.exit_code == 1
+    assert result.stderr.splitlines()[0] == f"error: {path}:2: not UTF-8 text (byte 20)"
+
+
+def test_cases_file_with_a_missing_column(tmp_path: Path) -> None:
+    build_file_tree(tmp_path, {"rows.csv": "product,style\nkettle,neon\ntoaster\n"})
+    path = write_spec(tmp_path, """
+        version: 1
+        jobs:
+          - name: "{{ product }}"
+            prompt: "{{ style }}"
+            cases_file: rows.csv
+    """)
+    result = invoke("validate", str(path))
+    assert result.exit_code == 1
+    assert result.stderr.splitlines()[0] == (
+        f"error: {tmp_path / 'rows.csv'}:3: cases_file: row 3 has a different number of "
+        "columns than the header"
+    )
+
+
+def test_cases_file_without_a_column_the_template_uses(tmp_path: Path) -> None:
+    build_file_tree(tmp_path, {"rows.csv": "product\nkettle\n"})
+    path = write_spec(tmp_path, """
+        version: 1
+        jobs:
+          - name: "{{ product }}"
+            prompt: "{{ style }}"
+            cases_file: rows.csv
+    """)
+    result = invoke("validate", str(path))
+    assert result.exit_code == 1
+    assert (f"error: {path}:4 job \"{{{{ product }}}}\" {{product: kettle}}: prompt: "
+            "undefined variable 'style'") in result.stderr
+
+
+def test_all_problems_are_reported_at_once(tmp_path: Path) -> None:
+    path = write_spec(tmp_path, """
+        version: 1
+        jobs:
+          - name: "a-{{ w }}"
+            prompt: p
+            matrix: {w: [1000, 1024, 1030]}
+            request: {image_size: {width: "{{ w }}", height: 768}, num_image: 2}
+    """)
+    result = invoke("validate", str(path))
+    assert result.exit_code == 1
+    lines = result.stderr.splitlines()
+    assert lines[-1] == "5 problems found"
+    assert sum("not a multiple of 32" in line for line in lines) == 2
+    assert sum("num_image: unknown field" in line for line in lines) == 3
+
+
+def test_missing_spec_file(tmp_path: Path) -> None:
+    result = invoke("validate", str(tmp_path / "nope.yaml"))
+    assert result.exit_code == 1
+    assert result.stderr.splitlines()[0] == f"error: {tmp_path / 'nope.yaml'}: spec file not found"

@@ -1,0 +1,139 @@
+"""The API's size and range rules, for every model, as the client enforces them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from strategies import all_models, models, sides
+
+from flux_pipeline.models import ASPECT_SIZES, PRESETS, check_body, registry
+
+EXPECTED_PRESETS = {
+    "square_hd": (1024, 1024),
+    "square": (512, 512),
+    "portrait_4_3": (768, 1024),
+    "portrait_16_9": (576, 1024),
+    "landscape_4_3": (1024, 768),
+    "landscape_16_9": (1024, 576),
+}
+
+
+def body(model: str, **fields: object) -> dict[str, object]:
+    return {"model": model, "prompt": "a kettle", **fields}
+
+
+@given(model=models, width=sides, height=sides)
+def test_size_is_accepted_iff_in_range_and_multiple_of_32(model: str, width: int,
+                                                          height: int) -> None:
+    low, high = registry()[model].size_range or (0, 0)
+    ok = all(low <= side <= high and side % 32 == 0 for side in (width, height))
+    errors = check_body(body(model, image_size={"width": width, "height": height}))
+    assert (not errors) == ok, errors
+    if ok:
+        assert registry()[model].size(body(model, image_size={"width": width,
+                                                              "height": height})) == (width, height)
+    else:
+        assert all(e.path.startswith("image_size.") for e in errors)
+
+
+@given(model=models, width=st.floats(min_value=256, max_value=1440).filter(lambda f: f % 1))
+def test_fractional_sizes_are_rejected(model: str, width: float) -> None:
+    assert check_body(body(model, image_size={"width": width, "height": 768}))
+
+
+@pytest.mark.parametrize("model", sorted(m for m in registry() if registry()[m].size_range))
+@pytest.mark.parametrize("preset", sorted(EXPECTED_PRESETS))
+def test_every_preset_is_accepted_and_resolves(model: str, preset: str) -> None:
+    assert check_body(body(model, image_size=preset)) == []
+    assert registry()[model].size(body(model, image_size=preset)) == EXPECTED_PRESETS[preset]
+    assert PRESETS == EXPECTED_PRESETS
+
+
+@pytest.mark.parametrize("model", sorted(m for m in registry() if registry()[m].size_range))
+def test_default_size_is_landscape_4_3(model: str) -> None:
+    assert registry()[model].size(body(model)) == (1024, 768)
+
+
+@pytest.mark.parametrize("ratio", sorted(ASPECT_SIZES))
+def test_ultra_sizes_follow_the_aspect_ratio(ratio: str) -> None:
+    ultra = registry()["flux-pro/v1.1-ultra"]
+    assert check_body(body(ultra.name, aspect_ratio=ratio)) == []
+    width, height = ultra.size(body(ultra.name, aspect_ratio=ratio))
+    a, b = map(int, ratio.split(":"))
+    assert abs(width / height - a / b) < 0.02
+    assert 3_500_000 < width * height < 4_600_000
+
+
+def test_ultra_rejects_image_size() -> None:
+    errors = check_body(body("flux-pro/v1.1-ultra", image_size="square"))
+    assert [e.path for e in errors] == ["image_size"]
+
+
+OUT_OF_RANGE = [
+    ("num_images", 0),
+    ("num_images", 5),
+    ("num_images", 1.5),
+    ("num_inference_steps", 0),
+    ("num_inference_steps", 51),
+    ("guidance_scale", 0.5),
+    ("guidance_scale", 21),
+    ("safety_tolerance", "7"),
+    ("safety_tolerance", 2),
+    ("seed", 0),
+    ("seed", -3),
+    ("prompt", "x" * 4001),
+]
+
+
+@pytest.mark.parametrize(("field", "value"), OUT_OF_RANGE)
+def test_out_of_range_fields_are_rejected_with_their_path(field: str, value: object) -> None:
+    errors = check_body(body("flux-pro", **{field: value}))
+    assert errors and {e.path for e in errors} == {field}
+
+
+@given(model=all_models, count=st.integers(min_value=-5, max_value=10))
+def test_num_images_range_for_every_model(model: str, count: int) -> None:
+    errors = check_body(body(model, num_images=count))
+    assert (not errors) == (1 <= count <= 4)
+
+
+@given(model=all_models, steps=st.integers(min_value=-5, max_value=80))
+def test_num_inference_steps_range(model: str, steps: int) -> None:
+    schema = registry()[model].request_schema["properties"].get("num_inference_steps")
+    errors = check_body(body(model, num_inference_steps=steps))
+    if schema is None:
+        assert errors and errors[0].path == "num_inference_steps"
+    else:
+        ok = steps >= schema["minimum"] and steps <= schema.get("maximum", 10**9)
+        assert (not errors) == ok
+
+
+@given(model=all_models, length=st.integers(min_value=0, max_value=4100))
+def test_prompt_length_limit(model: str, length: int) -> None:
+    errors = check_body(body(model) | {"prompt": "p" * length})
+    assert (not errors) == (length <= 4000)
+
+
+def test_unknown_fields_are_errors_with_a_suggestion() -> None:
+    (error,) = check_body(body("flux-pro", num_image=2))
+    assert error.path == "num_image"
+    assert "did you mean 'num_images'" in error.message
+
+
+def test_fields_of_other_models_are_errors() -> None:
+    (error,) = check_body(body("flux/schnell", output_format="png"))
+    assert error.path == "output_format"
+
+
+def test_embedded_documents_are_the_providers_unchanged() -> None:
+    shared = Path(__file__).parents[2] / "shared" / "api"
+    if not shared.is_dir():
+        pytest.skip("../shared is not beside this checkout")
+    from importlib import resources
+
+    for doc in shared.glob("*.openapi.json"):
+        embedded = resources.files("flux_pipeline.openapi").joinpath(doc.name).read_bytes()
+        assert embedded == doc.read_bytes(), doc.name
