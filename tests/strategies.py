@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from hypothesis import strategies as st
 
 from flux_pipeline.models import registry
@@ -13,3 +15,33 @@ axis_names = st.sampled_from(["a", "b", "c", "d"])
 axis_values = st.lists(st.sampled_from(["x", "y", "z", "1", "2"]), min_size=1, max_size=3,
                        unique=True)
 matrices = st.dictionaries(axis_names, axis_values, min_size=1, max_size=3)
+
+
+def from_schema(schema: dict[str, Any]) -> st.SearchStrategy[Any]:
+    """Values valid under the subset of JSON Schema the provider's documents use: objects with
+    optional properties, enums, bounded numbers (with multipleOf), strings with maxLength,
+    booleans and anyOf. Follows the documents, so a new keyword there fails loudly here."""
+    if "anyOf" in schema:
+        return st.one_of([from_schema(s) for s in schema["anyOf"]])
+    if "enum" in schema:
+        return st.sampled_from(schema["enum"])
+    kind = schema.get("type")
+    if kind == "object":
+        required = set(schema.get("required", ()))
+        props = schema.get("properties", {})
+        return st.fixed_dictionaries(
+            {k: from_schema(v) for k, v in props.items() if k in required},
+            optional={k: from_schema(v) for k, v in props.items() if k not in required},
+        )
+    if kind == "integer":
+        step = schema.get("multipleOf", 1)
+        low = -(-schema.get("minimum", -(2**31)) // step)
+        high = schema.get("maximum", 2**31 - 1) // step
+        return st.integers(low, high).map(lambda k: k * step)
+    if kind == "number":
+        return st.floats(schema.get("minimum"), schema.get("maximum"), allow_nan=False)
+    if kind == "string":
+        return st.text(max_size=min(schema.get("maxLength", 50), 300))
+    if kind == "boolean":
+        return st.booleans()
+    raise NotImplementedError(f"no strategy for {schema}")
