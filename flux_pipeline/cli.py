@@ -138,36 +138,79 @@ def plan(specs: Sequence[Path], as_json: bool) -> None:
         _each_spec(specs, work)
     finally:
         if as_json:
-            click.echo(json.dumps(plans if len(specs) > 1 else (plans or [None])[0], indent=2))
+            click.echo(json.dumps(plans if len(specs) > 1 else next(iter(plans), None), indent=2))
 
 
 @cli.command()
 @SPECS
-@click.option("--concurrency", "-j", default=4, show_default=True, type=click.IntRange(1, 1024),
-              help="Requests in flight at once.")
+@click.option(
+    "--concurrency",
+    "-j",
+    default=4,
+    show_default=True,
+    type=click.IntRange(1, 1024),
+    help="Requests in flight at once.",
+)
 @click.option("--rate", help="Requests per second or minute for all workers together: 10/s, 100/m.")
-@click.option("--retries", default=3, show_default=True, type=click.IntRange(0, 20),
-              help="Retries of a request on 408, 409, 429, 5xx, timeouts and connection errors.")
-@click.option("--timeout", default=120.0, show_default=True, type=click.FloatRange(min=0.1),
-              help="Seconds to wait for one HTTP answer.")
-@click.option("--only", multiple=True, metavar="GLOB",
-              help="Run only requests whose name matches (repeatable).")
+@click.option(
+    "--retries",
+    default=3,
+    show_default=True,
+    type=click.IntRange(0, 20),
+    help="Retries of a request on 408, 409, 429, 5xx, timeouts and connection errors.",
+)
+@click.option(
+    "--timeout",
+    default=120.0,
+    show_default=True,
+    type=click.FloatRange(min=0.1),
+    help="Seconds to wait for one HTTP answer.",
+)
+@click.option(
+    "--only",
+    multiple=True,
+    metavar="GLOB",
+    help="Run only requests whose name matches (repeatable).",
+)
 @click.option("--force", is_flag=True, help="Redo requests even if they are up to date.")
-@click.option("--prune", is_flag=True,
-              help="Delete the images of requests that are no longer in the spec.")
-@click.option("--max-credits", type=click.FloatRange(min=0),
-              help="Stop sending once this many credits are spent.")
-@click.option("--max-requests", type=click.IntRange(min=0),
-              help="Send at most this many requests.")
+@click.option(
+    "--prune", is_flag=True, help="Delete the images of requests that are no longer in the spec."
+)
+@click.option(
+    "--max-credits",
+    type=click.FloatRange(min=0),
+    help="Stop sending once this many credits are spent.",
+)
+@click.option("--max-requests", type=click.IntRange(min=0), help="Send at most this many requests.")
 @click.option("--dry-run", is_flag=True, help="Print the bodies that would be sent, send nothing.")
-@click.option("--emulator", is_flag=True,
-              help="Run against the built-in emulator on loopback (offline, no key needed).")
-@click.option("--base-url", envvar="FLUX_PIPELINE_BASE_URL", show_envvar=True,
-              default=DEFAULT_BASE_URL, show_default=True, help="The API's base URL.")
-@click.option("--transport", type=click.Choice(["aiohttp", "httpx"]), default="aiohttp",
-              show_default=True, help="HTTP transport under httpx.")
-def run(specs: Sequence[Path], rate: str | None, emulator: bool, base_url: str,
-        dry_run: bool, **options: Any) -> None:
+@click.option(
+    "--emulator",
+    is_flag=True,
+    help="Run against the built-in emulator on loopback (offline, no key needed).",
+)
+@click.option(
+    "--base-url",
+    envvar="FLUX_PIPELINE_BASE_URL",
+    show_envvar=True,
+    default=DEFAULT_BASE_URL,
+    show_default=True,
+    help="The API's base URL.",
+)
+@click.option(
+    "--transport",
+    type=click.Choice(["aiohttp", "httpx"]),
+    default="aiohttp",
+    show_default=True,
+    help="HTTP transport under httpx.",
+)
+def run(
+    specs: Sequence[Path],
+    rate: str | None,
+    emulator: bool,
+    base_url: str,
+    dry_run: bool,
+    **options: Any,
+) -> None:
     """Generate the images of specs and record them in SPEC.lock.json.
 
     Only requests that are new or changed (or whose files are missing or altered) are sent;
@@ -180,9 +223,8 @@ def run(specs: Sequence[Path], rate: str | None, emulator: bool, base_url: str,
     from . import api
     from .runner import Rate, RunOptions
 
-    run_options = RunOptions(rate=Rate.parse(rate) if rate else None, **{
-        k: tuple(v) if k == "only" else v for k, v in options.items()
-    })
+    options["only"] = tuple(options["only"])
+    run_options = RunOptions(rate=Rate.parse(rate) if rate else None, **options)
     loaded = []
 
     def load(path: Path) -> None:
@@ -193,8 +235,11 @@ def run(specs: Sequence[Path], rate: str | None, emulator: bool, base_url: str,
     if dry_run:
         for spec, requests in loaded:
             for item in select_todo(spec, requests, run_options):
-                click.echo(json.dumps({"id": item.request.id, "body": item.request.body},
-                                      ensure_ascii=False))
+                click.echo(
+                    json.dumps(
+                        {"id": item.request.id, "body": item.request.body}, ensure_ascii=False
+                    )
+                )
         return
     key = os.environ.get(API_KEY_ENV, "")
     if emulator:
@@ -220,8 +265,14 @@ def _run_all(loaded: Sequence[tuple[Any, Any]], base_url: str, key: str, options
     failed = False
     for spec, requests in loaded:
         with Progress(spec, requests) as progress:
-            result = run_spec(spec, base_url=base_url, api_key=key, options=options,
-                              listener=progress.update, requests=requests)
+            result = run_spec(
+                spec,
+                base_url=base_url,
+                api_key=key,
+                options=options,
+                listener=progress.update,
+                requests=requests,
+            )
         click.echo(progress.summary(result))
         failed = failed or not result.ok
     if failed:
@@ -229,24 +280,57 @@ def _run_all(loaded: Sequence[tuple[Any, Any]], base_url: str, key: str, options
 
 
 @cli.command()
-@click.option("--host", default="127.0.0.1", show_default=True,
-              help="Address to bind; loopback unless you mean otherwise.")
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to bind; loopback unless you mean otherwise.",
+)
 @click.option("--port", default=8000, show_default=True, type=int)
-@click.option("--shape", type=click.Choice(["data", "images"]), default="data", show_default=True,
-              help="Response shape: data[] + meta.usage, or images[] + seed + nsfw flags.")
-@click.option("--delivery", type=click.Choice(["url", "b64"]), default="url", show_default=True,
-              help="Images by URL (served under /files/) or inline base64.")
-@click.option("--latency", default="0", show_default=True,
-              help="Seconds before each answer: fixed (0.1) or a range (0.05-0.2).")
-@click.option("--fail-rate", default=0.0, type=click.FloatRange(0, 1),
-              help="Share of generations answered 500/502/503/504.")
+@click.option(
+    "--shape",
+    type=click.Choice(["data", "images"]),
+    default="data",
+    show_default=True,
+    help="Response shape: data[] + meta.usage, or images[] + seed + nsfw flags.",
+)
+@click.option(
+    "--delivery",
+    type=click.Choice(["url", "b64"]),
+    default="url",
+    show_default=True,
+    help="Images by URL (served under /files/) or inline base64.",
+)
+@click.option(
+    "--latency",
+    default="0",
+    show_default=True,
+    help="Seconds before each answer: fixed (0.1) or a range (0.05-0.2).",
+)
+@click.option(
+    "--fail-rate",
+    default=0.0,
+    type=click.FloatRange(0, 1),
+    help="Share of generations answered 500/502/503/504.",
+)
 @click.option("--rate-limit", help="Generations per second before 429 with Retry-After: 5/s.")
-@click.option("--truncate-rate", default=0.0, type=click.FloatRange(0, 1),
-              help="Share of downloads cut short under a full Content-Length.")
-@click.option("--slow-download", default=0.0, type=click.FloatRange(min=0),
-              help="Seconds each download trickles over.")
-@click.option("--credits", type=click.FloatRange(min=0),
-              help="Credit balance; 403 out of credits once spent (1 credit per megapixel).")
+@click.option(
+    "--truncate-rate",
+    default=0.0,
+    type=click.FloatRange(0, 1),
+    help="Share of downloads cut short under a full Content-Length.",
+)
+@click.option(
+    "--slow-download",
+    default=0.0,
+    type=click.FloatRange(min=0),
+    help="Seconds each download trickles over.",
+)
+@click.option(
+    "--credits",
+    type=click.FloatRange(min=0),
+    help="Credit balance; 403 out of credits once spent (1 credit per megapixel).",
+)
 @click.option("--seed", default=0, show_default=True, help="Seed of the fault random source.")
 def emulator(host: str, port: int, latency: str, rate_limit: str | None, **switches: Any) -> None:
     """Serve the emulator of the API in the foreground (Ctrl-C to stop).
@@ -264,8 +348,9 @@ def emulator(host: str, port: int, latency: str, rate_limit: str | None, **switc
     try:
         span = (float(low), float(high or low))
     except ValueError:
-        raise click.BadParameter(f"{latency!r} is not seconds or a range like 0.05-0.2",
-                                 param_hint="--latency") from None
+        raise click.BadParameter(
+            f"{latency!r} is not seconds or a range like 0.05-0.2", param_hint="--latency"
+        ) from None
     limit = Rate.parse(rate_limit).per_second if rate_limit else None
     serve_forever(EmulatorConfig(latency=span, rate_limit=limit, **switches), host, port)
 

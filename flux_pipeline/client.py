@@ -23,12 +23,12 @@ from typing import Any
 
 import httpx
 
+from .defaults import DEFAULT_BASE_URL  # noqa: E402,F401  (re-exported)
 from .errors import BadImage, BadResponse, RequestFailed, RunStopped
 from .files import atomic_writer
 from .images import ImageInfo, probe
 from .models import API_PATH
 
-from .defaults import DEFAULT_BASE_URL  # noqa: E402,F401  (re-exported)
 RETRYABLE = frozenset({408, 409, 429, 500, 502, 503, 504})
 MAX_IMAGE_BYTES = 64 * 1024 * 1024
 
@@ -70,19 +70,24 @@ def retry_after(response: httpx.Response, now: float | None = None) -> float | N
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
-def make_http_client(concurrency: int, timeout: float, transport: str = "aiohttp") -> httpx.AsyncClient:
+def make_http_client(
+    concurrency: int, timeout: float, transport: str = "aiohttp"
+) -> httpx.AsyncClient:
     """The run's HTTP client: a pool sized to the concurrency, on the chosen transport.
 
     `aiohttp` (through httpx-aiohttp) is the default because it keeps up at high concurrency
     where httpx's own transport saturates a core (see bench/runner.py); `httpx` is the fallback.
     """
-    limits = httpx.Limits(max_connections=concurrency * 2, max_keepalive_connections=concurrency * 2)
+    limits = httpx.Limits(
+        max_connections=concurrency * 2, max_keepalive_connections=concurrency * 2
+    )
     timeouts = httpx.Timeout(timeout, connect=min(timeout, 30.0))
     if transport == "aiohttp":
         from httpx_aiohttp import AiohttpTransport
 
-        return httpx.AsyncClient(transport=AiohttpTransport(limits=limits), timeout=timeouts,
-                                 follow_redirects=False)
+        return httpx.AsyncClient(
+            transport=AiohttpTransport(limits=limits), timeout=timeouts, follow_redirects=False
+        )
     return httpx.AsyncClient(limits=limits, timeout=timeouts, follow_redirects=False)
 
 
@@ -148,7 +153,8 @@ def parse_generation(request_id: str, raw: bytes) -> Generation:
     return Generation(
         images=tuple(deliveries),
         seed=seed if isinstance(seed, int) and not isinstance(seed, bool) else None,
-        credits=credits if isinstance(credits, int | float) and not isinstance(credits, bool)
+        credits=credits
+        if isinstance(credits, int | float) and not isinstance(credits, bool)
         else None,
         nsfw=tuple(bool(x) for x in nsfw) if isinstance(nsfw, list) else None,
     )
@@ -160,12 +166,12 @@ def _delivery(item: Any) -> Delivery | None:
         return None
     url, b64 = item.get("url"), item.get("b64_json")
     width, height = item.get("width"), item.get("height")
-    sizes = {"width": width if isinstance(width, int) else None,
-             "height": height if isinstance(height, int) else None}
+    width = width if isinstance(width, int) else None
+    height = height if isinstance(height, int) else None
     if isinstance(url, str) and url:
-        return Delivery(url=url, **sizes)
+        return Delivery(url=url, width=width, height=height)
     if isinstance(b64, str) and b64:
-        return Delivery(b64=b64, **sizes)
+        return Delivery(b64=b64, width=width, height=height)
     return None
 
 
@@ -179,7 +185,7 @@ def _api_message(raw: bytes) -> str:
         details = data.get("details")
         if isinstance(details, list) and details:
             return f"{data['message']}: " + "; ".join(map(str, details))
-        return data["message"]
+        return str(data["message"])
     return _first_bytes(raw)
 
 
@@ -215,8 +221,9 @@ class ApiClient:
     def redact(self, text: str) -> str:
         return text.replace(self.api_key, "[redacted]") if self.api_key else text
 
-    async def generate(self, request_id: str, body: Mapping[str, Any],
-                       attempts: list[Attempt]) -> Generation:
+    async def generate(
+        self, request_id: str, body: Mapping[str, Any], attempts: list[Attempt]
+    ) -> Generation:
         """POST one body, retrying as the policy allows. Raises RequestFailed or RunStopped."""
         url = self.base_url.rstrip("/") + API_PATH
         headers = {"Authorization": f"Bearer {self.api_key}"}
@@ -228,7 +235,8 @@ class ApiClient:
             wait: float | None = None
             try:
                 response = await self.http.post(
-                    url, content=content,
+                    url,
+                    content=content,
                     headers={**headers, "Content-Type": "application/json"},
                 )
                 raw = response.content
@@ -244,13 +252,19 @@ class ApiClient:
                 if status == 200:
                     attempts.append(Attempt(status, elapsed))
                     generation = parse_generation(request_id, raw)
-                    return Generation(generation.images, generation.seed, generation.credits,
-                                      generation.nsfw, attempt + 1)
+                    return Generation(
+                        generation.images,
+                        generation.seed,
+                        generation.credits,
+                        generation.nsfw,
+                        attempt + 1,
+                    )
                 reason = self.redact(f"HTTP {status}: {_api_message(raw)}")
                 attempts.append(Attempt(status, elapsed, reason))
                 if status == 401:
-                    raise RunStopped(401, f"the API refused the key (401): {reason}. "
-                                          "Check AIMLAPI_KEY.")
+                    raise RunStopped(
+                        401, f"the API refused the key (401): {reason}. Check AIMLAPI_KEY."
+                    )
                 if status == 403:
                     raise RunStopped(403, f"the API refused further work (403): {reason}")
                 if status not in RETRYABLE:
@@ -266,11 +280,16 @@ class ApiClient:
             if attempt == self.policy.retries:
                 break
             await self.sleep(wait if wait is not None else self.policy.backoff(attempt, self.rng))
-        raise RequestFailed(request_id, f"{reason} (after {len(attempts)} attempts)")
+        raise RequestFailed(request_id, f"{reason} (after {self.policy.retries + 1} attempts)")
 
-    async def fetch(self, request_id: str, delivery: Delivery, target: Path,
-                    expect_format: str | None,
-                    expect_size: tuple[int, int]) -> tuple[ImageInfo, str, int]:
+    async def fetch(
+        self,
+        request_id: str,
+        delivery: Delivery,
+        target: Path,
+        expect_format: str | None,
+        expect_size: tuple[int, int],
+    ) -> tuple[ImageInfo, str, int]:
         """Store one delivered image at `target` (atomically) after checking it; a download
         that breaks off is tried again as the retry policy allows (it costs no credit).
 
@@ -279,17 +298,23 @@ class ApiClient:
         """
         for attempt in range(self.policy.retries + 1):
             try:
-                return await self._fetch_once(request_id, delivery, target, expect_format,
-                                              expect_size)
+                return await self._fetch_once(
+                    request_id, delivery, target, expect_format, expect_size
+                )
             except _Interrupted as exc:
                 if attempt == self.policy.retries:
                     raise BadImage(request_id, f"{exc} (after {attempt + 1} attempts)") from None
                 await self.sleep(self.policy.backoff(attempt, self.rng))
         raise AssertionError("unreachable")
 
-    async def _fetch_once(self, request_id: str, delivery: Delivery, target: Path,
-                          expect_format: str | None,
-                          expect_size: tuple[int, int]) -> tuple[ImageInfo, str, int]:
+    async def _fetch_once(
+        self,
+        request_id: str,
+        delivery: Delivery,
+        target: Path,
+        expect_format: str | None,
+        expect_size: tuple[int, int],
+    ) -> tuple[ImageInfo, str, int]:
         digest = hashlib.sha256()
         with atomic_writer(target) as handle:
             if delivery.b64 is not None or (delivery.url or "").startswith("data:"):
@@ -316,7 +341,9 @@ class ApiClient:
     def _decode_inline(self, request_id: str, delivery: Delivery) -> bytes:
         text = delivery.b64 if delivery.b64 is not None else (delivery.url or "").split(",", 1)[-1]
         if len(text) * 3 // 4 > self.max_image_bytes:
-            raise BadImage(request_id, f"the inline image is larger than {self.max_image_bytes:,} bytes")
+            raise BadImage(
+                request_id, f"the inline image is larger than {self.max_image_bytes:,} bytes"
+            )
         try:
             return base64.b64decode(text, validate=True)
         except (binascii.Error, ValueError):
@@ -337,23 +364,30 @@ class ApiClient:
                     raise BadImage(request_id, f"downloading the image gave HTTP {status}", status)
                 declared = response.headers.get("content-length")
                 if declared and declared.isdigit() and int(declared) > self.max_image_bytes:
-                    raise BadImage(request_id, f"the image is {int(declared):,} bytes, more than "
-                                               f"the {self.max_image_bytes:,} allowed")
+                    raise BadImage(
+                        request_id,
+                        f"the image is {int(declared):,} bytes, more than "
+                        f"the {self.max_image_bytes:,} allowed",
+                    )
                 async for chunk in response.aiter_raw():
                     written += len(chunk)
                     if written > self.max_image_bytes:
-                        raise BadImage(request_id, f"the image is larger than the "
-                                                   f"{self.max_image_bytes:,} bytes allowed")
+                        raise BadImage(
+                            request_id,
+                            f"the image is larger than the {self.max_image_bytes:,} bytes allowed",
+                        )
                     handle.write(chunk)
                     digest.update(chunk)
                 if declared and declared.isdigit() and written != int(declared):
-                    raise _Interrupted(f"the download was cut short: {written:,} of "
-                                       f"{int(declared):,} bytes")
+                    raise _Interrupted(
+                        f"the download was cut short: {written:,} of {int(declared):,} bytes"
+                    )
         except httpx.TimeoutException:
             raise _Interrupted("downloading the image timed out") from None
         except httpx.HTTPError as exc:
-            raise _Interrupted(f"downloading the image failed: {type(exc).__name__}: "
-                               f"{self.redact(str(exc))}") from None
+            raise _Interrupted(
+                f"downloading the image failed: {type(exc).__name__}: {self.redact(str(exc))}"
+            ) from None
         return written
 
 

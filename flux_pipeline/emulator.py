@@ -101,8 +101,9 @@ def _palette(digest: bytes) -> list[tuple[int, int, int]]:
 
 
 @functools.lru_cache(maxsize=32)
-def render_image(model: str, prompt: str, seed: int, width: int, height: int,
-                 fmt: str, index: int) -> bytes:
+def render_image(
+    model: str, prompt: str, seed: int, width: int, height: int, fmt: str, index: int
+) -> bytes:
     """A deterministic picture: a gradient and shapes from the inputs' hash, with a caption."""
     from PIL import Image, ImageDraw, ImageFont, ImageOps
 
@@ -125,10 +126,18 @@ def render_image(model: str, prompt: str, seed: int, width: int, height: int,
             draw.rectangle(box, fill=colours[i])
     font = ImageFont.load_default(size=max(12, min(width, height) // 20))
     caption = " ".join(prompt.split()[:6])
-    draw.text((16, 16), caption, fill=(255, 255, 255), font=font, stroke_width=2,
-              stroke_fill=(0, 0, 0))
-    draw.text((16, height - 16), f"seed {seed}", fill=(255, 255, 255), font=font, anchor="ls",
-              stroke_width=2, stroke_fill=(0, 0, 0))
+    draw.text(
+        (16, 16), caption, fill=(255, 255, 255), font=font, stroke_width=2, stroke_fill=(0, 0, 0)
+    )
+    draw.text(
+        (16, height - 16),
+        f"seed {seed}",
+        fill=(255, 255, 255),
+        font=font,
+        anchor="ls",
+        stroke_width=2,
+        stroke_fill=(0, 0, 0),
+    )
     out = io.BytesIO()
     if fmt == "png":
         image.save(out, format="PNG", compress_level=1)
@@ -149,8 +158,9 @@ class _ImageSpec:
 
     @property
     def file_name(self) -> str:
-        key = json.dumps([self.model, self.prompt, self.seed, self.width, self.height,
-                          self.fmt, self.index])
+        key = json.dumps(
+            [self.model, self.prompt, self.seed, self.width, self.height, self.fmt, self.index]
+        )
         ext = "png" if self.fmt == "png" else "jpg"
         return f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.{ext}"
 
@@ -159,8 +169,9 @@ class _ImageSpec:
         return "image/png" if self.fmt == "png" else "image/jpeg"
 
     def render(self) -> bytes:
-        return render_image(self.model, self.prompt, self.seed, self.width, self.height,
-                            self.fmt, self.index)
+        return render_image(
+            self.model, self.prompt, self.seed, self.width, self.height, self.fmt, self.index
+        )
 
 
 # ----- the application ---------------------------------------------------------------------
@@ -187,7 +198,7 @@ class Emulator:
         self._random = random.Random(self.config.seed)
         self._files: dict[str, _ImageSpec] = {}
         self._spent = 0.0
-        self._tokens = 0.0
+        self._tokens = max(self.config.rate_limit or 0.0, 1.0)
         self._refilled = time.monotonic()
         self.app = Starlette(
             routes=[
@@ -204,6 +215,9 @@ class Emulator:
             self._random.seed(self.config.seed)
         if "credits" in changes:
             self._spent = 0.0
+        if "rate_limit" in changes:  # a new limit starts with a full bucket
+            self._tokens = max(self.config.rate_limit or 0.0, 1.0)
+            self._refilled = time.monotonic()
 
     async def _http_error(self, request: Request, exc: Exception) -> Response:
         status = getattr(exc, "status_code", 500)
@@ -222,7 +236,7 @@ class Emulator:
         if rate is None:
             return 0.0
         now = time.monotonic()
-        self._tokens = min(rate, self._tokens + (now - self._refilled) * rate)
+        self._tokens = min(max(rate, 1.0), self._tokens + (now - self._refilled) * rate)
         self._refilled = now
         if self._tokens >= 1:
             self._tokens -= 1
@@ -243,9 +257,10 @@ class Emulator:
             return self._answer(401, "Unauthorized: missing or invalid API key", path)
         wait = self._take_token()
         if wait:
-            retry_after = config.retry_after or str(max(1, math.ceil(wait)))
-            return self._answer(429, "Too many requests", path,
-                                headers={"Retry-After": retry_after})
+            headers = {"Retry-After": config.retry_after or str(max(1, math.ceil(wait)))}
+            if config.retry_after is None:  # the precise wait, as some providers send it
+                headers["retry-after-ms"] = str(math.ceil(wait * 1000))
+            return self._answer(429, "Too many requests", path, headers=headers)
         try:
             body = json.loads(await request.body())
         except ValueError:
@@ -273,8 +288,10 @@ class Emulator:
         self._spent += cost
         seed = body.get("seed") or self._random.randint(1, 2**31 - 1)
         fmt = model.output_format(body) or "png"
-        images = [_ImageSpec(model.name, body["prompt"], seed, width, height, fmt, i)
-                  for i in range(count)]
+        images = [
+            _ImageSpec(model.name, body["prompt"], seed, width, height, fmt, i)
+            for i in range(count)
+        ]
         digest = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
         with self.counters.lock:
             self.counters.statuses[200] += 1
@@ -290,26 +307,31 @@ class Emulator:
         if config.shape == "data":
             key = "b64_json" if config.delivery == "b64" else "url"
             other = "url" if key == "b64_json" else "b64_json"
-            return JSONResponse({
-                "data": [{key: link, other: None} for link in links],
-                "meta": {"usage": {"credits_used": cost}},
-            })
-        return JSONResponse({
-            "images": [
+            return JSONResponse(
                 {
-                    "url": link if config.delivery == "url"
-                    else f"data:{image.content_type};base64,{link}",
-                    "width": width,
-                    "height": height,
-                    "content_type": image.content_type,
+                    "data": [{key: link, other: None} for link in links],
+                    "meta": {"usage": {"credits_used": cost}},
                 }
-                for link, image in zip(links, images, strict=True)
-            ],
-            "timings": {"inference": 0.0},
-            "seed": seed,
-            "has_nsfw_concepts": [False] * count,
-            "prompt": body["prompt"],
-        })
+            )
+        return JSONResponse(
+            {
+                "images": [
+                    {
+                        "url": link
+                        if config.delivery == "url"
+                        else f"data:{image.content_type};base64,{link}",
+                        "width": width,
+                        "height": height,
+                        "content_type": image.content_type,
+                    }
+                    for link, image in zip(links, images, strict=True)
+                ],
+                "timings": {"inference": 0.0},
+                "seed": seed,
+                "has_nsfw_concepts": [False] * count,
+                "prompt": body["prompt"],
+            }
+        )
 
     async def _download(self, request: Request) -> Response:
         config = self.config
@@ -346,21 +368,23 @@ class Emulator:
 def _server(app: Any) -> Any:
     import uvicorn
 
-    config = uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False,
-                            timeout_graceful_shutdown=1)
+    config = uvicorn.Config(
+        app, log_level="warning", lifespan="off", access_log=False, timeout_graceful_shutdown=1
+    )
     return uvicorn.Server(config)
 
 
 class EmulatorServer:
     """The emulator on a free loopback port, served from a background thread.
 
-        with EmulatorServer() as server:
-            client.post(server.url + "/v1/images/generations", ...)
-            server.emulator.counters.requests
+    with EmulatorServer() as server:
+        client.post(server.url + "/v1/images/generations", ...)
+        server.emulator.counters.requests
     """
 
-    def __init__(self, config: EmulatorConfig | None = None, host: str = "127.0.0.1",
-                 port: int = 0) -> None:
+    def __init__(
+        self, config: EmulatorConfig | None = None, host: str = "127.0.0.1", port: int = 0
+    ) -> None:
         self.emulator = Emulator(config)
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -404,5 +428,11 @@ def serve_forever(config: EmulatorConfig, host: str, port: int) -> None:
     """Serve in the foreground until interrupted (`flux-pipeline emulator`)."""
     import uvicorn
 
-    uvicorn.run(Emulator(config).app, host=host, port=port, log_level="info",
-                lifespan="off", timeout_graceful_shutdown=1)
+    uvicorn.run(
+        Emulator(config).app,
+        host=host,
+        port=port,
+        log_level="info",
+        lifespan="off",
+        timeout_graceful_shutdown=1,
+    )

@@ -136,7 +136,9 @@ def read_cases_file(path: Path, file: str, line: int) -> list[dict[str, Any]]:
                     if None in row or any(v is None for v in row.values()):
                         raise fail(
                             f"row {reader.line_num} has a different number of columns "
-                            f"than the header", reader.line_num, str(path)
+                            f"than the header",
+                            reader.line_num,
+                            str(path),
                         )
                     rows.append({k: _cell(v) for k, v in row.items()})
                 return rows
@@ -167,10 +169,16 @@ def job_combinations(spec: Spec, job: Job) -> list[dict[str, Any]]:
         file = str(spec.path)
         path = _inside(spec.folder, job.cases_file)
         if path is None:
-            raise SpecInvalid([Problem(
-                f"cases_file {job.cases_file!r} is outside the spec's folder",
-                file=file, line=job.cases_line, path="cases_file",
-            )])
+            raise SpecInvalid(
+                [
+                    Problem(
+                        f"cases_file {job.cases_file!r} is outside the spec's folder",
+                        file=file,
+                        line=job.cases_line,
+                        path="cases_file",
+                    )
+                ]
+            )
         combos += read_cases_file(path, file, job.cases_line)
     if job.matrix is None and not job.cases and job.cases_file is None:
         combos.append({})
@@ -217,8 +225,9 @@ def _compile_job(spec: Spec, renderer: Renderer, job: Job) -> _CompiledJob:
     return _CompiledJob(job, name, prompt, fields, lines)
 
 
-def _render_job(spec: Spec, compiled: _CompiledJob, combos: Sequence[Mapping[str, Any]],
-                problems: list[Problem]) -> Iterator[Request]:
+def _render_job(
+    spec: Spec, compiled: _CompiledJob, combos: Sequence[Mapping[str, Any]], problems: list[Problem]
+) -> Iterator[Request]:
     job = compiled.job
     file = str(spec.path)
     suffix_repeat = job.repeat > 1 and "repeat" not in compiled.name.variables

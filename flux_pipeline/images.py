@@ -31,8 +31,11 @@ def probe(path: Path) -> ImageInfo:
                 if width * height > MAX_PIXELS:
                     raise ValueError(f"{width}x{height} is too many pixels")
                 image.verify()
-    except (UnidentifiedImageError, Image.DecompressionBombError,
-            Image.DecompressionBombWarning) as exc:
+    except (
+        UnidentifiedImageError,
+        Image.DecompressionBombError,
+        Image.DecompressionBombWarning,
+    ) as exc:
         raise ValueError(str(exc).split(" Use ")[0]) from None
     except (OSError, SyntaxError, EOFError) as exc:
         raise ValueError(f"broken image: {exc}") from None

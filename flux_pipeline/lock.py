@@ -46,8 +46,7 @@ class Entry:
     response: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def of(cls, request: Request, outputs: Iterable[Output],
-           response: Mapping[str, Any]) -> Entry:
+    def of(cls, request: Request, outputs: Iterable[Output], response: Mapping[str, Any]) -> Entry:
         return cls(
             id=request.id,
             job=request.job,

@@ -199,33 +199,40 @@ def _json_path(error: ValidationError) -> str:
     return ".".join(str(p) for p in error.absolute_path)
 
 
+def error_parts(error: ValidationError) -> tuple[dict[str, Any], Any]:
+    """The failing schema and instance of a jsonschema error, typed for use."""
+    schema = error.schema if isinstance(error.schema, dict) else {}
+    return dict(schema), error.instance
+
+
 def _explain(error: ValidationError) -> FieldError:
     """Make jsonschema's message precise: name unknown fields, and look inside `anyOf`."""
+    schema, instance = error_parts(error)
     if error.validator == "anyOf" and error.context:
-        kind = _json_type(error.instance)
-        branches = error.schema.get("anyOf", [])
+        kind = _json_type(instance)
+        branches = schema.get("anyOf", [])
         matching = {i for i, b in enumerate(branches) if b.get("type") == kind}
         inner = [e for e in error.context if e.schema_path and e.schema_path[0] in matching]
         if inner:
             return _explain(min(inner, key=lambda e: len(e.path)))
-        allowed = " or ".join(_describe(b) for b in branches)
-        return FieldError(_json_path(error), f"{error.instance!r} is not {allowed}")
+        kinds = " or ".join(_describe(b) for b in branches)
+        return FieldError(_json_path(error), f"{instance!r} is not {kinds}")
     if error.validator == "additionalProperties":
-        allowed = sorted(error.schema.get("properties", {}))
-        extra = sorted(set(error.instance) - set(allowed))
+        allowed = sorted(schema.get("properties", {}))
+        extra: list[str] = sorted(set(instance) - set(allowed))
         path = _json_path(error)
-        word = extra[0] if extra else ""
+        word = str(extra[0]) if extra else ""
         name = ".".join(filter(None, [path, word]))
         hint = did_you_mean(word, allowed) or f" (allowed: {', '.join(allowed)})"
         return FieldError(name, f"unknown field{hint}")
     if error.validator == "multipleOf":
         return FieldError(
-            _json_path(error), f"{error.instance} is not a multiple of {error.validator_value}"
+            _json_path(error), f"{instance} is not a multiple of {error.validator_value}"
         )
     if error.validator == "maxLength":
         return FieldError(
             _json_path(error),
-            f"is {len(error.instance)} characters long, more than {error.validator_value}",
+            f"is {len(instance)} characters long, more than {error.validator_value}",
         )
     message = error.message
     if len(message) > 200:

@@ -96,8 +96,7 @@ def _credit_table(lock: Lock | None) -> dict[tuple[str, int, int], float]:
     return {k: sum(v) / len(v) for k, v in sums.items()}
 
 
-def plan(spec: Spec, requests: Sequence[Request] | None = None,
-         lock: Lock | None = None) -> Plan:
+def plan(spec: Spec, requests: Sequence[Request] | None = None, lock: Lock | None = None) -> Plan:
     """The plan of a spec against its lock (read from beside the spec unless given)."""
     if requests is None:
         requests = validate(spec)
@@ -113,12 +112,14 @@ def plan(spec: Spec, requests: Sequence[Request] | None = None,
         width, height = model.size(request.body)
         images = model.num_images(request.body)
         rate = per_image.get((request.model, width, height))
-        items.append(PlanItem(
-            request=request,
-            state=state_of(request, entries.get(request.id), folder),
-            width=width,
-            height=height,
-            images=images,
-            credits=None if rate is None else rate * images,
-        ))
+        items.append(
+            PlanItem(
+                request=request,
+                state=state_of(request, entries.get(request.id), folder),
+                width=width,
+                height=height,
+                images=images,
+                credits=None if rate is None else rate * images,
+            )
+        )
     return Plan(spec=spec, items=tuple(items))

@@ -30,9 +30,15 @@ class Progress:
             from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
             from rich.progress import Progress as Bar
 
-            self._bar = Bar(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                            TextColumn("{task.fields[detail]}"), TimeRemainingColumn(),
-                            console=Console(file=self.stream), transient=True)
+            self._bar = Bar(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[detail]}"),
+                TimeRemainingColumn(),
+                console=Console(file=self.stream),
+                transient=True,
+            )
             self._task = self._bar.add_task(spec.name, total=self.total, detail="")
 
     def __enter__(self) -> Progress:
@@ -40,8 +46,9 @@ class Progress:
             self._bar.start()
         return self
 
-    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         if self._bar:
             self._bar.stop()
 
@@ -50,8 +57,10 @@ class Progress:
         if self._bar:
             elapsed = max(time.monotonic() - self.started, 1e-9)
             rate = self.counts[DONE] / elapsed
-            detail = (f"done {self.counts[DONE]}, skipped {self.counts[SKIPPED]}, "
-                      f"failed {self.counts[FAILED]}, {rate:.1f}/s")
+            detail = (
+                f"done {self.counts[DONE]}, skipped {self.counts[SKIPPED]}, "
+                f"failed {self.counts[FAILED]}, {rate:.1f}/s"
+            )
             self._bar.update(self._task, advance=1, detail=detail)
         elif result.status != SKIPPED:
             line = f"[{sum(self.counts.values())}/{self.total}] {result.status}: {result.id}"
@@ -60,14 +69,23 @@ class Progress:
             print(line, file=self.stream, flush=True)
 
     def summary(self, result: RunResult) -> str:
-        parts = [f"{result.count(DONE)} done", f"{result.count(SKIPPED)} skipped",
-                 f"{result.count(FAILED)} failed"]
+        parts = [
+            f"{result.count(DONE)} done",
+            f"{result.count(SKIPPED)} skipped",
+            f"{result.count(FAILED)} failed",
+        ]
         if result.count(NOT_SENT):
             parts.append(f"{result.count(NOT_SENT)} not sent")
-        lines = [f"{self.spec.path}: " + ", ".join(parts)
-                 + f"; credits {result.credits:g}; {result.seconds:.1f} s"]
+        lines = [
+            f"{self.spec.path}: "
+            + ", ".join(parts)
+            + f"; credits {result.credits:g}; {result.seconds:.1f} s"
+        ]
         for failure in (r for r in result.results if r.status == FAILED):
             lines.append(f"  failed {failure.id}: {failure.reason}")
+        unsent = Counter(r.reason for r in result.results if r.status == NOT_SENT)
         if result.stopped:
             lines.append(f"  stopped: {result.stopped}")
+        else:
+            lines += [f"  not sent: {reason} ({n})" for reason, n in unsent.items()]
         return "\n".join(lines)

@@ -20,8 +20,9 @@ from typing import Any
 
 import jinja2
 from jinja2 import meta, nodes
+from jinja2.exceptions import SecurityError
 from jinja2.nativetypes import NativeCodeGenerator
-from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 MAX_RENDERED_CHARS = 100_000
 MAX_POWER = 4096
@@ -50,14 +51,17 @@ class _ConfinedLoader(jinja2.FileSystemLoader):
 class _Sandbox(ImmutableSandboxedEnvironment):
     intercepted_binops = frozenset(["*", "**"])
 
-    def call_binop(self, context: jinja2.runtime.Context, operator: str,
-                   left: Any, right: Any) -> Any:
+    def call_binop(
+        self, context: jinja2.runtime.Context, operator: str, left: Any, right: Any
+    ) -> Any:
         if operator == "**" and isinstance(right, int) and abs(right) > MAX_POWER:
             raise SecurityError(f"exponent {right} is too large")
         if operator == "*":
             for seq, times in ((left, right), (right, left)):
-                if isinstance(seq, str | list | tuple) and isinstance(times, int) and (
-                    len(seq) * times > MAX_RENDERED_CHARS
+                if (
+                    isinstance(seq, str | list | tuple)
+                    and isinstance(times, int)
+                    and (len(seq) * times > MAX_RENDERED_CHARS)
                 ):
                     raise SecurityError("the result of * would be too large")
         return super().call_binop(context, operator, left, right)
@@ -123,7 +127,9 @@ class Template:
 
     def render(self, context: Mapping[str, Any]) -> Any:
         if self._native:
-            chunks = list(self._template.root_render_func(self._template.new_context(context)))
+            chunks = list(
+                self._template.root_render_func(self._template.new_context(dict(context)))
+            )
             if len(chunks) == 1:
                 return _capped(chunks[0])
             return _capped("".join(map(str, chunks)))
@@ -131,8 +137,12 @@ class Template:
 
 
 def _single_expression(ast: nodes.Template) -> bool:
-    return len(ast.body) == 1 and isinstance(ast.body[0], nodes.Output) and (
-        len(ast.body[0].nodes) == 1 and not isinstance(ast.body[0].nodes[0], nodes.TemplateData)
+    return (
+        len(ast.body) == 1
+        and isinstance(ast.body[0], nodes.Output)
+        and (
+            len(ast.body[0].nodes) == 1 and not isinstance(ast.body[0].nodes[0], nodes.TemplateData)
+        )
     )
 
 

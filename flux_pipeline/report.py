@@ -12,8 +12,10 @@ def table(rows: Sequence[Sequence[str]], right: frozenset[int] = frozenset()) ->
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = []
     for row in rows:
-        cells = [c.rjust(w) if i in right else c.ljust(w)
-                 for i, (c, w) in enumerate(zip(row, widths, strict=True))]
+        cells = [
+            c.rjust(w) if i in right else c.ljust(w)
+            for i, (c, w) in enumerate(zip(row, widths, strict=True))
+        ]
         lines.append("  ".join(cells).rstrip())
     return "\n".join(lines)
 
@@ -25,15 +27,17 @@ def credits_text(value: float | None) -> str:
 def plan_table(plan: Plan) -> str:
     rows: list[list[str]] = [["STATE", "NAME", "MODEL", "SIZE", "SEED", "IMAGES", "CREDITS"]]
     for item in plan.items:
-        rows.append([
-            item.state.state,
-            item.request.id,
-            item.request.model,
-            f"{item.width}x{item.height}",
-            str(item.request.seed),
-            str(item.images),
-            credits_text(item.credits),
-        ])
+        rows.append(
+            [
+                item.state.state,
+                item.request.id,
+                item.request.model,
+                f"{item.width}x{item.height}",
+                str(item.request.seed),
+                str(item.images),
+                credits_text(item.credits),
+            ]
+        )
     counts = ", ".join(f"{n} {state}" for state, n in sorted(plan.counts.items()))
     summary = (
         f"{plan.spec.path}: {len(plan.items)} requests, {plan.images} images ({counts}); "

@@ -18,7 +18,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 import httpx
 
@@ -99,8 +99,9 @@ class RunResult:
 
     @property
     def ok(self) -> bool:
-        return self.stopped is None and not any(r.status in (FAILED, NOT_SENT)
-                                                for r in self.results)
+        return self.stopped is None and not any(
+            r.status in (FAILED, NOT_SENT) for r in self.results
+        )
 
 
 #: Called with each request's result as it finishes (for progress displays).
@@ -189,15 +190,22 @@ class _Run:
 
     def finish(self, result: RequestResult, attempts: Sequence[Attempt] = ()) -> None:
         self.results.append(result)
-        self.journal.write(json.dumps({
-            "event": "request",
-            "id": result.id,
-            "status": result.status,
-            "reason": result.reason,
-            "seconds": round(result.seconds, 4),
-            "attempts": [{"status": a.status, "seconds": round(a.seconds, 4), "error": a.error}
-                         for a in attempts],
-        }) + "\n")
+        self.journal.write(
+            json.dumps(
+                {
+                    "event": "request",
+                    "id": result.id,
+                    "status": result.status,
+                    "reason": result.reason,
+                    "seconds": round(result.seconds, 4),
+                    "attempts": [
+                        {"status": a.status, "seconds": round(a.seconds, 4), "error": a.error}
+                        for a in attempts
+                    ],
+                }
+            )
+            + "\n"
+        )
         self.journal.flush()
         if self.listener:
             self.listener(result)
@@ -236,21 +244,37 @@ class _Run:
             if self.stopped is None:
                 self.stopped = str(exc)
             status = NOT_SENT if exc.status == 0 else FAILED  # 0: stopped before sending
-            self.finish(RequestResult(request.id, status, str(exc), None, len(attempts),
-                                      time.monotonic() - started), attempts)
+            self.finish(
+                RequestResult(
+                    request.id, status, str(exc), None, len(attempts), time.monotonic() - started
+                ),
+                attempts,
+            )
             return
         except RequestFailed as exc:
-            self.finish(RequestResult(request.id, FAILED, exc.reason, None, len(attempts),
-                                      time.monotonic() - started), attempts)
+            self.finish(
+                RequestResult(
+                    request.id, FAILED, exc.reason, None, len(attempts), time.monotonic() - started
+                ),
+                attempts,
+            )
             return
         except OSError as exc:
             reason = f"cannot write the image: {exc.strerror or exc}"
-            self.finish(RequestResult(request.id, FAILED, reason, None, len(attempts),
-                                      time.monotonic() - started), attempts)
+            self.finish(
+                RequestResult(
+                    request.id, FAILED, reason, None, len(attempts), time.monotonic() - started
+                ),
+                attempts,
+            )
             return
         self.keeper.record(Entry.of(request, outputs, generation.summary()))
-        self.finish(RequestResult(request.id, DONE, "", generation.credits, len(attempts),
-                                  time.monotonic() - started), attempts)
+        self.finish(
+            RequestResult(
+                request.id, DONE, "", generation.credits, len(attempts), time.monotonic() - started
+            ),
+            attempts,
+        )
 
     async def store(self, item: PlanItem, generation: Generation) -> list[Output]:
         request = item.request
@@ -258,8 +282,10 @@ class _Run:
         assert model is not None  # validated
         stems = output_stems(request)
         if len(generation.images) != len(stems):
-            raise RequestFailed(request.id, f"expected {len(stems)} images, the API returned "
-                                            f"{len(generation.images)}")
+            raise RequestFailed(
+                request.id,
+                f"expected {len(stems)} images, the API returned {len(generation.images)}",
+            )
         expected = model.output_format(request.body)
         outputs = []
         for stem, delivery in zip(stems, generation.images, strict=True):
@@ -275,11 +301,16 @@ class _Run:
                 target.replace(final)
                 target = final
             relative = os.path.relpath(target, self.spec.lock_path.parent.resolve())
-            outputs.append(Output(
-                path=Path(relative).as_posix(),
-                sha256=sha256, bytes=size, width=info.width, height=info.height,
-                format=info.format,
-            ))
+            outputs.append(
+                Output(
+                    path=Path(relative).as_posix(),
+                    sha256=sha256,
+                    bytes=size,
+                    width=info.width,
+                    height=info.height,
+                    format=info.format,
+                )
+            )
         return outputs
 
 
@@ -318,11 +349,20 @@ async def run_async(
     spec.output.mkdir(parents=True, exist_ok=True)
     sweep_temp_files(spec.output)
     with (spec.output / JOURNAL).open("a", encoding="utf-8") as journal:
-        journal.write(json.dumps({"event": "run", "spec": spec.name, "requests": len(todo),
-                                  "time": time.time()}) + "\n")
-        state = _Run(spec, ApiClient(http, base_url, api_key,
-                                     RetryPolicy(retries=options.retries)),
-                     keeper, options, journal, listener)
+        journal.write(
+            json.dumps(
+                {"event": "run", "spec": spec.name, "requests": len(todo), "time": time.time()}
+            )
+            + "\n"
+        )
+        state = _Run(
+            spec,
+            ApiClient(http, base_url, api_key, RetryPolicy(retries=options.retries)),
+            keeper,
+            options,
+            journal,
+            listener,
+        )
 
         async def before_send() -> None:
             if state.stopped:
@@ -335,8 +375,10 @@ async def run_async(
         saver = asyncio.ensure_future(keeper.keep())
         try:
             queue = deque(todo)
-            workers = [asyncio.ensure_future(state.worker(queue))
-                       for _ in range(max(1, min(options.concurrency, len(todo))))]
+            workers = [
+                asyncio.ensure_future(state.worker(queue))
+                for _ in range(max(1, min(options.concurrency, len(todo))))
+            ]
             await asyncio.gather(*workers)
         finally:
             saver.cancel()
@@ -368,9 +410,17 @@ def run(
     the_plan = plan(spec, requests)
 
     async def main() -> RunResult:
-        async with make_http_client(options.concurrency, options.timeout,
-                                    options.transport) as http:
-            return await run_async(spec, the_plan, http, base_url=base_url, api_key=api_key,
-                                   options=options, listener=listener)
+        async with make_http_client(
+            options.concurrency, options.timeout, options.transport
+        ) as http:
+            return await run_async(
+                spec,
+                the_plan,
+                http,
+                base_url=base_url,
+                api_key=api_key,
+                options=options,
+                listener=listener,
+            )
 
     return asyncio.run(main())

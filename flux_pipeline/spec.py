@@ -11,13 +11,14 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import yaml
 from jsonschema import Draft7Validator
 from jsonschema.exceptions import ValidationError
 
 from .errors import Problem, SpecInvalid, did_you_mean
+from .models import error_parts
 
 MAX_SPEC_BYTES = 5 * 1024 * 1024
 MAX_NODES = 1_000_000  # values in the document once every alias is expanded
@@ -61,7 +62,7 @@ def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> Any:
     for key_node, _ in node.value:
         if key_node.tag == "tag:yaml.org,2002:merge":
             continue
-        key = loader.construct_object(key_node, deep=True)  # type: ignore[no-untyped-call]
+        key = loader.construct_object(key_node, deep=True)
         line = key_node.start_mark.line + 1
         try:
             first = seen.setdefault(key, line)
@@ -73,10 +74,10 @@ def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> Any:
             raise yaml.constructor.ConstructorError(
                 None, None, f"duplicate key {key!r} (first on line {first})", key_node.start_mark
             )
-    loader.flatten_mapping(node)  # type: ignore[no-untyped-call]
+    loader.flatten_mapping(node)
     for key_node, value_node in node.value:
-        key = loader.construct_object(key_node, deep=True)  # type: ignore[no-untyped-call]
-        data[key] = loader.construct_object(value_node, deep=True)  # type: ignore[no-untyped-call]
+        key = loader.construct_object(key_node, deep=True)
+        data[key] = loader.construct_object(value_node, deep=True)
         data.key_lines[key] = key_node.start_mark.line + 1
 
 
@@ -85,7 +86,7 @@ def _construct_sequence(loader: yaml.SafeLoader, node: yaml.SequenceNode) -> Any
     data.line = node.start_mark.line + 1
     yield data
     for item in node.value:
-        data.append(loader.construct_object(item, deep=True))  # type: ignore[no-untyped-call]
+        data.append(loader.construct_object(item, deep=True))
         data.item_lines.append(item.start_mark.line + 1)
 
 
@@ -129,15 +130,15 @@ def load_yaml(path: Path, *, what: str = "spec") -> Any:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        raise fail(f"not UTF-8 text (byte {exc.start})", line) from None
+        raise fail(
+            f"not UTF-8 text (byte {exc.start})", raw[: exc.start].count(b"\n") + 1
+        ) from None
     try:
         data = yaml.load(text, Loader=_Loader)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark else None
         message = " ".join(str(x) for x in (exc.context, exc.problem) if x)
-        raise fail(f"YAML error: {message}", line) from None
+        raise fail(f"YAML error: {message}", mark.line + 1 if mark else None) from None
     except yaml.YAMLError as exc:
         raise fail(f"YAML error: {exc}") from None
     except RecursionError:
@@ -251,9 +252,10 @@ def spec_schema_json() -> str:
 def _structure_problem(file: str, doc: Any, error: ValidationError) -> Problem:
     path = list(error.absolute_path)
     where = ".".join(str(p) for p in path)
+    schema, instance = error_parts(error)
     if error.validator == "additionalProperties":
-        allowed = list(error.schema.get("properties", {}))
-        extra = sorted(set(error.instance) - set(allowed), key=str)
+        allowed = list(schema.get("properties", {}))
+        extra = sorted(set(instance) - set(allowed), key=str)
         word = str(extra[0]) if extra else ""
         return Problem(
             f"unknown key {word!r}{did_you_mean(word, allowed)}",
@@ -261,14 +263,16 @@ def _structure_problem(file: str, doc: Any, error: ValidationError) -> Problem:
             line=line_of(doc, [*path, word]),
             path=where,
         )
-    if error.validator == "oneOf" and isinstance(error.instance, dict):
-        both = "prompt" in error.instance and "prompt_file" in error.instance
-        message = "give either prompt or prompt_file, not both" if both else (
-            "a job needs a prompt or a prompt_file"
+    if error.validator == "oneOf" and isinstance(instance, dict):
+        both = "prompt" in instance and "prompt_file" in instance
+        message = (
+            "give either prompt or prompt_file, not both"
+            if both
+            else ("a job needs a prompt or a prompt_file")
         )
         return Problem(message, file=file, line=line_of(doc, path), path=where)
     if error.validator == "required":
-        missing = [k for k in error.validator_value if k not in error.instance]
+        missing = [k for k in cast(list[str], error.validator_value) if k not in instance]
         return Problem(
             f"missing required key {missing[0]!r}", file=file, line=line_of(doc, path), path=where
         )
@@ -316,8 +320,9 @@ class Spec:
 
     @property
     def lock_path(self) -> Path:
-        return self.path.with_name(self.path.name.removesuffix(".yaml").removesuffix(".yml")
-                                   + ".lock.json")
+        return self.path.with_name(
+            self.path.name.removesuffix(".yaml").removesuffix(".yml") + ".lock.json"
+        )
 
 
 def _lines(mapping: Any) -> dict[str, int]:
@@ -332,8 +337,8 @@ def load_spec(path: str | Path) -> Spec:
     if doc is None:
         raise SpecInvalid([Problem("the spec is empty", file=file)])
     if not isinstance(doc, dict):
-        kind = {list: "list", str: "string", int: "number", float: "number", bool: "boolean"}
-        kind = next((v for t, v in kind.items() if isinstance(doc, t)), type(doc).__name__)
+        kinds = {list: "list", str: "string", bool: "boolean", int: "number", float: "number"}
+        kind = next((v for t, v in kinds.items() if isinstance(doc, t)), type(doc).__name__)
         raise SpecInvalid([Problem(f"the spec must be a mapping, not a {kind}", file=file, line=1)])
     errors = sorted(_SPEC_VALIDATOR.iter_errors(doc), key=lambda e: list(map(str, e.path)))
     if errors:
@@ -351,8 +356,10 @@ def load_spec(path: str | Path) -> Spec:
         vars=dict(doc.get("vars", {})),
         defaults=dict(doc.get("defaults", {})),
         # A top-level `model` is a default like the others; errors in it point at its line.
-        defaults_lines={**{k: v for k, v in doc.key_lines.items() if k == "model"},
-                        **_lines(doc.get("defaults"))},
+        defaults_lines={
+            **{k: v for k, v in _lines(doc).items() if k == "model"},
+            **_lines(doc.get("defaults")),
+        },
         jobs=jobs,
     )
 

@@ -59,15 +59,28 @@ def check_requests(spec: Spec, requests: Sequence[Request]) -> list[Problem]:
     for request in requests:
         errors = check_body(request.body)
         for error in errors:
-            problems.append(Problem(
-                error.message, file, request.line_of(error.path), request.job, request.combo,
-                error.path,
-            ))
+            problems.append(
+                Problem(
+                    error.message,
+                    file,
+                    request.line_of(error.path),
+                    request.job,
+                    request.combo,
+                    error.path,
+                )
+            )
         reason = name_problem(request.id)
         if reason:
-            problems.append(Problem(
-                f"{reason}: {request.id!r}", file, request.line, request.job, request.combo, "name"
-            ))
+            problems.append(
+                Problem(
+                    f"{reason}: {request.id!r}",
+                    file,
+                    request.line,
+                    request.job,
+                    request.combo,
+                    "name",
+                )
+            )
             continue
         if errors:
             continue  # its file names depend on fields that are wrong already
@@ -84,10 +97,15 @@ def _clashes(file: str, owners: Iterable[tuple[str, list[Request]]]) -> list[Pro
             continue
         first = users[0]
         listed = "; ".join(f'job "{r.job}" {format_combo(r.combo)}' for r in users)
-        problems.append(Problem(
-            f"{len(users)} requests write the file {stem!r}: {listed}",
-            file, first.line, first.job, path="name",
-        ))
+        problems.append(
+            Problem(
+                f"{len(users)} requests write the file {stem!r}: {listed}",
+                file,
+                first.line,
+                first.job,
+                path="name",
+            )
+        )
     return problems
 
 

@@ -72,11 +72,11 @@ CASES = {
     "duplicate names": (
         "version: 1\njobs:\n  - name: same\n    prompt: '{{ c }}'\n    matrix: {c: [red, blue]}\n",
         ":3 job \"same\": name: 2 requests write the file 'same': "
-        "job \"same\" {c: red}; job \"same\" {c: blue}",
+        'job "same" {c: red}; job "same" {c: blue}',
     ),
     "missing prompt_file": (
         "version: 1\njobs:\n  - {name: a, prompt_file: nowhere.j2}\n",
-        ":3 job \"a\": prompt_file: template file not found in the spec's folder or templates/: "
+        ':3 job "a": prompt_file: template file not found in the spec\'s folder or templates/: '
         "nowhere.j2",
     ),
     "prompt_file outside": (
@@ -90,18 +90,23 @@ CASES = {
     "bad size": (
         "version: 1\njobs:\n  - name: hero\n    prompt: p\n    matrix: {style: [neon]}\n"
         "    request:\n      image_size: {width: 1000, height: 768}\n",
-        ":7 job \"hero\" {style: neon}: image_size.width: 1000 is not a multiple of 32",
+        ':7 job "hero" {style: neon}: image_size.width: 1000 is not a multiple of 32',
     ),
-    "deep nesting": ("version: 1\njobs: " + "[" * 1000 + "]" * 1000 + "\n",
-                     ": YAML is nested too deeply"),
+    "deep nesting": (
+        "version: 1\njobs: " + "[" * 1000 + "]" * 1000 + "\n",
+        ": YAML is nested too deeply",
+    ),
 }
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_bad_spec_gives_one_clear_error(tmp_path: Path, case: str) -> None:
     text, expected = CASES[case]
-    path = write_spec(tmp_path, text) if text else build_file_tree(
-        tmp_path, {"spec.yaml": ""}) / "spec.yaml"
+    path = (
+        write_spec(tmp_path, text)
+        if text
+        else build_file_tree(tmp_path, {"spec.yaml": ""}) / "spec.yaml"
+    )
     result = invoke("validate", str(path))
     assert result.exit_code == 1, result.output
     assert "Traceback" not in result.output
@@ -122,13 +127,16 @@ def test_non_utf8_file(tmp_path: Path) -> None:
 
 def test_cases_file_with_a_missing_column(tmp_path: Path) -> None:
     build_file_tree(tmp_path, {"rows.csv": "product,style\nkettle,neon\ntoaster\n"})
-    path = write_spec(tmp_path, """
+    path = write_spec(
+        tmp_path,
+        """
         version: 1
         jobs:
           - name: "{{ product }}"
             prompt: "{{ style }}"
             cases_file: rows.csv
-    """)
+    """,
+    )
     result = invoke("validate", str(path))
     assert result.exit_code == 1
     assert result.stderr.splitlines()[0] == (
@@ -139,28 +147,36 @@ def test_cases_file_with_a_missing_column(tmp_path: Path) -> None:
 
 def test_cases_file_without_a_column_the_template_uses(tmp_path: Path) -> None:
     build_file_tree(tmp_path, {"rows.csv": "product\nkettle\n"})
-    path = write_spec(tmp_path, """
+    path = write_spec(
+        tmp_path,
+        """
         version: 1
         jobs:
           - name: "{{ product }}"
             prompt: "{{ style }}"
             cases_file: rows.csv
-    """)
+    """,
+    )
     result = invoke("validate", str(path))
     assert result.exit_code == 1
-    assert (f"error: {path}:4 job \"{{{{ product }}}}\" {{product: kettle}}: prompt: "
-            "undefined variable 'style'") in result.stderr
+    assert (
+        f'error: {path}:4 job "{{{{ product }}}}" {{product: kettle}}: prompt: '
+        "undefined variable 'style'"
+    ) in result.stderr
 
 
 def test_all_problems_are_reported_at_once(tmp_path: Path) -> None:
-    path = write_spec(tmp_path, """
+    path = write_spec(
+        tmp_path,
+        """
         version: 1
         jobs:
           - name: "a-{{ w }}"
             prompt: p
             matrix: {w: [1000, 1024, 1030]}
             request: {image_size: {width: "{{ w }}", height: 768}, num_image: 2}
-    """)
+    """,
+    )
     result = invoke("validate", str(path))
     assert result.exit_code == 1
     lines = result.stderr.splitlines()

@@ -13,7 +13,6 @@ import jsonschema
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from PIL import Image
 from strategies import all_models, from_schema, models
 
@@ -62,8 +61,9 @@ def http() -> Iterator[httpx.Client]:
         yield client
 
 
-def post(http: httpx.Client, server: EmulatorServer, body: Any,
-         headers: dict[str, str] | None = None) -> httpx.Response:
+def post(
+    http: httpx.Client, server: EmulatorServer, body: Any, headers: dict[str, str] | None = None
+) -> httpx.Response:
     return http.post(server.url + API_PATH, json=body, headers=AUTH if headers is None else headers)
 
 
@@ -88,8 +88,9 @@ valid_bodies = all_models.flatmap(lambda m: from_schema(registry()[m].request_sc
 
 @settings(max_examples=60)
 @given(body=valid_bodies, shape=st.sampled_from(["data", "images"]))
-def test_valid_bodies_get_the_documented_answer(server: EmulatorServer, http: httpx.Client,
-                                                body: dict[str, Any], shape: str) -> None:
+def test_valid_bodies_get_the_documented_answer(
+    server: EmulatorServer, http: httpx.Client, body: dict[str, Any], shape: str
+) -> None:
     server.emulator.configure(shape=shape, delivery="url")
     response = post(http, server, body)
     assert response.status_code == 200, response.text
@@ -123,7 +124,9 @@ MUTATIONS: list[tuple[str, Any]] = [
 @settings(max_examples=40)
 @given(body=valid_bodies, mutation=st.sampled_from(MUTATIONS))
 def test_invalid_bodies_get_400_in_the_providers_error_shape(
-    server: EmulatorServer, http: httpx.Client, body: dict[str, Any],
+    server: EmulatorServer,
+    http: httpx.Client,
+    body: dict[str, Any],
     mutation: tuple[str, Any],
 ) -> None:
     key, value = mutation
@@ -137,7 +140,7 @@ def test_invalid_bodies_get_400_in_the_providers_error_shape(
     response = post(http, server, bad)
     assert response.status_code == 400
     answer = response.json()
-    assert ERROR_KEYS <= set(answer)
+    assert set(answer) >= ERROR_KEYS
     assert answer["statusCode"] == 400
     assert answer["message"] == "Body validation error"
     assert answer["details"]
@@ -147,18 +150,20 @@ def test_missing_or_empty_key_is_401(server: EmulatorServer, http: httpx.Client)
     for headers in ({}, {"Authorization": "Bearer"}, {"Authorization": "Basic abc"}):
         response = post(http, server, {"model": "flux-pro", "prompt": "p"}, headers)
         assert response.status_code == 401
-        assert ERROR_KEYS <= set(response.json())
+        assert set(response.json()) >= ERROR_KEYS
 
 
-def test_bodies_that_are_not_json_objects_are_400(server: EmulatorServer,
-                                                  http: httpx.Client) -> None:
+def test_bodies_that_are_not_json_objects_are_400(
+    server: EmulatorServer, http: httpx.Client
+) -> None:
     for content in (b"not json", b"[1, 2]"):
         response = http.post(server.url + API_PATH, content=content, headers=AUTH)
         assert response.status_code == 400
 
 
-def test_unknown_paths_are_404_in_the_providers_shape(server: EmulatorServer,
-                                                      http: httpx.Client) -> None:
+def test_unknown_paths_are_404_in_the_providers_shape(
+    server: EmulatorServer, http: httpx.Client
+) -> None:
     response = http.get(server.url + "/v1/nothing")
     assert response.status_code == 404
     assert response.json()["statusCode"] == 404
@@ -169,8 +174,9 @@ def test_unknown_paths_are_404_in_the_providers_shape(server: EmulatorServer,
 
 @pytest.mark.parametrize("delivery", ["url", "b64"])
 @pytest.mark.parametrize("shape", ["data", "images"])
-def test_same_request_gives_the_same_bytes(server: EmulatorServer, http: httpx.Client,
-                                           shape: str, delivery: str) -> None:
+def test_same_request_gives_the_same_bytes(
+    server: EmulatorServer, http: httpx.Client, shape: str, delivery: str
+) -> None:
     server.emulator.configure(shape=shape, delivery=delivery)
     body = {"model": "flux-pro", "prompt": "a kettle", "seed": 42, "image_size": "square"}
     first = fetch_images(http, post(http, server, body).json())
@@ -180,8 +186,9 @@ def test_same_request_gives_the_same_bytes(server: EmulatorServer, http: httpx.C
     assert first != other
 
 
-def test_shapes_and_deliveries_give_the_same_bytes(server: EmulatorServer,
-                                                   http: httpx.Client) -> None:
+def test_shapes_and_deliveries_give_the_same_bytes(
+    server: EmulatorServer, http: httpx.Client
+) -> None:
     body = {"model": "flux/dev", "prompt": "a lamp", "seed": 5, "num_images": 2}
     seen = []
     for shape in ("data", "images"):
@@ -192,8 +199,9 @@ def test_shapes_and_deliveries_give_the_same_bytes(server: EmulatorServer,
     assert seen[0][0] != seen[0][1]  # each image of a request differs
 
 
-def test_a_seed_is_drawn_and_returned_when_the_request_has_none(server: EmulatorServer,
-                                                                http: httpx.Client) -> None:
+def test_a_seed_is_drawn_and_returned_when_the_request_has_none(
+    server: EmulatorServer, http: httpx.Client
+) -> None:
     server.emulator.configure(shape="images", delivery="url")
     answer = post(http, server, {"model": "flux-pro", "prompt": "p"}).json()
     assert isinstance(answer["seed"], int) and answer["seed"] >= 1
@@ -207,9 +215,9 @@ def decoded(data: bytes) -> tuple[str, int, int]:
 
 @pytest.mark.parametrize("preset", sorted(PRESETS))
 @pytest.mark.parametrize("fmt", ["jpeg", "png"])
-def test_presets_give_images_of_their_size_and_format(server: EmulatorServer,
-                                                      http: httpx.Client, preset: str,
-                                                      fmt: str) -> None:
+def test_presets_give_images_of_their_size_and_format(
+    server: EmulatorServer, http: httpx.Client, preset: str, fmt: str
+) -> None:
     server.emulator.configure(shape="data", delivery="b64")
     body = {"model": "flux-pro", "prompt": "p", "image_size": preset, "output_format": fmt}
     (image,) = fetch_images(http, post(http, server, body).json())
@@ -218,8 +226,9 @@ def test_presets_give_images_of_their_size_and_format(server: EmulatorServer,
 
 @settings(max_examples=15)
 @given(model=models, data=st.data())
-def test_random_sizes_give_images_of_that_size(server: EmulatorServer, http: httpx.Client,
-                                               model: str, data: st.DataObject) -> None:
+def test_random_sizes_give_images_of_that_size(
+    server: EmulatorServer, http: httpx.Client, model: str, data: st.DataObject
+) -> None:
     low, high = registry()[model].size_range or (0, 0)
     side = st.integers(low // 32 + (low % 32 > 0), high // 32).map(lambda k: k * 32)
     width, height = data.draw(side), data.draw(side)
@@ -248,8 +257,7 @@ def fresh() -> Iterator[EmulatorServer]:
         yield running
 
 
-def test_counters_count_every_request_by_outcome(fresh: EmulatorServer,
-                                                 http: httpx.Client) -> None:
+def test_counters_count_every_request_by_outcome(fresh: EmulatorServer, http: httpx.Client) -> None:
     post(http, fresh, BODY)
     post(http, fresh, {**BODY, "num_images": 3})
     post(http, fresh, {**BODY, "seed": 0})
@@ -274,15 +282,15 @@ def test_fail_rate_answers_5xx_and_is_repeatable(http: httpx.Client) -> None:
             outcomes.append([post(http, running, BODY).status_code for _ in range(40)])
             snap = running.emulator.counters.snapshot()
             assert sum(snap["statuses"].get(s, 0) for s in (500, 502, 503, 504)) == sum(
-                s != 200 for s in outcomes[-1])
+                s != 200 for s in outcomes[-1]
+            )
     assert outcomes[0] == outcomes[1]
     assert set(outcomes[0]) - {200} <= {500, 502, 503, 504}
     assert 5 < sum(s != 200 for s in outcomes[0]) < 35
     assert len(set(outcomes[0]) - {200}) >= 2  # a mix of 5xx statuses
 
 
-def test_rate_limit_answers_429_with_retry_after(fresh: EmulatorServer,
-                                                 http: httpx.Client) -> None:
+def test_rate_limit_answers_429_with_retry_after(fresh: EmulatorServer, http: httpx.Client) -> None:
     fresh.emulator.configure(rate_limit=2.0)
     statuses = [post(http, fresh, BODY) for _ in range(6)]
     limited = [r for r in statuses if r.status_code == 429]
@@ -291,8 +299,9 @@ def test_rate_limit_answers_429_with_retry_after(fresh: EmulatorServer,
     assert fresh.emulator.counters.snapshot()["statuses"][429] == len(limited)
 
 
-def test_truncated_downloads_are_cut_short_under_a_full_length(fresh: EmulatorServer,
-                                                               http: httpx.Client) -> None:
+def test_truncated_downloads_are_cut_short_under_a_full_length(
+    fresh: EmulatorServer, http: httpx.Client
+) -> None:
     fresh.emulator.configure(truncate_rate=1.0)
     url = post(http, fresh, BODY).json()["data"][0]["url"]
     with pytest.raises(httpx.RemoteProtocolError):

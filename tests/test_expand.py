@@ -17,15 +17,19 @@ from flux_pipeline.errors import SpecInvalid
 from flux_pipeline.expansion import derive_seed, matrix_combinations
 
 
-def spec_with_matrix(root: Path, matrix: dict[str, object], name: str = "grid",
-                     extra: str = "") -> Path:
+def spec_with_matrix(
+    root: Path, matrix: dict[str, object], name: str = "grid", extra: str = ""
+) -> Path:
     axes = sorted(k for k in matrix if k not in ("include", "exclude"))
-    name_template = "-".join("{{ %s }}" % a for a in axes) or "single"
-    text = yaml.safe_dump({
-        "version": 1,
-        "name": name,
-        "jobs": [{"name": name_template, "prompt": "p " + name_template, "matrix": matrix}],
-    }, sort_keys=False)
+    name_template = "-".join("{{ " + a + " }}" for a in axes) or "single"
+    text = yaml.safe_dump(
+        {
+            "version": 1,
+            "name": name,
+            "jobs": [{"name": name_template, "prompt": "p " + name_template, "matrix": matrix}],
+        },
+        sort_keys=False,
+    )
     return write_spec(root, text + extra)
 
 
@@ -33,17 +37,19 @@ def spec_with_matrix(root: Path, matrix: dict[str, object], name: str = "grid",
 
 
 def test_include_entry_extends_matching_combinations() -> None:
-    combos = matrix_combinations({
-        "fruit": ["apple", "pear"],
-        "animal": ["cat", "dog"],
-        "include": [
-            {"color": "green"},
-            {"color": "pink", "animal": "cat"},
-            {"fruit": "apple", "shape": "circle"},
-            {"fruit": "banana"},
-            {"fruit": "banana", "animal": "cat"},
-        ],
-    })
+    combos = matrix_combinations(
+        {
+            "fruit": ["apple", "pear"],
+            "animal": ["cat", "dog"],
+            "include": [
+                {"color": "green"},
+                {"color": "pink", "animal": "cat"},
+                {"fruit": "apple", "shape": "circle"},
+                {"fruit": "banana"},
+                {"fruit": "banana", "animal": "cat"},
+            ],
+        }
+    )
     assert combos == [
         {"fruit": "apple", "animal": "cat", "color": "pink", "shape": "circle"},
         {"fruit": "apple", "animal": "dog", "color": "green", "shape": "circle"},
@@ -55,16 +61,18 @@ def test_include_entry_extends_matching_combinations() -> None:
 
 
 def test_exclude_removes_partial_matches_before_include() -> None:
-    combos = matrix_combinations({
-        "os": ["macos", "windows"],
-        "version": [12, 14, 16],
-        "environment": ["staging", "production"],
-        "exclude": [
-            {"os": "macos", "version": 12, "environment": "production"},
-            {"os": "windows", "version": 16},
-        ],
-        "include": [{"os": "windows", "version": 16, "environment": "staging"}],
-    })
+    combos = matrix_combinations(
+        {
+            "os": ["macos", "windows"],
+            "version": [12, 14, 16],
+            "environment": ["staging", "production"],
+            "exclude": [
+                {"os": "macos", "version": 12, "environment": "production"},
+                {"os": "windows", "version": 16},
+            ],
+            "include": [{"os": "windows", "version": 16, "environment": "staging"}],
+        }
+    )
     assert len(combos) == 12 - 1 - 2 + 1
     # the include matches no remaining combination, so it is added as a new one
     assert combos[-1] == {"os": "windows", "version": 16, "environment": "staging"}
@@ -72,7 +80,8 @@ def test_exclude_removes_partial_matches_before_include() -> None:
 
 def test_matrix_with_only_include_gives_one_combination_per_entry() -> None:
     assert matrix_combinations({"include": [{"a": 1}, {"a": 2, "b": 3}]}) == [
-        {"a": 1}, {"a": 2, "b": 3}
+        {"a": 1},
+        {"a": 2, "b": 3},
     ]
 
 
@@ -112,8 +121,9 @@ def test_include_never_overwrites_original_values(
 
 
 @given(matrix=matrices)
-def test_same_spec_expands_to_the_same_requests(tmp_path_factory: pytest.TempPathFactory,
-                                                matrix: dict[str, list[str]]) -> None:
+def test_same_spec_expands_to_the_same_requests(
+    tmp_path_factory: pytest.TempPathFactory, matrix: dict[str, list[str]]
+) -> None:
     path = spec_with_matrix(tmp_path_factory.mktemp("s"), matrix)
     first = expand(load_spec(path))
     second = expand(load_spec(path))
@@ -123,30 +133,42 @@ def test_same_spec_expands_to_the_same_requests(tmp_path_factory: pytest.TempPat
 
 @given(matrix=matrices, data=st.data(), new=axis_values)
 def test_adding_an_axis_value_keeps_other_seeds(
-    tmp_path_factory: pytest.TempPathFactory, matrix: dict[str, list[str]],
-    data: st.DataObject, new: list[str],
+    tmp_path_factory: pytest.TempPathFactory,
+    matrix: dict[str, list[str]],
+    data: st.DataObject,
+    new: list[str],
 ) -> None:
     axis = data.draw(st.sampled_from(sorted(matrix)))
     grown = {**matrix, axis: matrix[axis] + [v + "new" for v in new]}
-    before = {r.id: r.seed for r in expand(load_spec(spec_with_matrix(
-        tmp_path_factory.mktemp("a"), matrix)))}
-    after = {r.id: r.seed for r in expand(load_spec(spec_with_matrix(
-        tmp_path_factory.mktemp("b"), grown)))}
+    before = {
+        r.id: r.seed
+        for r in expand(load_spec(spec_with_matrix(tmp_path_factory.mktemp("a"), matrix)))
+    }
+    after = {
+        r.id: r.seed
+        for r in expand(load_spec(spec_with_matrix(tmp_path_factory.mktemp("b"), grown)))
+    }
     assert all(after[name] == seed for name, seed in before.items())
     assert len(after) > len(before)
 
 
 def test_rewording_a_prompt_keeps_its_seed(tmp_path: Path) -> None:
-    one = write_spec(tmp_path / "a", """
+    one = write_spec(
+        tmp_path / "a",
+        """
         version: 1
         name: shots
         jobs: [{name: hero, prompt: "a kettle"}]
-    """)
-    two = write_spec(tmp_path / "b", """
+    """,
+    )
+    two = write_spec(
+        tmp_path / "b",
+        """
         version: 1
         name: shots
         jobs: [{name: hero, prompt: "a shiny kettle on a table"}]
-    """)
+    """,
+    )
     assert expand(load_spec(one))[0].seed == expand(load_spec(two))[0].seed
     assert expand(load_spec(one))[0].seed == derive_seed("shots", "hero", 1)
 
@@ -159,7 +181,9 @@ def test_seeds_never_change_between_versions_or_machines() -> None:
 
 
 def test_explicit_seed_wins_and_may_be_a_template(tmp_path: Path) -> None:
-    path = write_spec(tmp_path, """
+    path = write_spec(
+        tmp_path,
+        """
         version: 1
         defaults: {seed: 7}
         jobs:
@@ -169,17 +193,21 @@ def test_explicit_seed_wins_and_may_be_a_template(tmp_path: Path) -> None:
           - name: b
             prompt: p
             request: {seed: "{{ 1000 + index }}"}
-    """)
+    """,
+    )
     assert [r.seed for r in expand(load_spec(path))] == [7, 7, 1000]
 
 
 def test_repeat_appends_rK_when_the_name_does_not_use_it(tmp_path: Path) -> None:
-    path = write_spec(tmp_path, """
+    path = write_spec(
+        tmp_path,
+        """
         version: 1
         jobs:
           - {name: a, prompt: p, repeat: 2}
           - {name: "b{{ repeat }}", prompt: "p {{ repeat }}", repeat: 2}
-    """)
+    """,
+    )
     requests = expand(load_spec(path))
     assert [r.id for r in requests] == ["a-r1", "a-r2", "b1", "b2"]
     assert len({r.seed for r in requests}) == 4
@@ -187,7 +215,9 @@ def test_repeat_appends_rK_when_the_name_does_not_use_it(tmp_path: Path) -> None
 
 
 def test_templates_render_request_fields_to_native_types(tmp_path: Path) -> None:
-    path = write_spec(tmp_path, """
+    path = write_spec(
+        tmp_path,
+        """
         version: 1
         vars: {size: {width: 512, height: 512}}
         jobs:
@@ -199,7 +229,8 @@ def test_templates_render_request_fields_to_native_types(tmp_path: Path) -> None
               image_size: "{{ size }}"
               safety_tolerance: "{{ tol }}"
               output_format: png
-    """)
+    """,
+    )
     first = expand(load_spec(path))[0].body
     assert first["num_inference_steps"] == 10
     assert first["image_size"] == {"width": 512, "height": 512}
@@ -207,11 +238,16 @@ def test_templates_render_request_fields_to_native_types(tmp_path: Path) -> None
 
 
 def test_cases_and_cases_file_add_rows(tmp_path: Path) -> None:
-    build_file_tree(tmp_path, {
-        "data/rows.csv": "product,steps\nkettle,20\nblender,30\n",
-        "data/rows.json": '[{"product": "fan", "steps": 5}]',
-    })
-    path = write_spec(tmp_path, """
+    build_file_tree(
+        tmp_path,
+        {
+            "data/rows.csv": "product,steps\nkettle,20\nblender,30\n",
+            "data/rows.json": '[{"product": "fan", "steps": 5}]',
+        },
+    )
+    path = write_spec(
+        tmp_path,
+        """
         version: 1
         jobs:
           - name: "{{ product }}"
@@ -223,34 +259,47 @@ def test_cases_and_cases_file_add_rows(tmp_path: Path) -> None:
             prompt: "a {{ product }}"
             cases_file: data/rows.json
             request: {num_inference_steps: "{{ steps }}"}
-    """)
+    """,
+    )
     requests = expand(load_spec(path))
     assert [(r.id, r.body["num_inference_steps"]) for r in requests] == [
-        ("toaster", 10), ("kettle", 20), ("blender", 30), ("fan", 5)
+        ("toaster", 10),
+        ("kettle", 20),
+        ("blender", 30),
+        ("fan", 5),
     ]
 
 
 def test_prompt_file_and_include_resolve_in_templates_folder(tmp_path: Path) -> None:
-    build_file_tree(tmp_path, {
-        "templates/shot.j2": "A {{ style }} shot. {% include 'footer.j2' %}",
-        "templates/footer.j2": "By {{ brand }}.",
-    })
-    path = write_spec(tmp_path / "specs", """
+    build_file_tree(
+        tmp_path,
+        {
+            "templates/shot.j2": "A {{ style }} shot. {% include 'footer.j2' %}",
+            "templates/footer.j2": "By {{ brand }}.",
+        },
+    )
+    path = write_spec(
+        tmp_path / "specs",
+        """
         version: 1
         vars: {brand: Acme}
         jobs:
           - {name: "s-{{ style }}", prompt_file: shot.j2, matrix: {style: [neon]}}
-    """)
+    """,
+    )
     assert expand(load_spec(path))[0].body["prompt"] == "A neon shot. By Acme."
 
 
 def test_undefined_variable_names_variable_job_and_line(tmp_path: Path) -> None:
-    path = write_spec(tmp_path, """
+    path = write_spec(
+        tmp_path,
+        """
         version: 1
         jobs:
           - name: hero
             prompt: "a {{ prodcut }}"
-    """)
+    """,
+    )
     with pytest.raises(SpecInvalid) as info:
         expand(load_spec(path))
     assert str(info.value) == f"{path}:4 job \"hero\": prompt: undefined variable 'prodcut'"

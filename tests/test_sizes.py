@@ -26,15 +26,17 @@ def body(model: str, **fields: object) -> dict[str, object]:
 
 
 @given(model=models, width=sides, height=sides)
-def test_size_is_accepted_iff_in_range_and_multiple_of_32(model: str, width: int,
-                                                          height: int) -> None:
+def test_size_is_accepted_iff_in_range_and_multiple_of_32(
+    model: str, width: int, height: int
+) -> None:
     low, high = registry()[model].size_range or (0, 0)
     ok = all(low <= side <= high and side % 32 == 0 for side in (width, height))
     errors = check_body(body(model, image_size={"width": width, "height": height}))
     assert (not errors) == ok, errors
     if ok:
-        assert registry()[model].size(body(model, image_size={"width": width,
-                                                              "height": height})) == (width, height)
+        assert registry()[model].size(
+            body(model, image_size={"width": width, "height": height})
+        ) == (width, height)
     else:
         assert all(e.path.startswith("image_size.") for e in errors)
 
