@@ -25,7 +25,7 @@ import httpx
 
 from .defaults import DEFAULT_BASE_URL  # noqa: E402,F401  (re-exported)
 from .errors import BadImage, BadResponse, RequestFailed, RunStopped
-from .files import atomic_writer
+from .files import PendingFile
 from .images import ImageInfo, probe
 from .models import API_PATH
 
@@ -315,28 +315,54 @@ class ApiClient:
         expect_format: str | None,
         expect_size: tuple[int, int],
     ) -> tuple[ImageInfo, str, int]:
+        # File work (create, fsync, rename) and image checks run in threads, off the loop.
         digest = hashlib.sha256()
-        with atomic_writer(target) as handle:
+        pending = await asyncio.to_thread(PendingFile, target)
+        try:
             if delivery.b64 is not None or (delivery.url or "").startswith("data:"):
-                data = self._decode_inline(request_id, delivery)
-                handle.write(data)
-                digest.update(data)
-                written = len(data)
-            else:
-                written = await self._download(request_id, delivery.url or "", handle, digest)
-            handle.flush()
-            try:
-                info = probe(Path(handle.name))
-            except ValueError as exc:
-                raise BadImage(request_id, f"the delivered image is unusable: {exc}") from None
-            if expect_format is not None and info.format != expect_format:
-                raise BadImage(request_id, f"expected a {expect_format} image, got {info.format}")
-            if (info.width, info.height) != expect_size:
-                raise BadImage(
-                    request_id,
-                    f"expected {expect_size[0]}x{expect_size[1]}, got {info.width}x{info.height}",
+                written = await asyncio.to_thread(
+                    self._write_inline, request_id, delivery, pending, digest
                 )
+            else:
+                written = await self._download(request_id, delivery.url or "", pending, digest)
+            info = await asyncio.to_thread(
+                self._check_and_commit, request_id, pending, expect_format, expect_size
+            )
+        except BaseException:
+            pending.discard()
+            raise
         return info, digest.hexdigest(), written
+
+    def _check_and_commit(
+        self,
+        request_id: str,
+        pending: PendingFile,
+        expect_format: str | None,
+        expect_size: tuple[int, int],
+    ) -> ImageInfo:
+        pending.flush()
+        try:
+            info = probe(pending.path)
+        except ValueError as exc:
+            raise BadImage(request_id, f"the delivered image is unusable: {exc}") from None
+        if expect_format is not None and info.format != expect_format:
+            raise BadImage(request_id, f"expected a {expect_format} image, got {info.format}")
+        if (info.width, info.height) != expect_size:
+            raise BadImage(
+                request_id,
+                f"expected {expect_size[0]}x{expect_size[1]}, got {info.width}x{info.height}",
+            )
+        # The folder's fsync is batched by the caller, before the lock names the file.
+        pending.commit(sync_folder=False)
+        return info
+
+    def _write_inline(
+        self, request_id: str, delivery: Delivery, pending: PendingFile, digest: Any
+    ) -> int:
+        data = self._decode_inline(request_id, delivery)
+        pending.write(data)
+        digest.update(data)
+        return len(data)
 
     def _decode_inline(self, request_id: str, delivery: Delivery) -> bytes:
         text = delivery.b64 if delivery.b64 is not None else (delivery.url or "").split(",", 1)[-1]
@@ -349,7 +375,7 @@ class ApiClient:
         except (binascii.Error, ValueError):
             raise BadImage(request_id, "the inline image is not valid base64") from None
 
-    async def _download(self, request_id: str, url: str, handle: Any, digest: Any) -> int:
+    async def _download(self, request_id: str, url: str, handle: PendingFile, digest: Any) -> int:
         if not url.startswith(("https://", "http://")):
             scheme = url.split(":", 1)[0] if ":" in url else "(none)"
             raise BadImage(request_id, f"refusing to download an image URL with scheme {scheme!r}")

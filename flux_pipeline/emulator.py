@@ -100,21 +100,36 @@ def _palette(digest: bytes) -> list[tuple[int, int, int]]:
     return [(digest[i], digest[i + 1], digest[i + 2]) for i in range(0, 30, 3)]
 
 
+@functools.lru_cache(maxsize=16)
+def _font(size: int) -> Any:
+    from PIL import ImageFont
+
+    return ImageFont.load_default(size=size)
+
+
+@functools.lru_cache(maxsize=256)
+def _ramp(turn: int) -> Any:
+    from PIL import Image
+
+    ramp = Image.linear_gradient("L").rotate(turn * 360 / 256, Image.Resampling.BILINEAR)
+    return ramp.crop((64, 64, 192, 192))
+
+
 @functools.lru_cache(maxsize=32)
 def render_image(
     model: str, prompt: str, seed: int, width: int, height: int, fmt: str, index: int
 ) -> bytes:
     """A deterministic picture: a gradient and shapes from the inputs' hash, with a caption."""
-    from PIL import Image, ImageDraw, ImageFont, ImageOps
+    from PIL import Image, ImageDraw, ImageOps
 
     digest = hashlib.sha256(
         json.dumps([model, prompt, seed, width, height, fmt, index]).encode()
     ).digest()
     colours = _palette(digest)
-    # Rotate a 256x256 ramp and keep its centre, which the rotation never leaves empty.
-    ramp = Image.linear_gradient("L").rotate(digest[30] * 360 / 256, Image.Resampling.BILINEAR)
-    gradient = ramp.crop((64, 64, 192, 192)).resize((width, height), Image.Resampling.BILINEAR)
-    image = ImageOps.colorize(gradient, colours[0], colours[1])
+    # A 256x256 ramp, rotated, coloured and cropped to its centre (which the rotation never
+    # leaves empty) while small, then scaled: the cost hardly grows with the image.
+    small = ImageOps.colorize(_ramp(digest[30]), colours[0], colours[1])
+    image = small.resize((width, height), Image.Resampling.BILINEAR)
     draw = ImageDraw.Draw(image)
     for i in range(2, 8):
         x, y = digest[i] * width // 256, digest[i + 8] * height // 256
@@ -124,20 +139,13 @@ def render_image(
             draw.ellipse(box, fill=colours[i])
         else:
             draw.rectangle(box, fill=colours[i])
-    font = ImageFont.load_default(size=max(12, min(width, height) // 20))
-    caption = " ".join(prompt.split()[:6])
-    draw.text(
-        (16, 16), caption, fill=(255, 255, 255), font=font, stroke_width=2, stroke_fill=(0, 0, 0)
-    )
-    draw.text(
-        (16, height - 16),
-        f"seed {seed}",
-        fill=(255, 255, 255),
-        font=font,
-        anchor="ls",
-        stroke_width=2,
-        stroke_fill=(0, 0, 0),
-    )
+    if min(width, height) >= 128:  # captions only where they fit
+        font = _font(max(10, min(width, height) // 24))
+        caption = " ".join(prompt.split()[:6])
+        for xy, text, anchor in (((8, 8), caption, "la"), ((8, height - 8), f"seed {seed}", "ls")):
+            left, top, right, bottom = draw.textbbox(xy, text, font=font, anchor=anchor)
+            draw.rectangle((left - 4, top - 4, right + 4, bottom + 4), fill=(0, 0, 0))
+            draw.text(xy, text, fill=(255, 255, 255), font=font, anchor=anchor)
     out = io.BytesIO()
     if fmt == "png":
         image.save(out, format="PNG", compress_level=1)

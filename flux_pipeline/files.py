@@ -11,7 +11,7 @@ import contextlib
 import hashlib
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO
 
@@ -28,30 +28,73 @@ def _file_mode() -> int:
 FILE_MODE = _file_mode()
 
 
+class PendingFile:
+    """A file being written beside its target under a temporary name.
+
+    `commit` makes it the target in one rename (after an fsync of its data); `discard`
+    removes it. Nothing else ever sees a partial file under the target's name.
+    """
+
+    def __init__(self, target: Path) -> None:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, temp = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=target.parent)
+        self.target = target
+        self.path = Path(temp)
+        try:
+            os.fchmod(fd, FILE_MODE)
+            self.handle: IO[bytes] = os.fdopen(fd, "wb")
+        except BaseException:
+            os.close(fd)
+            self.path.unlink()
+            raise
+
+    def write(self, data: bytes) -> None:
+        self.handle.write(data)
+
+    def flush(self) -> None:
+        self.handle.flush()
+
+    def commit(self, *, sync_folder: bool = True) -> None:
+        """Replace the target. `sync_folder=False` leaves the folder's fsync to the caller
+        (who batches it, see `sync_folders`), for many files in one folder."""
+        try:
+            self.handle.flush()
+            os.fsync(self.handle.fileno())
+            self.handle.close()
+            os.replace(self.path, self.target)
+        except BaseException:
+            self.discard()
+            raise
+        if sync_folder:
+            sync_folders([self.target.parent])
+
+    def discard(self) -> None:
+        self.handle.close()
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+
 @contextlib.contextmanager
 def atomic_writer(target: Path) -> Iterator[IO[bytes]]:
-    """Yield a binary file (its `name` is the temporary path, for checks before the rename);
-    on a clean exit it replaces `target` whole, else it vanishes."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=target.parent)
-    os.close(fd)
+    """Yield a binary file; on a clean exit it replaces `target` whole, else it vanishes."""
+    pending = PendingFile(target)
     try:
-        os.chmod(temp, FILE_MODE)
-        with open(temp, "wb") as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, target)
+        yield pending.handle
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temp)
+        pending.discard()
         raise
-    _fsync_folder(target.parent)
+    pending.commit()
 
 
 def write_atomic(target: Path, data: bytes) -> None:
     with atomic_writer(target) as handle:
         handle.write(data)
+
+
+def sync_folders(folders: Iterable[Path]) -> None:
+    """Make renames in these folders durable (POSIX needs the folder's entry on disk)."""
+    for folder in folders:
+        _fsync_folder(folder)
 
 
 def _fsync_folder(folder: Path) -> None:

@@ -66,17 +66,35 @@ class Lock:
 
 
 def render_lock(spec_name: str, entries: Iterable[Entry]) -> str:
-    """The lock's text: sorted keys and requests, two-space indent, a final newline."""
-    data = {
-        "lock_version": LOCK_VERSION,
-        "spec": spec_name,
-        "requests": {e.id: _entry_json(e) for e in sorted(entries, key=lambda e: e.id)},
-    }
-    return json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+    """The lock's text: sorted keys and requests, two-space indent, a final newline.
+
+    Exactly `json.dumps(lock, indent=2, sort_keys=True)`, but built from one fragment per
+    request (`entry_text`) so that a run that keeps the lock current re-renders only what
+    changed (see `assemble_lock`)."""
+    return assemble_lock(spec_name, {e.id: entry_text(e) for e in entries})
+
+
+def entry_text(entry: Entry) -> str:
+    """One request's part of the lock text, indented to sit under `requests`."""
+    body = json.dumps(_entry_json(entry), indent=2, sort_keys=True, ensure_ascii=False)
+    return "    " + json.dumps(entry.id, ensure_ascii=False) + ": " + body.replace("\n", "\n    ")
+
+
+def assemble_lock(spec_name: str, fragments: Mapping[str, str]) -> str:
+    """The lock's text from `entry_text` fragments by request id."""
+    requests = ",\n".join(fragments[key] for key in sorted(fragments))
+    requests = "{\n" + requests + "\n  }" if fragments else "{}"
+    spec = json.dumps(spec_name, ensure_ascii=False)
+    return (
+        f'{{\n  "lock_version": {LOCK_VERSION},\n  "requests": {requests},\n  "spec": {spec}\n}}\n'
+    )
 
 
 def _entry_json(entry: Entry) -> dict[str, Any]:
-    data = asdict(entry)
+    data = {f: getattr(entry, f) for f in Entry.__dataclass_fields__}
+    data["vars"] = dict(entry.vars)
+    data["body"] = dict(entry.body)
+    data["response"] = dict(entry.response)
     data["outputs"] = [asdict(o) for o in entry.outputs]
     return data
 

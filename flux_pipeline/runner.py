@@ -13,6 +13,7 @@ import fnmatch
 import json
 import os
 import re
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -25,9 +26,9 @@ import httpx
 from .client import ApiClient, Attempt, Generation, RetryPolicy, make_http_client
 from .errors import ConfigError, RequestFailed, RunStopped
 from .expansion import Request
-from .files import sweep_temp_files
+from .files import sweep_temp_files, sync_folders, write_atomic
 from .images import EXTENSIONS
-from .lock import Entry, Output, read_lock, render_lock
+from .lock import Entry, Output, assemble_lock, entry_text, read_lock
 from .models import get_model
 from .planning import Plan, PlanItem, plan
 from .spec import Spec
@@ -133,32 +134,67 @@ class Pacer:
 
 
 class LockKeeper:
-    """Holds the run's lock entries and saves them whenever something new finished."""
+    """Holds the run's lock entries and saves them whenever something new finished.
 
-    def __init__(self, spec: Spec, entries: Mapping[str, Entry]) -> None:
+    Each entry's text is rendered once; a save joins the texts, makes the folders of new
+    images durable, then writes the lock atomically, so the lock never names a file that a
+    crash could lose. A run that changed nothing writes nothing.
+    """
+
+    def __init__(self, spec: Spec, entries: Mapping[str, Entry], changed: bool) -> None:
         self._spec = spec
         self.entries = dict(entries)
+        self._fragments: dict[str, str] = {}
+        self._folders: set[Path] = set()
         self._dirty = asyncio.Event()
-        self._written: str | None = None
+        self._changed = changed
+        self._version = self._written = 0
+        self._write_lock = threading.Lock()
 
     def record(self, entry: Entry) -> None:
         self.entries[entry.id] = entry
+        self._fragments[entry.id] = entry_text(entry)
+        base = self._spec.lock_path.parent
+        with self._write_lock:
+            self._folders.update((base / o.path).parent for o in entry.outputs)
+        self._changed = True
         self._dirty.set()
 
-    def save(self) -> None:
-        from .files import write_atomic
+    def _snapshot(self) -> tuple[int, str]:
+        """The lock's text as of now (taken on the event loop, where entries change)."""
+        self._changed = False
+        for key, entry in self.entries.items():
+            if key not in self._fragments:
+                self._fragments[key] = entry_text(entry)
+        text = assemble_lock(self._spec.name, {k: self._fragments[k] for k in self.entries})
+        self._version += 1
+        return self._version, text
 
-        text = render_lock(self._spec.name, self.entries.values())
-        if text != self._written:
+    def _write(self, version: int, text: str) -> None:
+        """Write a snapshot unless a newer one is on disk already (saves may overlap).
+        The folders of new images are made durable first: the lock never names a file a
+        crash could lose."""
+        with self._write_lock:
+            if version <= self._written:
+                return
+            folders, self._folders = self._folders, set()
+            sync_folders(folders)
             write_atomic(self._spec.lock_path, text.encode())
-            self._written = text
+            self._written = version
+
+    def save(self) -> None:
+        """Save now, in this thread: at the end of a run, however it ends. A snapshot that
+        the saver task took but never wrote (it was cancelled) is taken again."""
+        if self._changed or self._version > self._written:
+            self._write(*self._snapshot())
 
     async def keep(self) -> None:
         """Save after every change, coalescing changes that arrive during a save."""
         while True:
             await self._dirty.wait()
             self._dirty.clear()
-            await asyncio.to_thread(self.save)
+            if self._changed:
+                await asyncio.to_thread(self._write, *self._snapshot())
 
 
 # ----- the run -----------------------------------------------------------------------------
@@ -342,9 +378,10 @@ async def run_async(
     entries = {k: v for k, v in (old.entries if old else {}).items() if k in wanted}
     if options.prune and old:
         _prune(spec, [e for k, e in old.entries.items() if k not in wanted])
-    keeper = LockKeeper(spec, entries)
+    keeper = LockKeeper(spec, entries, changed=old is None or len(entries) != len(old.entries))
     todo = select(the_plan.items, options)
-    skipped = [i for i in the_plan.items if i not in todo]
+    chosen = {item.request.id for item in todo}
+    skipped = [i for i in the_plan.items if i.request.id not in chosen]
     pacer = Pacer(options.rate)
     spec.output.mkdir(parents=True, exist_ok=True)
     sweep_temp_files(spec.output)
