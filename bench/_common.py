@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -22,8 +23,20 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def process_cpu(pid: int) -> float:
+    """CPU seconds (user + system) a process has used so far (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class Emulator(str):
+    """The emulator's URL, with its process id for CPU readings."""
+
+    pid: int
+
+
 @contextlib.contextmanager
-def emulator_process(*switches: str) -> Iterator[str]:
+def emulator_process(*switches: str) -> Iterator[Emulator]:
     """`flux-pipeline emulator` in a process of its own (its own core, its own GIL)."""
     port = free_port()
     process = subprocess.Popen(
@@ -31,7 +44,8 @@ def emulator_process(*switches: str) -> Iterator[str]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    url = f"http://127.0.0.1:{port}"
+    url = Emulator(f"http://127.0.0.1:{port}")
+    url.pid = process.pid
     try:
         deadline = time.monotonic() + 20
         while True:
@@ -56,11 +70,13 @@ def machine() -> dict[str, Any]:
     }
 
 
-def report(title: str, header: Sequence[str], rows: Sequence[Sequence[Any]],
-           data: dict[str, Any]) -> None:
+def report(
+    title: str, header: Sequence[str], rows: Sequence[Sequence[Any]], data: dict[str, Any]
+) -> None:
     """Print a table for people and one JSON line for machines."""
-    cells = [list(map(str, header))] + [[f"{c:.3g}" if isinstance(c, float) else str(c)
-                                         for c in row] for row in rows]
+    cells = [list(map(str, header))] + [
+        [f"{c:.3g}" if isinstance(c, float) else str(c) for c in row] for row in rows
+    ]
     widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
     print(f"\n{title}")
     for row in cells:

@@ -27,8 +27,9 @@ async def hammer(url: str, total: int, concurrency: int) -> tuple[float, int]:
         nonlocal ok
         for i in todo:
             body = {**BODY, "seed": i + 1}
-            async with session.post(url + "/v1/images/generations", json=body,
-                                    headers={"Authorization": "Bearer bench"}) as response:
+            async with session.post(
+                url + "/v1/images/generations", json=body, headers={"Authorization": "Bearer bench"}
+            ) as response:
                 await response.read()
                 ok += response.status == 200
 

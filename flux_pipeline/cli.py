@@ -332,7 +332,15 @@ def _run_all(loaded: Sequence[tuple[Any, Any]], base_url: str, key: str, options
     help="Credit balance; 403 out of credits once spent (1 credit per megapixel).",
 )
 @click.option("--seed", default=0, show_default=True, help="Seed of the fault random source.")
-def emulator(host: str, port: int, latency: str, rate_limit: str | None, **switches: Any) -> None:
+@click.option("--access-log", is_flag=True, help="Log every request (slows the emulator).")
+def emulator(
+    host: str,
+    port: int,
+    latency: str,
+    rate_limit: str | None,
+    access_log: bool,
+    **switches: Any,
+) -> None:
     """Serve the emulator of the API in the foreground (Ctrl-C to stop).
 
     Any bearer key is accepted. Try it with curl:
@@ -352,7 +360,8 @@ def emulator(host: str, port: int, latency: str, rate_limit: str | None, **switc
             f"{latency!r} is not seconds or a range like 0.05-0.2", param_hint="--latency"
         ) from None
     limit = Rate.parse(rate_limit).per_second if rate_limit else None
-    serve_forever(EmulatorConfig(latency=span, rate_limit=limit, **switches), host, port)
+    config = EmulatorConfig(latency=span, rate_limit=limit, **switches)
+    serve_forever(config, host, port, access_log)
 
 
 @cli.command()

@@ -25,12 +25,13 @@ import httpx
 
 from .defaults import DEFAULT_BASE_URL  # noqa: E402,F401  (re-exported)
 from .errors import BadImage, BadResponse, RequestFailed, RunStopped
-from .files import PendingFile
-from .images import ImageInfo, probe
+from .files import Spool
+from .images import EXTENSIONS, ImageInfo, probe
 from .models import API_PATH
 
 RETRYABLE = frozenset({408, 409, 429, 500, 502, 503, 504})
 MAX_IMAGE_BYTES = 64 * 1024 * 1024
+SPOOL_BYTES = 256 * 1024  # an image smaller than this is held in memory until it is checked
 
 
 @dataclass(frozen=True, slots=True)
@@ -286,20 +287,21 @@ class ApiClient:
         self,
         request_id: str,
         delivery: Delivery,
-        target: Path,
+        stem: Path,
         expect_format: str | None,
         expect_size: tuple[int, int],
-    ) -> tuple[ImageInfo, str, int]:
-        """Store one delivered image at `target` (atomically) after checking it; a download
-        that breaks off is tried again as the retry policy allows (it costs no credit).
+    ) -> tuple[Path, ImageInfo, str, int]:
+        """Store one delivered image as `stem` plus the extension of its format, after
+        checking it; a download that breaks off is tried again as the retry policy allows
+        (it costs no credit).
 
-        Returns its info, sha256 and size in bytes. The temporary file is checked — format,
-        size, integrity — before it replaces `target`, so a bad image never lands.
+        Returns the file's path, its info, sha256 and size in bytes. The temporary file is
+        checked — format, size, integrity — before it is renamed, so a bad image never lands.
         """
         for attempt in range(self.policy.retries + 1):
             try:
                 return await self._fetch_once(
-                    request_id, delivery, target, expect_format, expect_size
+                    request_id, delivery, stem, expect_format, expect_size
                 )
             except _Interrupted as exc:
                 if attempt == self.policy.retries:
@@ -311,38 +313,43 @@ class ApiClient:
         self,
         request_id: str,
         delivery: Delivery,
-        target: Path,
+        stem: Path,
         expect_format: str | None,
         expect_size: tuple[int, int],
-    ) -> tuple[ImageInfo, str, int]:
-        # File work (create, fsync, rename) and image checks run in threads, off the loop.
+    ) -> tuple[Path, ImageInfo, str, int]:
         digest = hashlib.sha256()
-        pending = await asyncio.to_thread(PendingFile, target)
+        spool = Spool(stem.parent, SPOOL_BYTES)
         try:
-            if delivery.b64 is not None or (delivery.url or "").startswith("data:"):
-                written = await asyncio.to_thread(
-                    self._write_inline, request_id, delivery, pending, digest
-                )
-            else:
-                written = await self._download(request_id, delivery.url or "", pending, digest)
-            info = await asyncio.to_thread(
-                self._check_and_commit, request_id, pending, expect_format, expect_size
+            if delivery.b64 is None and not (delivery.url or "").startswith("data:"):
+                await self._download(request_id, delivery.url or "", spool, digest)
+                delivery = Delivery()  # nothing left to decode
+            # File work (create, write, check, rename) in one trip to a thread, off the loop.
+            return await asyncio.to_thread(
+                self._store, request_id, delivery, spool, digest, stem, expect_format, expect_size
             )
         except BaseException:
-            pending.discard()
+            spool.discard()
             raise
-        return info, digest.hexdigest(), written
 
-    def _check_and_commit(
+    def _store(
         self,
         request_id: str,
-        pending: PendingFile,
+        inline: Delivery,
+        spool: Spool,
+        digest: Any,
+        stem: Path,
         expect_format: str | None,
         expect_size: tuple[int, int],
-    ) -> ImageInfo:
-        pending.flush()
+    ) -> tuple[Path, ImageInfo, str, int]:
+        if inline.b64 is not None or inline.url:
+            data = self._decode_inline(request_id, inline)
+            spool.write(data)
+            digest.update(data)
+        in_memory = len(spool.buffer) if spool.file is None else None
+        file = spool.spill()
+        size = file.path.stat().st_size if in_memory is None else in_memory
         try:
-            info = probe(pending.path)
+            info = probe(file.path)
         except ValueError as exc:
             raise BadImage(request_id, f"the delivered image is unusable: {exc}") from None
         if expect_format is not None and info.format != expect_format:
@@ -352,17 +359,12 @@ class ApiClient:
                 request_id,
                 f"expected {expect_size[0]}x{expect_size[1]}, got {info.width}x{info.height}",
             )
-        # The folder's fsync is batched by the caller, before the lock names the file.
-        pending.commit(sync_folder=False)
-        return info
-
-    def _write_inline(
-        self, request_id: str, delivery: Delivery, pending: PendingFile, digest: Any
-    ) -> int:
-        data = self._decode_inline(request_id, delivery)
-        pending.write(data)
-        digest.update(data)
-        return len(data)
+        # Not fsynced: a killed run loses nothing (the page cache outlives the process), and
+        # after a power loss a damaged image fails its recorded hash and is redone. Per-file
+        # fsync would cost more than the whole request on a fast API.
+        target = stem.with_name(stem.name + EXTENSIONS[info.format])
+        file.commit(target, durable=False)
+        return target, info, digest.hexdigest(), size
 
     def _decode_inline(self, request_id: str, delivery: Delivery) -> bytes:
         text = delivery.b64 if delivery.b64 is not None else (delivery.url or "").split(",", 1)[-1]
@@ -375,7 +377,7 @@ class ApiClient:
         except (binascii.Error, ValueError):
             raise BadImage(request_id, "the inline image is not valid base64") from None
 
-    async def _download(self, request_id: str, url: str, handle: PendingFile, digest: Any) -> int:
+    async def _download(self, request_id: str, url: str, spool: Spool, digest: Any) -> None:
         if not url.startswith(("https://", "http://")):
             scheme = url.split(":", 1)[0] if ":" in url else "(none)"
             raise BadImage(request_id, f"refusing to download an image URL with scheme {scheme!r}")
@@ -402,7 +404,9 @@ class ApiClient:
                             request_id,
                             f"the image is larger than the {self.max_image_bytes:,} bytes allowed",
                         )
-                    handle.write(chunk)
+                    if spool.must_spill:
+                        await asyncio.to_thread(spool.spill)
+                    spool.write(chunk)
                     digest.update(chunk)
                 if declared and declared.isdigit() and written != int(declared):
                     raise _Interrupted(
@@ -414,7 +418,6 @@ class ApiClient:
             raise _Interrupted(
                 f"downloading the image failed: {type(exc).__name__}: {self.redact(str(exc))}"
             ) from None
-        return written
 
 
 class _Interrupted(Exception):

@@ -120,16 +120,19 @@ def render_image(
     model: str, prompt: str, seed: int, width: int, height: int, fmt: str, index: int
 ) -> bytes:
     """A deterministic picture: a gradient and shapes from the inputs' hash, with a caption."""
-    from PIL import Image, ImageDraw, ImageOps
+    from PIL import Image, ImageDraw
 
     digest = hashlib.sha256(
         json.dumps([model, prompt, seed, width, height, fmt, index]).encode()
     ).digest()
     colours = _palette(digest)
-    # A 256x256 ramp, rotated, coloured and cropped to its centre (which the rotation never
-    # leaves empty) while small, then scaled: the cost hardly grows with the image.
-    small = ImageOps.colorize(_ramp(digest[30]), colours[0], colours[1])
-    image = small.resize((width, height), Image.Resampling.BILINEAR)
+    # A 256x256 ramp, rotated and cropped to its centre (which the rotation never leaves
+    # empty), scaled while it has one channel, then used to blend two colours.
+    ramp = _ramp(digest[30]).resize((width, height), Image.Resampling.BILINEAR)
+    size = (width, height)
+    image = Image.composite(
+        Image.new("RGB", size, colours[1]), Image.new("RGB", size, colours[0]), ramp
+    )
     draw = ImageDraw.Draw(image)
     for i in range(2, 8):
         x, y = digest[i] * width // 256, digest[i + 8] * height // 256
@@ -432,7 +435,7 @@ class EmulatorServer:
         self.stop()
 
 
-def serve_forever(config: EmulatorConfig, host: str, port: int) -> None:
+def serve_forever(config: EmulatorConfig, host: str, port: int, access_log: bool) -> None:
     """Serve in the foreground until interrupted (`flux-pipeline emulator`)."""
     import uvicorn
 
@@ -441,6 +444,7 @@ def serve_forever(config: EmulatorConfig, host: str, port: int) -> None:
         host=host,
         port=port,
         log_level="info",
+        access_log=access_log,
         lifespan="off",
         timeout_graceful_shutdown=1,
     )

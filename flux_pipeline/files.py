@@ -1,4 +1,4 @@
-"""Atomic file writing: a temporary file in the target's folder, fsync, then rename.
+"""Atomic file writing: a temporary file in the target's folder, then one rename.
 
 A reader (or a run killed at any instant) sees either the old file or the new one, never a
 half-written one. Temporary files carry a recognisable prefix so a later run can sweep up any
@@ -9,92 +9,107 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import os
-import tempfile
-from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import IO
 
 TEMP_PREFIX = ".flux-tmp-"
 
 
-def _file_mode() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
-# mkstemp makes files 0600; finished files get the usual mode, as open() would give them.
-FILE_MODE = _file_mode()
+_counter = itertools.count()
 
 
 class PendingFile:
-    """A file being written beside its target under a temporary name.
+    """A file being written in `folder` under a temporary name.
 
-    `commit` makes it the target in one rename (after an fsync of its data); `discard`
-    removes it. Nothing else ever sees a partial file under the target's name.
+    `commit` renames it to its final name in one step; `discard` removes it. Nothing ever
+    sees a partial file under a final name. `durable=True` also fsyncs the data and the
+    folder, so the file survives a power loss, not only a killed process.
     """
 
-    def __init__(self, target: Path) -> None:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, temp = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=target.parent)
-        self.target = target
-        self.path = Path(temp)
+    def __init__(self, folder: Path) -> None:
+        # O_EXCL on a name unique to this process: no clash, and the mode follows the umask
+        # (mkstemp's random names and 0600 would cost two more system calls per file, which
+        # are slow on some virtual machines). The folder is made only when it is missing.
+        while True:
+            self.path = folder / f"{TEMP_PREFIX}{os.getpid()}-{next(_counter)}"
+            try:
+                self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+                return
+            except FileExistsError:
+                continue
+            except FileNotFoundError:
+                folder.mkdir(parents=True, exist_ok=True)
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self.fd, view) :]
+
+    def commit(self, target: Path, *, durable: bool) -> None:
         try:
-            os.fchmod(fd, FILE_MODE)
-            self.handle: IO[bytes] = os.fdopen(fd, "wb")
-        except BaseException:
-            os.close(fd)
-            self.path.unlink()
-            raise
-
-    def write(self, data: bytes) -> None:
-        self.handle.write(data)
-
-    def flush(self) -> None:
-        self.handle.flush()
-
-    def commit(self, *, sync_folder: bool = True) -> None:
-        """Replace the target. `sync_folder=False` leaves the folder's fsync to the caller
-        (who batches it, see `sync_folders`), for many files in one folder."""
-        try:
-            self.handle.flush()
-            os.fsync(self.handle.fileno())
-            self.handle.close()
-            os.replace(self.path, self.target)
+            if durable:
+                os.fsync(self.fd)
+            os.close(self.fd)
+            self.fd = -1
+            os.replace(self.path, target)
         except BaseException:
             self.discard()
             raise
-        if sync_folder:
-            sync_folders([self.target.parent])
+        if durable:
+            _fsync_folder(target.parent)
 
     def discard(self) -> None:
-        self.handle.close()
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
 
 
-@contextlib.contextmanager
-def atomic_writer(target: Path) -> Iterator[IO[bytes]]:
-    """Yield a binary file; on a clean exit it replaces `target` whole, else it vanishes."""
-    pending = PendingFile(target)
-    try:
-        yield pending.handle
-    except BaseException:
-        pending.discard()
-        raise
-    pending.commit()
+class Spool:
+    """Bytes bound for a new file in `folder`, held in memory up to `threshold` and then on
+    disk, so a small file costs one trip to a thread and a large one bounded memory."""
+
+    def __init__(self, folder: Path, threshold: int) -> None:
+        self.folder = folder
+        self.threshold = threshold
+        self.buffer = bytearray()
+        self.file: PendingFile | None = None
+
+    @property
+    def must_spill(self) -> bool:
+        """Whether the file must be opened (`spill`, in a thread) before more is written."""
+        return self.file is None and len(self.buffer) > self.threshold
+
+    def spill(self) -> PendingFile:
+        """Open the file and move what is held in memory into it."""
+        if self.file is None:
+            self.file = PendingFile(self.folder)
+            self.file.write(self.buffer)
+            self.buffer = bytearray()
+        return self.file
+
+    def write(self, data: bytes) -> None:
+        if self.file is None:
+            self.buffer += data
+        else:
+            self.file.write(data)
+
+    def discard(self) -> None:
+        if self.file is not None:
+            self.file.discard()
 
 
 def write_atomic(target: Path, data: bytes) -> None:
-    with atomic_writer(target) as handle:
-        handle.write(data)
-
-
-def sync_folders(folders: Iterable[Path]) -> None:
-    """Make renames in these folders durable (POSIX needs the folder's entry on disk)."""
-    for folder in folders:
-        _fsync_folder(folder)
+    """Replace `target` with `data` whole and durably (the lock)."""
+    pending = PendingFile(target.parent)
+    try:
+        pending.write(data)
+    except BaseException:
+        pending.discard()
+        raise
+    pending.commit(target, durable=True)
 
 
 def _fsync_folder(folder: Path) -> None:

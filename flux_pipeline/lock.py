@@ -8,7 +8,7 @@ function from entries to text; `write_lock` writes that text atomically.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -71,7 +71,8 @@ def render_lock(spec_name: str, entries: Iterable[Entry]) -> str:
     Exactly `json.dumps(lock, indent=2, sort_keys=True)`, but built from one fragment per
     request (`entry_text`) so that a run that keeps the lock current re-renders only what
     changed (see `assemble_lock`)."""
-    return assemble_lock(spec_name, {e.id: entry_text(e) for e in entries})
+    by_id = {e.id: entry_text(e) for e in entries}
+    return assemble_lock(spec_name, [by_id[key] for key in sorted(by_id)])
 
 
 def entry_text(entry: Entry) -> str:
@@ -80,10 +81,9 @@ def entry_text(entry: Entry) -> str:
     return "    " + json.dumps(entry.id, ensure_ascii=False) + ": " + body.replace("\n", "\n    ")
 
 
-def assemble_lock(spec_name: str, fragments: Mapping[str, str]) -> str:
-    """The lock's text from `entry_text` fragments by request id."""
-    requests = ",\n".join(fragments[key] for key in sorted(fragments))
-    requests = "{\n" + requests + "\n  }" if fragments else "{}"
+def assemble_lock(spec_name: str, fragments: Sequence[str]) -> str:
+    """The lock's text from `entry_text` fragments, in the order of their request ids."""
+    requests = "{\n" + ",\n".join(fragments) + "\n  }" if fragments else "{}"
     spec = json.dumps(spec_name, ensure_ascii=False)
     return (
         f'{{\n  "lock_version": {LOCK_VERSION},\n  "requests": {requests},\n  "spec": {spec}\n}}\n'

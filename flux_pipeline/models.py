@@ -19,7 +19,7 @@ from __future__ import annotations
 import copy
 import functools
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -173,6 +173,31 @@ def _validator(name: str) -> Draft7Validator:
     return Draft7Validator(registry()[name].request_schema)
 
 
+@functools.cache
+def _fast_check(name: str) -> Callable[[Any], Any]:
+    """A compiled validator (fastjsonschema, ~20x faster) that only answers yes or no;
+    jsonschema explains the rare no. Both are built once per model."""
+    import fastjsonschema
+
+    return fastjsonschema.compile(
+        copy.deepcopy(dict(registry()[name].request_schema)), use_default=False
+    )
+
+
+def is_valid_body(body: Mapping[str, Any]) -> bool:
+    """Whether `body` is valid for its model: the fast path of `check_body`."""
+    import fastjsonschema
+
+    model = body.get("model")
+    if not isinstance(model, str) or model not in registry():
+        return False
+    try:
+        _fast_check(model)(body)
+    except fastjsonschema.JsonSchemaException:
+        return False
+    return True
+
+
 @dataclass(frozen=True, slots=True)
 class FieldError:
     """A request body's field that breaks its model's schema."""
@@ -187,6 +212,8 @@ def check_body(body: Mapping[str, Any]) -> list[FieldError]:
     if not isinstance(model, str) or model not in registry():
         known = ", ".join(registry())
         return [FieldError("model", f"unknown model {model!r}; known models: {known}")]
+    if is_valid_body(body):
+        return []
     validator = _validator(model)
     return [_explain(e) for e in sorted(validator.iter_errors(body), key=_error_order)]
 

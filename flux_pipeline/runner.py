@@ -9,6 +9,7 @@ moment loses no finished work. A 401 or 403 stops the run at once: no further re
 from __future__ import annotations
 
 import asyncio
+import bisect
 import fnmatch
 import json
 import os
@@ -16,18 +17,17 @@ import re
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import httpx
 
 from .client import ApiClient, Attempt, Generation, RetryPolicy, make_http_client
 from .errors import ConfigError, RequestFailed, RunStopped
 from .expansion import Request
-from .files import sweep_temp_files, sync_folders, write_atomic
-from .images import EXTENSIONS
+from .files import sweep_temp_files, write_atomic
 from .lock import Entry, Output, assemble_lock, entry_text, read_lock
 from .models import get_model
 from .planning import Plan, PlanItem, plan
@@ -136,27 +136,30 @@ class Pacer:
 class LockKeeper:
     """Holds the run's lock entries and saves them whenever something new finished.
 
-    Each entry's text is rendered once; a save joins the texts, makes the folders of new
-    images durable, then writes the lock atomically, so the lock never names a file that a
-    crash could lose. A run that changed nothing writes nothing.
+    Each entry's text is rendered once and the ids are kept sorted, so a save only joins
+    texts; it writes the lock atomically and durably. Saves are at least `interval` apart,
+    and further for a lock that is slow to write (a burst of finished requests makes one
+    save). A run that changed nothing writes nothing.
     """
 
-    def __init__(self, spec: Spec, entries: Mapping[str, Entry], changed: bool) -> None:
+    def __init__(
+        self, spec: Spec, entries: Mapping[str, Entry], changed: bool, interval: float = 0.05
+    ) -> None:
         self._spec = spec
         self.entries = dict(entries)
+        self._order = sorted(self.entries)
         self._fragments: dict[str, str] = {}
-        self._folders: set[Path] = set()
+        self._interval = interval
         self._dirty = asyncio.Event()
         self._changed = changed
         self._version = self._written = 0
         self._write_lock = threading.Lock()
 
     def record(self, entry: Entry) -> None:
+        if entry.id not in self.entries:
+            bisect.insort(self._order, entry.id)
         self.entries[entry.id] = entry
         self._fragments[entry.id] = entry_text(entry)
-        base = self._spec.lock_path.parent
-        with self._write_lock:
-            self._folders.update((base / o.path).parent for o in entry.outputs)
         self._changed = True
         self._dirty.set()
 
@@ -166,19 +169,15 @@ class LockKeeper:
         for key, entry in self.entries.items():
             if key not in self._fragments:
                 self._fragments[key] = entry_text(entry)
-        text = assemble_lock(self._spec.name, {k: self._fragments[k] for k in self.entries})
+        text = assemble_lock(self._spec.name, [self._fragments[k] for k in self._order])
         self._version += 1
         return self._version, text
 
     def _write(self, version: int, text: str) -> None:
-        """Write a snapshot unless a newer one is on disk already (saves may overlap).
-        The folders of new images are made durable first: the lock never names a file a
-        crash could lose."""
+        """Write a snapshot unless a newer one is on disk already (saves may overlap)."""
         with self._write_lock:
             if version <= self._written:
                 return
-            folders, self._folders = self._folders, set()
-            sync_folders(folders)
             write_atomic(self._spec.lock_path, text.encode())
             self._written = version
 
@@ -194,7 +193,11 @@ class LockKeeper:
             await self._dirty.wait()
             self._dirty.clear()
             if self._changed:
+                started = time.monotonic()
                 await asyncio.to_thread(self._write, *self._snapshot())
+                # A large lock costs more to write (and fsync): space the saves so that
+                # writing it takes at most a fifth of the run's time.
+                await asyncio.sleep(max(self._interval, 4 * (time.monotonic() - started)))
 
 
 # ----- the run -----------------------------------------------------------------------------
@@ -219,6 +222,7 @@ class _Run:
     options: RunOptions
     journal: IO[str]
     listener: Listener | None
+    folder: OutputFolder
     stopped: str | None = None
     sent: int = 0
     credits: float = 0.0
@@ -242,7 +246,8 @@ class _Run:
             )
             + "\n"
         )
-        self.journal.flush()
+        if result.status == FAILED:  # successes are written in batches; failures at once
+            self.journal.flush()
         if self.listener:
             self.listener(result)
 
@@ -325,21 +330,14 @@ class _Run:
         expected = model.output_format(request.body)
         outputs = []
         for stem, delivery in zip(stems, generation.images, strict=True):
-            # The extension follows the format we asked for; a model that takes no
-            # output_format may send any, so its file is named after the bytes' own format.
-            ext = EXTENSIONS[expected] if expected else ".img"
-            target = confined(self.spec.output, stem + ext)
-            info, sha256, size = await self.client.fetch(
-                request.id, delivery, target, expected, (item.width, item.height)
+            # The extension follows the image's own format (checked against the one asked
+            # for, when the model lets the request choose).
+            target, info, sha256, size = await self.client.fetch(
+                request.id, delivery, self.folder.path(stem), expected, (item.width, item.height)
             )
-            if not expected:
-                final = confined(self.spec.output, stem + EXTENSIONS[info.format])
-                target.replace(final)
-                target = final
-            relative = os.path.relpath(target, self.spec.lock_path.parent.resolve())
             outputs.append(
                 Output(
-                    path=Path(relative).as_posix(),
+                    path=self.folder.lock_path(target),
                     sha256=sha256,
                     bytes=size,
                     width=info.width,
@@ -350,14 +348,30 @@ class _Run:
         return outputs
 
 
-def confined(folder: Path, relative: str) -> Path:
-    """`folder / relative`, refusing any path (symlinks included) that leads outside `folder`."""
-    root = folder.resolve()
-    target = root / relative
-    parent = target.parent.resolve()
-    if not parent.is_relative_to(root):
-        raise RequestFailed(relative, f"refusing to write outside the output folder: {relative}")
-    return parent / target.name
+class OutputFolder:
+    """Paths inside the run's output folder. A path whose folder (symlinks resolved) lies
+    outside is refused; each folder is resolved once per run, not once per image."""
+
+    def __init__(self, root: Path, lock_folder: Path) -> None:
+        self.root = root.resolve()
+        self._lock_folder = lock_folder.resolve()
+        self._folders: dict[str, Path] = {"": self.root}
+
+    def path(self, relative: str) -> Path:
+        head, _, name = relative.rpartition("/")
+        folder = self._folders.get(head)
+        if folder is None:
+            folder = (self.root / head).resolve()
+            if not folder.is_relative_to(self.root):
+                raise RequestFailed(
+                    relative, f"refusing to write outside the output folder: {relative}"
+                )
+            self._folders[head] = folder
+        return folder / name
+
+    def lock_path(self, path: Path) -> str:
+        """How the lock names a file: relative to the lock's folder, with `/`."""
+        return Path(os.path.relpath(path, self._lock_folder)).as_posix()
 
 
 async def run_async(
@@ -399,6 +413,7 @@ async def run_async(
             options,
             journal,
             listener,
+            OutputFolder(spec.output, spec.lock_path.parent),
         )
 
         async def before_send() -> None:
@@ -460,4 +475,14 @@ def run(
                 listener=listener,
             )
 
-    return asyncio.run(main())
+    return _event_loop_run(main())
+
+
+def _event_loop_run(main: Coroutine[Any, Any, RunResult]) -> RunResult:
+    """Run on uvloop where it exists: its socket handling halves the client's CPU per
+    request (bench/runner.py)."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main)
+    return uvloop.run(main)
