@@ -366,7 +366,15 @@ def emulator(
 
 @cli.command()
 def schema() -> None:
-    """Print the JSON Schema of the spec language (for editors and yaml-language-server)."""
+    """Print the JSON Schema of the spec language, for editors.
+
+    Save it beside your specs and name it on a spec's first line, and editors with the YAML
+    language server complete and check the spec as you type:
+
+    \b
+      flux-pipeline schema > spec.schema.json
+      # yaml-language-server: $schema=spec.schema.json
+    """
     from .spec import spec_schema_json
 
     click.echo(spec_schema_json(), nl=False)

@@ -29,4 +29,6 @@ def write_spec(root: Path, text: str, name: str = "spec.yaml") -> Path:
 
 def invoke(*args: str, env: dict[str, str] | None = None) -> Result:
     """Run the CLI in-process with stderr kept apart from stdout."""
-    return CliRunner().invoke(cli, list(args), env=env, catch_exceptions=False)
+    return CliRunner().invoke(
+        cli, list(args), env=env, catch_exceptions=False, prog_name="flux-pipeline"
+    )

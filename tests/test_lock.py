@@ -23,9 +23,15 @@ entries = st.builds(
     body_sha256=st.text("0123456789abcdef", min_size=64, max_size=64),
     seed=st.integers(1, 2**31 - 1),
     outputs=st.lists(
-        st.builds(Output, path=names, sha256=names, bytes=st.integers(0, 10**8),
-                  width=st.integers(1, 4096), height=st.integers(1, 4096),
-                  format=st.sampled_from(["png", "jpeg"])),
+        st.builds(
+            Output,
+            path=names,
+            sha256=names,
+            bytes=st.integers(0, 10**8),
+            width=st.integers(1, 4096),
+            height=st.integers(1, 4096),
+            format=st.sampled_from(["png", "jpeg"]),
+        ),
         max_size=2,
     ).map(tuple),
     response=st.fixed_dictionaries({"seed": st.none() | st.integers(1, 9), "credits": scalars}),
@@ -42,8 +48,9 @@ def test_lock_text_is_canonical_json(spec: str, items: list[Entry]) -> None:
 
 
 @given(spec=names, items=st.lists(entries, max_size=5, unique_by=lambda e: e.id))
-def test_lock_round_trips(tmp_path_factory: pytest.TempPathFactory, spec: str,
-                          items: list[Entry]) -> None:
+def test_lock_round_trips(
+    tmp_path_factory: pytest.TempPathFactory, spec: str, items: list[Entry]
+) -> None:
     path = tmp_path_factory.mktemp("lock") / "x.lock.json"
     write_lock(path, spec, items)
     lock = read_lock(path)
@@ -51,8 +58,16 @@ def test_lock_round_trips(tmp_path_factory: pytest.TempPathFactory, spec: str,
     assert render_lock(spec, lock.entries.values()) == path.read_text()
 
 
-@pytest.mark.parametrize("text", ["{", "[]", '{"lock_version": 9}', '{"lock_version": 1}',
-                                  '{"lock_version": 1, "spec": "s", "requests": {"a": {}}}'])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "{",
+        "[]",
+        '{"lock_version": 9}',
+        '{"lock_version": 1}',
+        '{"lock_version": 1, "spec": "s", "requests": {"a": {}}}',
+    ],
+)
 def test_damaged_lock_is_a_clear_error(tmp_path: Path, text: str) -> None:
     path = tmp_path / "x.lock.json"
     path.write_text(text)

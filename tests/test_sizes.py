@@ -9,7 +9,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 from strategies import all_models, models, sides
 
-from flux_pipeline.models import ASPECT_SIZES, PRESETS, check_body, registry
+from flux_pipeline.models import (
+    ASPECT_SIZES,
+    PRESETS,
+    _validator,
+    check_body,
+    is_valid_body,
+    registry,
+)
 
 EXPECTED_PRESETS = {
     "square_hd": (1024, 1024),
@@ -139,3 +146,26 @@ def test_embedded_documents_are_the_providers_unchanged() -> None:
     for doc in shared.glob("*.openapi.json"):
         embedded = resources.files("flux_pipeline.openapi").joinpath(doc.name).read_bytes()
         assert embedded == doc.read_bytes(), doc.name
+
+
+# ----- the compiled fast path agrees with jsonschema -------------------------------------------
+
+field_values = st.one_of(
+    st.integers(-10, 2000),
+    st.floats(-5, 2000, allow_nan=False),
+    st.text(max_size=5),
+    st.booleans(),
+    st.none(),
+    st.sampled_from(["square", "2", "png", "16:9"]),
+    st.fixed_dictionaries({"width": st.integers(0, 2000), "height": st.integers(0, 2000)}),
+)
+
+
+@given(model=all_models, data=st.data())
+def test_fast_and_precise_validators_agree(model: str, data: st.DataObject) -> None:
+    fields = sorted(registry()[model].fields - {"model"}) + ["num_image"]
+    extra = data.draw(st.dictionaries(st.sampled_from(fields), field_values, max_size=4))
+    candidate = {"model": model, "prompt": "p", **extra}
+    slow = list(_validator(model).iter_errors(candidate))
+    assert is_valid_body(candidate) == (not slow)
+    assert (check_body(candidate) == []) == (not slow)

@@ -1,0 +1,152 @@
+"""The command line: validate, plan, schema and help, on the shipped examples and specs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+from helpers import invoke, write_spec
+
+ROOT = Path(__file__).parents[1]
+SHIPPED = sorted([*ROOT.glob("examples/*.yaml"), *ROOT.glob("specs/*.yaml")])
+
+
+@pytest.mark.parametrize("spec", SHIPPED, ids=lambda p: p.name)
+def test_shipped_specs_validate_and_plan(spec: Path) -> None:
+    result = invoke("validate", str(spec))
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.startswith(f"{spec}: valid, ")
+    plan = invoke("plan", "--json", str(spec))
+    assert plan.exit_code == 0
+    data = json.loads(plan.stdout)
+    assert data["totals"]["requests"] == len(data["requests"]) > 0
+
+
+@pytest.mark.parametrize("spec", SHIPPED, ids=lambda p: p.name)
+def test_schema_accepts_every_shipped_spec(spec: Path) -> None:
+    schema = json.loads(invoke("schema").stdout)
+    jsonschema.Draft7Validator.check_schema(schema)
+    jsonschema.validate(yaml.safe_load(spec.read_text()), schema)
+
+
+def test_schema_is_committed_for_editors() -> None:
+    assert (ROOT / "docs/spec.schema.json").read_text() == invoke("schema").stdout
+
+
+def test_plan_table_shows_sizes_seeds_and_totals(tmp_path: Path) -> None:
+    spec = write_spec(
+        tmp_path,
+        """
+        version: 1
+        name: shots
+        jobs:
+          - name: "a-{{ size }}"
+            prompt: p
+            matrix: {size: [square_hd, portrait_16_9]}
+            request: {image_size: "{{ size }}", num_images: 2}
+          - name: ultra
+            prompt: p
+            request: {model: flux-pro/v1.1-ultra, aspect_ratio: "21:9"}
+    """,
+    )
+    result = invoke("plan", str(spec))
+    assert result.exit_code == 0
+    lines = result.stdout.splitlines()
+    assert lines[0].split() == ["STATE", "NAME", "MODEL", "SIZE", "SEED", "IMAGES", "CREDITS"]
+    assert lines[1].split()[:4] == ["new", "a-square_hd", "flux-pro", "1024x1024"]
+    assert lines[2].split()[:4] == ["new", "a-portrait_16_9", "flux-pro", "576x1024"]
+    assert lines[3].split()[:4] == ["new", "ultra", "flux-pro/v1.1-ultra", "3136x1344"]
+    assert lines[1].split()[5] == "2"
+    assert lines[-1] == (
+        f"{spec}: 3 requests, 5 images (3 new); to do: 3, estimated credits: unknown"
+    )
+
+
+def test_plan_json_of_several_specs_is_a_list(tmp_path: Path) -> None:
+    one = write_spec(tmp_path, "version: 1\njobs: [{name: a, prompt: p}]\n", "one.yaml")
+    two = write_spec(tmp_path, "version: 1\njobs: [{name: b, prompt: p}]\n", "two.yaml")
+    data = json.loads(invoke("plan", "--json", str(one), str(two)).stdout)
+    assert [d["spec"] for d in data] == ["one", "two"]
+    assert data[0]["requests"][0]["body"] == {
+        "model": "flux-pro",
+        "prompt": "p",
+        "seed": data[0]["requests"][0]["seed"],
+    }
+
+
+def test_validate_reports_every_spec_and_fails_if_any_is_invalid(tmp_path: Path) -> None:
+    good = write_spec(tmp_path, "version: 1\njobs: [{name: a, prompt: p}]\n", "good.yaml")
+    bad = write_spec(tmp_path, "version: 2\njobs: [{name: a, prompt: p}]\n", "bad.yaml")
+    result = invoke("validate", str(good), str(bad))
+    assert result.exit_code == 1
+    assert result.stdout == f"{good}: valid, 1 request\n"
+    assert result.stderr.startswith(f"error: {bad}:1: version: 1 was expected")
+
+
+@pytest.mark.parametrize("command", ["", "validate", "plan", "run", "emulator", "schema"])
+def test_help_explains_each_command(command: str) -> None:
+    result = invoke(*([command] if command else []), "--help")
+    assert result.exit_code == 0
+    assert "Usage:" in result.stdout and len(result.stdout) > 200
+
+
+@pytest.mark.parametrize(
+    ("name", "reason"),
+    [
+        ("Kettle Shot", "may use only letters, digits"),
+        ("con", "reserved file name on Windows"),
+        ("a/./b", "'.' or '..' path segments"),
+        ("C:x", "must be a relative path"),
+        ("back\\\\slash", "must be a relative path"),
+        ("x" * 201, "more than 200"),
+    ],
+)
+def test_unsafe_names_are_rejected(tmp_path: Path, name: str, reason: str) -> None:
+    spec = write_spec(tmp_path, f'version: 1\njobs: [{{name: "{name}", prompt: p}}]\n')
+    result = invoke("validate", str(spec))
+    assert result.exit_code == 1
+    assert reason in result.stderr
+
+
+def test_names_that_differ_only_in_case_clash(tmp_path: Path) -> None:
+    spec = write_spec(
+        tmp_path,
+        """
+        version: 1
+        jobs:
+          - {name: Hero, prompt: p}
+          - {name: hero, prompt: q}
+    """,
+    )
+    result = invoke("validate", str(spec))
+    assert result.exit_code == 1
+    assert "2 requests write the file 'hero'" in result.stderr
+
+
+def test_image_numbers_clash_with_other_names(tmp_path: Path) -> None:
+    spec = write_spec(
+        tmp_path,
+        """
+        version: 1
+        jobs:
+          - {name: a, prompt: p, request: {num_images: 2}}
+          - {name: a-2, prompt: q}
+    """,
+    )
+    result = invoke("validate", str(spec))
+    assert result.exit_code == 1
+    assert "2 requests write the file 'a-2'" in result.stderr
+
+
+def test_names_may_make_subfolders(tmp_path: Path) -> None:
+    spec = write_spec(
+        tmp_path,
+        """
+        version: 1
+        jobs: [{name: "{{ p }}/shot", prompt: p, matrix: {p: [kettle, toaster]}}]
+    """,
+    )
+    assert invoke("validate", str(spec)).exit_code == 0
