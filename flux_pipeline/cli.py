@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from .defaults import API_KEY_ENV, DEFAULT_BASE_URL
-from .errors import ConfigError, FluxPipelineError, LockError, SpecInvalid
+from .errors import ConfigError, FluxPipelineError, LockError, SpecInvalid, Terminated
 
 EXIT_OK = 0
 EXIT_INVALID = 1
@@ -43,8 +43,11 @@ class _Group(click.Group):
         except ExitCode as exc:
             raise click.exceptions.Exit(exc.code) from None
         except KeyboardInterrupt:
-            _err("interrupted")
+            _err("interrupted; finished work is in the lock")
             raise click.exceptions.Exit(EXIT_INTERRUPTED) from None
+        except Terminated as exc:
+            _err("terminated; finished work is in the lock")
+            raise click.exceptions.Exit(128 + exc.signum) from None
         except ConfigError as exc:
             _err(f"error: {exc}")
             raise click.exceptions.Exit(EXIT_USAGE) from None

@@ -57,6 +57,7 @@ class EmulatorConfig:
     truncate_rate: float = 0.0  # share of downloads cut short under a full Content-Length
     slow_download: float = 0.0  # seconds over which each download trickles
     credits: float | None = None  # balance; 403 "out of credits" once spent
+    api_key: str | None = None  # the only key accepted (401 for others); None: any key
     seed: int = 0  # seeds the random source of faults and of drawn seeds
 
     def __post_init__(self) -> None:
@@ -264,7 +265,8 @@ class Emulator:
         if high > 0:
             await asyncio.sleep(self._random.uniform(low, high))
         auth = request.headers.get("authorization", "")
-        if not auth.startswith("Bearer ") or not auth[7:].strip():
+        key = auth[7:].strip() if auth.startswith("Bearer ") else ""
+        if not key or (config.api_key is not None and key != config.api_key):
             return self._answer(401, "Unauthorized: missing or invalid API key", path)
         wait = self._take_token()
         if wait:

@@ -4,6 +4,7 @@
     ├── SpecInvalid            the spec (or its requests) cannot be used; carries every Problem
     ├── LockError              the lock file is unreadable or has the wrong shape
     ├── ConfigError            missing key, bad option value, unusable output folder
+    ├── Terminated             the run was stopped by a signal (SIGTERM); the lock is saved
     └── RunError               something went wrong while talking to the API
         ├── RequestFailed      one request failed for good (the run goes on with the others)
         │   ├── BadResponse    the API answered something that is not a usable result
@@ -79,6 +80,14 @@ class LockError(FluxPipelineError):
 
 class ConfigError(FluxPipelineError):
     """A setting is missing or unusable (no API key, bad --rate, unwritable folder)."""
+
+
+class Terminated(FluxPipelineError):
+    """A signal ended the run after the lock was saved; the exit code is 128 + the signal."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        super().__init__(f"terminated by signal {signum}")
 
 
 class RunError(FluxPipelineError):

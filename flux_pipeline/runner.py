@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import contextlib
 import fnmatch
 import json
 import os
 import re
+import signal
 import threading
 import time
 from collections import deque
@@ -25,7 +27,7 @@ from typing import IO, Any
 import httpx
 
 from .client import ApiClient, Attempt, Generation, RetryPolicy, make_http_client
-from .errors import ConfigError, RequestFailed, RunStopped
+from .errors import ConfigError, RequestFailed, RunStopped, Terminated
 from .expansion import Request
 from .files import sweep_temp_files, write_atomic
 from .lock import Entry, Output, assemble_lock, entry_text, read_lock
@@ -461,7 +463,21 @@ def run(
         raise ConfigError("no API key: set AIMLAPI_KEY, or use --emulator to run offline")
     the_plan = plan(spec, requests)
 
+    terminated = False
+
     async def main() -> RunResult:
+        # SIGTERM ends the run the way Ctrl-C does: the work is cancelled, the lock saved.
+        nonlocal terminated
+        task = asyncio.current_task()
+        assert task is not None
+
+        def terminate() -> None:
+            nonlocal terminated
+            terminated = True
+            task.cancel()
+
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, terminate)
         async with make_http_client(
             options.concurrency, options.timeout, options.transport
         ) as http:
@@ -475,7 +491,12 @@ def run(
                 listener=listener,
             )
 
-    return _event_loop_run(main())
+    try:
+        return _event_loop_run(main())
+    except asyncio.CancelledError:
+        if terminated:
+            raise Terminated(signal.SIGTERM) from None
+        raise
 
 
 def _event_loop_run(main: Coroutine[Any, Any, RunResult]) -> RunResult:

@@ -394,3 +394,104 @@ def test_sigkill_halfway_loses_nothing_finished(tmp_path: Path, emulator: Emulat
     assert requests_seen(emulator) - sent_before == 20 - len(finished)
     assert len(lock_of(spec)["requests"]) == 20
     assert not list(tmp_path.rglob(TEMP_PREFIX + "*"))
+
+
+def test_bad_key_stops_the_run_at_once(tmp_path: Path, emulator: EmulatorServer) -> None:
+    emulator.emulator.configure(api_key="the-right-key")
+    spec = grid_spec(tmp_path)
+    result = run_cli(emulator, str(spec), "-j", "1", key="a-wrong-key")
+    assert result.exit_code == 3
+    assert "1 failed, 3 not sent" in result.stdout
+    assert "the API refused the key (401)" in result.stdout and "Check AIMLAPI_KEY" in result.stdout
+    assert "a-wrong-key" not in result.stdout + result.stderr
+    assert requests_seen(emulator) == 1
+
+
+def test_several_images_are_numbered(tmp_path: Path, emulator: EmulatorServer) -> None:
+    spec = write_spec(
+        tmp_path,
+        """
+        version: 1
+        jobs:
+          - {name: trio, prompt: p, request: {num_images: 3, image_size: square}}
+    """,
+    )
+    assert run_cli(emulator, str(spec)).exit_code == 0
+    (entry,) = lock_of(spec)["requests"].values()
+    assert [o["path"] for o in entry["outputs"]] == [
+        "out/spec/trio-1.jpg",
+        "out/spec/trio-2.jpg",
+        "out/spec/trio-3.jpg",
+    ]
+    assert len({o["sha256"] for o in entry["outputs"]}) == 3
+
+
+def test_models_without_output_format_name_files_by_their_format(
+    tmp_path: Path, emulator: EmulatorServer
+) -> None:
+    spec = write_spec(tmp_path, "version: 1\nmodel: flux/dev\njobs: [{name: d, prompt: p}]\n")
+    assert run_cli(emulator, str(spec)).exit_code == 0
+    (entry,) = lock_of(spec)["requests"].values()
+    assert entry["outputs"][0]["path"] == "out/spec/d.png"
+
+
+def test_invalid_spec_sends_nothing_and_exits_1(tmp_path: Path, emulator: EmulatorServer) -> None:
+    spec = write_spec(tmp_path, "version: 1\njobs: [{name: a, prompt: p, request: {seed: 0}}]\n")
+    result = run_cli(emulator, str(spec))
+    assert result.exit_code == 1
+    assert "seed: 0 is less than the minimum of 1" in result.stderr
+    assert requests_seen(emulator) == 0
+
+
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_interrupted_run_saves_the_lock_and_exits_with_the_signal(
+    tmp_path: Path, emulator: EmulatorServer, signum: int, code: int
+) -> None:
+    emulator.emulator.configure(latency=(0.05, 0.05))
+    spec = write_spec(
+        tmp_path,
+        """
+        version: 1
+        defaults: {image_size: {width: 256, height: 256}}
+        jobs:
+          - name: "n{{ i }}"
+            prompt: "p {{ i }}"
+            matrix: {i: [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19]}
+    """,
+    )
+    lock_path = spec.with_name("spec.lock.json")
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "flux_pipeline",
+            "run",
+            "--base-url",
+            emulator.url,
+            "-j",
+            "1",
+            str(spec),
+        ],
+        env={**os.environ, "AIMLAPI_KEY": SENTINEL},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if lock_path.exists() and len(json.loads(lock_path.read_text())["requests"]) >= 3:
+            break
+        time.sleep(0.01)
+    process.send_signal(signum)
+    _, stderr = process.communicate(timeout=30)
+    assert process.returncode == code, stderr
+    assert b"finished work is in the lock" in stderr
+    assert b"Traceback" not in stderr
+    finished = json.loads(lock_path.read_text())["requests"]
+    assert 3 <= len(finished) < 20
+    for entry in finished.values():
+        assert sha256_file(tmp_path / entry["outputs"][0]["path"]) == entry["outputs"][0]["sha256"]
+    paid = emulator.emulator.counters.snapshot()["generated"]
+    assert paid - len(finished) <= 1  # at most the request in flight was paid and not kept
+    before = requests_seen(emulator)
+    assert run_cli(emulator, str(spec)).exit_code == 0
+    assert requests_seen(emulator) - before == 20 - len(finished)
