@@ -316,7 +316,8 @@ class Emulator:
                 links.append(base64.b64encode(image.render()).decode())
             else:
                 self._files[image.file_name] = image
-                links.append(str(request.url_for("file", name=image.file_name)))
+                # The same as url_for("file", ...), without a walk through the routes.
+                links.append(f"{request.base_url}files/{image.file_name}")
         if config.shape == "data":
             key = "b64_json" if config.delivery == "b64" else "url"
             other = "url" if key == "b64_json" else "b64_json"

@@ -225,10 +225,12 @@ class _Run:
     journal: IO[str]
     listener: Listener | None
     folder: OutputFolder
+    delivery_slots: asyncio.Semaphore
     stopped: str | None = None
     sent: int = 0
     credits: float = 0.0
     results: list[RequestResult] = field(default_factory=list)
+    deliveries: set[asyncio.Future[None]] = field(default_factory=set)
 
     def finish(self, result: RequestResult, attempts: Sequence[Attempt] = ()) -> None:
         self.results.append(result)
@@ -266,6 +268,9 @@ class _Run:
         return None
 
     async def worker(self, queue: deque[PlanItem]) -> None:
+        """Send generations one after another; each one's images are fetched by a task of
+        their own, so this --concurrency slot is free for the next generation at once (image
+        downloads go to a CDN, not the generation API). Deliveries in flight are bounded."""
         while queue:
             item = queue.popleft()
             reason = self.may_start()
@@ -273,50 +278,56 @@ class _Run:
                 self.finish(RequestResult(item.request.id, NOT_SENT, reason))
                 continue
             self.sent += 1
-            await self.one(item)
-
-    async def one(self, item: PlanItem) -> None:
-        request = item.request
-        attempts: list[Attempt] = []
-        started = time.monotonic()
-        try:
-            generation = await self.client.generate(request.id, request.body, attempts)
+            attempts: list[Attempt] = []
+            started = time.monotonic()
+            try:
+                generation = await self.client.generate(
+                    item.request.id, item.request.body, attempts
+                )
+            except (RunStopped, RequestFailed) as exc:
+                self.failed(item, exc, attempts, started)
+                continue
             self.credits += generation.credits or 0
+            await self.delivery_slots.acquire()
+            task = asyncio.ensure_future(self.deliver(item, generation, attempts, started))
+            self.deliveries.add(task)
+            task.add_done_callback(self.deliveries.discard)
+
+    async def deliver(
+        self, item: PlanItem, generation: Generation, attempts: list[Attempt], started: float
+    ) -> None:
+        """Store a generation's images and record it in the lock."""
+        try:
             outputs = await self.store(item, generation)
-        except RunStopped as exc:
+        except (RequestFailed, OSError) as exc:
+            self.failed(item, exc, attempts, started)
+            return
+        finally:
+            self.delivery_slots.release()
+        request = item.request
+        self.keeper.record(Entry.of(request, outputs, generation.summary()))
+        seconds = time.monotonic() - started
+        self.finish(
+            RequestResult(request.id, DONE, "", generation.credits, len(attempts), seconds),
+            attempts,
+        )
+
+    def failed(
+        self, item: PlanItem, exc: Exception, attempts: Sequence[Attempt], started: float
+    ) -> None:
+        status = FAILED
+        if isinstance(exc, RunStopped):
             if self.stopped is None:
                 self.stopped = str(exc)
             status = NOT_SENT if exc.status == 0 else FAILED  # 0: stopped before sending
-            self.finish(
-                RequestResult(
-                    request.id, status, str(exc), None, len(attempts), time.monotonic() - started
-                ),
-                attempts,
-            )
-            return
-        except RequestFailed as exc:
-            self.finish(
-                RequestResult(
-                    request.id, FAILED, exc.reason, None, len(attempts), time.monotonic() - started
-                ),
-                attempts,
-            )
-            return
-        except OSError as exc:
-            reason = f"cannot write the image: {exc.strerror or exc}"
-            self.finish(
-                RequestResult(
-                    request.id, FAILED, reason, None, len(attempts), time.monotonic() - started
-                ),
-                attempts,
-            )
-            return
-        self.keeper.record(Entry.of(request, outputs, generation.summary()))
+            reason = str(exc)
+        elif isinstance(exc, RequestFailed):
+            reason = exc.reason
+        else:
+            reason = f"cannot write the image: {getattr(exc, 'strerror', None) or exc}"
+        seconds = time.monotonic() - started
         self.finish(
-            RequestResult(
-                request.id, DONE, "", generation.credits, len(attempts), time.monotonic() - started
-            ),
-            attempts,
+            RequestResult(item.request.id, status, reason, None, len(attempts), seconds), attempts
         )
 
     async def store(self, item: PlanItem, generation: Generation) -> list[Output]:
@@ -416,6 +427,7 @@ async def run_async(
             journal,
             listener,
             OutputFolder(spec.output, spec.lock_path.parent),
+            asyncio.Semaphore(2 * max(1, options.concurrency)),
         )
 
         async def before_send() -> None:
@@ -434,8 +446,13 @@ async def run_async(
                 for _ in range(max(1, min(options.concurrency, len(todo))))
             ]
             await asyncio.gather(*workers)
+            while state.deliveries:
+                await asyncio.gather(*list(state.deliveries))
         finally:
-            saver.cancel()
+            for task in [*state.deliveries, saver]:
+                task.cancel()
+            # Let cancelled deliveries remove their temporary files before the lock is saved.
+            await asyncio.gather(*state.deliveries, return_exceptions=True)
             keeper.save()
     return RunResult(spec, tuple(state.results), time.monotonic() - started, state.stopped)
 
