@@ -267,10 +267,11 @@ class _Run:
             return f"--max-credits {budget:g} reached"
         return None
 
-    async def worker(self, queue: deque[PlanItem]) -> None:
+    async def worker(self, queue: deque[PlanItem], delay: float = 0.0) -> None:
         """Send generations one after another; each one's images are fetched by a task of
         their own, so this --concurrency slot is free for the next generation at once (image
         downloads go to a CDN, not the generation API). Deliveries in flight are bounded."""
+        await asyncio.sleep(delay)
         while queue:
             item = queue.popleft()
             reason = self.may_start()
@@ -441,10 +442,12 @@ async def run_async(
         saver = asyncio.ensure_future(keeper.keep())
         try:
             queue = deque(todo)
-            workers = [
-                asyncio.ensure_future(state.worker(queue))
-                for _ in range(max(1, min(options.concurrency, len(todo))))
-            ]
+            # Workers start a little apart (1 ms, a tenth of a second in all at most): the
+            # first wave reaches the API spread out rather than in one instant, and the
+            # answers come back spread out too, so none waits while a burst is handled.
+            count = max(1, min(options.concurrency, len(todo)))
+            step = min(0.001, 0.1 / count)
+            workers = [asyncio.ensure_future(state.worker(queue, k * step)) for k in range(count)]
             await asyncio.gather(*workers)
             while state.deliveries:
                 await asyncio.gather(*list(state.deliveries))
