@@ -200,6 +200,11 @@ def plan(specs: Sequence[Path], as_json: bool) -> None:
     help="The API's base URL.",
 )
 @click.option(
+    "--shard",
+    metavar="K/N",
+    help="Do shard K of N (chosen by request name) into a partial lock; see merge.",
+)
+@click.option(
     "--transport",
     type=click.Choice(["aiohttp", "httpx"]),
     default="aiohttp",
@@ -225,8 +230,10 @@ def run(
 
     from . import api
     from .runner import Rate, RunOptions
+    from .shards import parse_shard
 
     options["only"] = tuple(options["only"])
+    options["shard"] = parse_shard(options["shard"]) if options["shard"] else None
     run_options = RunOptions(rate=Rate.parse(rate) if rate else None, **options)
     loaded = []
 
@@ -257,8 +264,9 @@ def run(
 def select_todo(spec: Any, requests: Any, options: Any) -> Any:
     from . import api
     from .runner import select
+    from .shards import current_lock
 
-    return select(api.plan(spec, requests).items, options)
+    return select(api.plan(spec, requests, current_lock(spec, options.shard)).items, options)
 
 
 def _run_all(loaded: Sequence[tuple[Any, Any]], base_url: str, key: str, options: Any) -> None:
@@ -365,6 +373,91 @@ def emulator(
     limit = Rate.parse(rate_limit).per_second if rate_limit else None
     config = EmulatorConfig(latency=span, rate_limit=limit, **switches)
     serve_forever(config, host, port, access_log)
+
+
+@cli.command()
+@SPECS
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
+def check(specs: Sequence[Path], as_json: bool) -> None:
+    """CI gate: is every request in the lock, unchanged, with its files intact? No network.
+
+    Exit 0 when every spec is up to date; 1 when any request is new, changed (with the fields
+    that changed), missing, corrupt, or in the lock but no longer in the spec.
+    """
+    from . import api
+    from .review import check as check_spec
+
+    reports: list[Any] = []
+    stale = False
+
+    def work(path: Path) -> None:
+        nonlocal stale
+        report = check_spec(api.load_spec(path))
+        stale = stale or not report.ok
+        if as_json:
+            reports.append(report.as_json())
+            return
+        if report.ok:
+            click.echo(f"{path}: up to date ({report.requests} requests)")
+            return
+        click.echo(f"{path}: {len(report.findings)} of {report.requests} requests are stale")
+        for finding in report.findings:
+            click.echo(f"  {finding.state:8}  {finding.id}: {finding.reason}")
+
+    try:
+        _each_spec(specs, work)
+    finally:
+        if as_json:
+            first = next(iter(reports), None)
+            click.echo(json.dumps(reports if len(specs) > 1 else first, indent=2))
+    if stale:
+        raise ExitCode(EXIT_INVALID)
+
+
+@cli.command()
+@click.argument("spec", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--against",
+    "ref",
+    required=True,
+    metavar="REF",
+    help="A git revision (HEAD~1, main, a tag) or another lock file.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the differences as JSON.")
+def diff(spec: Path, ref: str, as_json: bool) -> None:
+    """What changed in the spec's lock since REF: requests added, removed, and changed
+    (with the fields that changed)."""
+    from . import api
+    from .review import diff_locks, lock_at
+
+    loaded = api.load_spec(spec)
+    result = diff_locks(lock_at(loaded, ref), api.read_lock(loaded.lock_path))
+    if as_json:
+        click.echo(json.dumps(result.as_json(), indent=2))
+        return
+    if result.empty:
+        click.echo(f"{loaded.lock_path}: no changes since {ref}")
+        return
+    for key in result.added:
+        click.echo(f"added    {key}")
+    for key in result.removed:
+        click.echo(f"removed  {key}")
+    for key, fields in result.changed.items():
+        click.echo(f"changed  {key}: {', '.join(fields)}")
+
+
+@cli.command()
+@click.argument("spec", type=click.Path(dir_okay=False, path_type=Path))
+def merge(spec: Path) -> None:
+    """Combine the partial locks of `run --shard K/N` into the spec's lock.
+
+    Exit 1 (and write nothing) when two partial locks record the same request differently.
+    """
+    from . import api
+    from .shards import merge as merge_shards
+
+    result = merge_shards(api.load_spec(spec))
+    click.echo(f"{spec}: merged {len(result.merged)} partial locks, {result.requests} requests")
 
 
 @cli.command()

@@ -50,12 +50,8 @@ class Request:
         return str(self.body["model"])
 
     @property
-    def body_json(self) -> str:
-        return canonical_json(self.body)
-
-    @property
     def body_sha256(self) -> str:
-        return hashlib.sha256(self.body_json.encode()).hexdigest()
+        return body_hash(self.body)
 
     def line_of(self, path: str) -> int:
         """The spec line where the field at `path` (`image_size.width`) is set."""
@@ -65,6 +61,11 @@ class Request:
 def canonical_json(value: Any) -> str:
     """The one JSON text of a value: sorted keys, no spaces, UTF-8 kept as is."""
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def body_hash(body: Mapping[str, Any]) -> str:
+    """The sha256 of a request body's canonical JSON: its identity in the lock."""
+    return hashlib.sha256(canonical_json(body).encode()).hexdigest()
 
 
 def derive_seed(spec_name: str, request_name: str, repeat: int) -> int:

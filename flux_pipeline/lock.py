@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import LockError
-from .expansion import Request, canonical_json
+from .expansion import Request, body_hash, canonical_json
 from .files import sha256_file, write_atomic
 
 LOCK_VERSION = 1
@@ -111,6 +111,11 @@ def read_lock(path: Path) -> Lock | None:
         return None
     except (OSError, UnicodeDecodeError) as exc:
         raise LockError(f"{path}: cannot read the lock: {exc}") from exc
+    return parse_lock(text, str(path))
+
+
+def parse_lock(text: str, path: str) -> Lock:
+    """A lock from its text; `path` names it in errors. Raises LockError if it is damaged."""
     try:
         data = json.loads(text)
         if data.get("lock_version") != LOCK_VERSION:
@@ -173,6 +178,8 @@ def state_of(request: Request, entry: Entry | None, lock_folder: Path) -> State:
     if entry.body_sha256 != request.body_sha256:
         fields = changed_fields(entry.body, request.body)
         return State(CHANGED, "changed: " + ", ".join(fields) if fields else "body changed")
+    if body_hash(entry.body) != entry.body_sha256:
+        return State(CORRUPT, "the lock entry was edited: its body does not match its hash")
     for output in entry.outputs:
         path = lock_folder / output.path
         try:

@@ -20,7 +20,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any
 
@@ -30,9 +30,10 @@ from .client import ApiClient, Attempt, Generation, RetryPolicy, make_http_clien
 from .errors import ConfigError, RequestFailed, RunStopped, Terminated
 from .expansion import Request
 from .files import sweep_temp_files, write_atomic
-from .lock import Entry, Output, assemble_lock, entry_text, read_lock
+from .lock import Entry, Output, assemble_lock, entry_text
 from .models import get_model
 from .planning import Plan, PlanItem, plan
+from .shards import current_lock, in_shard, shard_lock_path
 from .spec import Spec
 from .validation import output_stems
 
@@ -66,6 +67,7 @@ class RunOptions:
     max_credits: float | None = None
     max_requests: int | None = None
     transport: str = "aiohttp"
+    shard: tuple[int, int] | None = None  # (K, N): do shard K of N, into a partial lock
 
 
 # ----- results and events ------------------------------------------------------------------
@@ -145,9 +147,15 @@ class LockKeeper:
     """
 
     def __init__(
-        self, spec: Spec, entries: Mapping[str, Entry], changed: bool, interval: float = 0.05
+        self,
+        spec: Spec,
+        path: Path,
+        entries: Mapping[str, Entry],
+        changed: bool,
+        interval: float = 0.05,
     ) -> None:
         self._spec = spec
+        self._path = path
         self.entries = dict(entries)
         self._order = sorted(self.entries)
         self._fragments: dict[str, str] = {}
@@ -180,7 +188,7 @@ class LockKeeper:
         with self._write_lock:
             if version <= self._written:
                 return
-            write_atomic(self._spec.lock_path, text.encode())
+            write_atomic(self._path, text.encode())
             self._written = version
 
     def save(self) -> None:
@@ -206,9 +214,12 @@ class LockKeeper:
 
 
 def select(items: Iterable[PlanItem], options: RunOptions) -> list[PlanItem]:
-    """The plan items this run must do: not up to date (or all with --force), matching --only."""
+    """The plan items this run must do: in its shard, matching --only, and not up to date
+    (or all, with --force)."""
     chosen = []
     for item in items:
+        if not in_shard(item.request.id, options.shard):
+            continue
         if options.only and not any(fnmatch.fnmatchcase(item.request.id, g) for g in options.only):
             continue
         if options.force or not item.state.up_to_date:
@@ -400,13 +411,20 @@ async def run_async(
 ) -> RunResult:
     """Do a plan with an HTTP client the caller owns. The lock is saved however this ends."""
     started = time.monotonic()
-    old = read_lock(spec.lock_path)
+    old = current_lock(spec, options.shard)
+    in_spec = {item.request.id for item in the_plan.items}
+    if options.prune and old:
+        _prune(spec, [e for k, e in old.entries.items() if k not in in_spec])
+    lock_path = spec.lock_path
+    if options.shard:
+        mine = tuple(i for i in the_plan.items if in_shard(i.request.id, options.shard))
+        the_plan = replace(the_plan, items=mine)
+        lock_path = shard_lock_path(spec, options.shard)
     wanted = {item.request.id for item in the_plan.items}
     # Requests gone from the spec leave the lock; the others keep their entry until redone.
     entries = {k: v for k, v in (old.entries if old else {}).items() if k in wanted}
-    if options.prune and old:
-        _prune(spec, [e for k, e in old.entries.items() if k not in wanted])
-    keeper = LockKeeper(spec, entries, changed=old is None or len(entries) != len(old.entries))
+    changed = old is None or len(entries) != len(old.entries) or bool(options.shard)
+    keeper = LockKeeper(spec, lock_path, entries, changed=changed)
     todo = select(the_plan.items, options)
     chosen = {item.request.id for item in todo}
     skipped = [i for i in the_plan.items if i.request.id not in chosen]
@@ -481,7 +499,7 @@ def run(
     """Plan and run a spec against an API (or emulator) at `base_url`."""
     if not api_key:
         raise ConfigError("no API key: set AIMLAPI_KEY, or use --emulator to run offline")
-    the_plan = plan(spec, requests)
+    the_plan = plan(spec, requests, current_lock(spec, options.shard))
 
     terminated = False
 

@@ -1,0 +1,146 @@
+"""Reviewing results without the network: `check` (is the lock current?) and `diff` (what
+changed between two versions of a lock)."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import LockError
+from .expansion import Request
+from .lock import Entry, Lock, changed_fields, parse_lock, read_lock
+from .planning import plan
+from .spec import Spec
+
+REMOVED = "removed"
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """One request that is not up to date, and why."""
+
+    id: str
+    state: str  # new, changed, missing, corrupt, removed
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class CheckReport:
+    spec: Spec
+    requests: int
+    findings: tuple[Finding, ...]
+
+    @property
+    def ok(self) -> bool:
+        return not self.findings
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "spec": self.spec.name,
+            "path": str(self.spec.path),
+            "up_to_date": self.ok,
+            "requests": self.requests,
+            "stale": [{"id": f.id, "state": f.state, "reason": f.reason} for f in self.findings],
+        }
+
+
+def check(spec: Spec, requests: Sequence[Request] | None = None) -> CheckReport:
+    """Whether every request of the spec is in the lock with the same body and every output
+    is on disk with its recorded hash; what is stale otherwise. No network."""
+    lock = read_lock(spec.lock_path)
+    the_plan = plan(spec, requests, lock)
+    findings = [
+        Finding(item.request.id, item.state.state, item.state.reason or _why(item.state.state))
+        for item in the_plan.items
+        if not item.state.up_to_date
+    ]
+    wanted = {item.request.id for item in the_plan.items}
+    findings += [
+        Finding(key, REMOVED, "in the lock but no longer in the spec")
+        for key in sorted(lock.entries if lock else ())
+        if key not in wanted
+    ]
+    return CheckReport(spec, len(the_plan.items), tuple(findings))
+
+
+def _why(state: str) -> str:
+    return "not in the lock" if state == "new" else state
+
+
+# ----- diff ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class LockDiff:
+    added: tuple[str, ...]
+    removed: tuple[str, ...]
+    changed: Mapping[str, tuple[str, ...]]  # id -> changed fields
+
+    @property
+    def empty(self) -> bool:
+        return not (self.added or self.removed or self.changed)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "added": list(self.added),
+            "removed": list(self.removed),
+            "changed": {k: list(v) for k, v in self.changed.items()},
+        }
+
+
+def diff_locks(old: Lock | None, new: Lock | None) -> LockDiff:
+    """Requests added, removed, or changed (with the fields that changed) from old to new."""
+    before = old.entries if old else {}
+    after = new.entries if new else {}
+    changed = {}
+    for key in sorted(set(before) & set(after)):
+        fields = _entry_changes(before[key], after[key])
+        if fields:
+            changed[key] = tuple(fields)
+    return LockDiff(
+        added=tuple(sorted(set(after) - set(before))),
+        removed=tuple(sorted(set(before) - set(after))),
+        changed=changed,
+    )
+
+
+def _entry_changes(old: Entry, new: Entry) -> list[str]:
+    fields = [f"body.{f}" for f in changed_fields(old.body, new.body)]
+    if [o.sha256 for o in old.outputs] != [o.sha256 for o in new.outputs]:
+        fields.append("outputs")
+    fields += [f"vars.{f}" for f in changed_fields(old.vars, new.vars)]
+    return fields
+
+
+def lock_at(spec: Spec, ref: str) -> Lock | None:
+    """The spec's lock as it was at a git revision `ref`, or the lock file at path `ref`."""
+    as_file = Path(ref)
+    if as_file.is_file():
+        return read_lock(as_file)
+    folder = spec.lock_path.parent
+    try:
+        top = subprocess.run(
+            ["git", "rev-parse", "--show-toplevel"],
+            cwd=folder,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        relative = spec.lock_path.resolve().relative_to(Path(top).resolve()).as_posix()
+        shown = subprocess.run(
+            ["git", "show", f"{ref}:{relative}"],
+            cwd=folder,
+            capture_output=True,
+            text=True,
+        )
+    except (OSError, subprocess.CalledProcessError, ValueError) as exc:
+        raise LockError(f"{ref!r} is neither a lock file nor a git revision here: {exc}") from exc
+    if shown.returncode != 0:
+        message = shown.stderr.strip().splitlines()[-1] if shown.stderr.strip() else ""
+        if "exists on disk, but not in" in message or "does not exist in" in message:
+            return None  # the lock did not exist at that revision: everything is added
+        raise LockError(f"cannot read the lock at {ref!r}: {message}")
+    return parse_lock(shown.stdout, f"{ref}:{relative}")

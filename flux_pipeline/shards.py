@@ -1,0 +1,96 @@
+"""Splitting a run across machines: `run --shard K/N` does a stable share of the requests
+(chosen by name, so adding a request never moves the others) and writes a partial lock beside
+the spec; `merge` combines the partial locks into the spec's lock."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import ConfigError, LockError
+from .lock import Entry, Lock, read_lock, write_lock
+from .spec import Spec
+from .validation import validate
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
+    if not match or not 1 <= int(match.group(1)) <= int(match.group(2)):
+        raise ConfigError(f"--shard must be K/N with 1 <= K <= N, like 2/4, not {text!r}")
+    return int(match.group(1)), int(match.group(2))
+
+
+def shard_of(request_id: str, count: int) -> int:
+    """The shard (1..count) a request belongs to: from its name's hash, not its position."""
+    digest = hashlib.sha256(request_id.encode()).digest()
+    return int.from_bytes(digest[:8], "big") % count + 1
+
+
+def in_shard(request_id: str, shard: tuple[int, int] | None) -> bool:
+    return shard is None or shard_of(request_id, shard[1]) == shard[0]
+
+
+def shard_lock_path(spec: Spec, shard: tuple[int, int]) -> Path:
+    stem = spec.lock_path.name.removesuffix(".lock.json")
+    return spec.lock_path.with_name(f"{stem}.lock.shard-{shard[0]}-of-{shard[1]}.json")
+
+
+def partial_locks(spec: Spec) -> list[Path]:
+    stem = spec.lock_path.name.removesuffix(".lock.json")
+    return sorted(spec.lock_path.parent.glob(f"{stem}.lock.shard-*-of-*.json"))
+
+
+def current_lock(spec: Spec, shard: tuple[int, int] | None) -> Lock | None:
+    """The lock a run plans against: the spec's, with the shard's own partial lock (from an
+    earlier, unmerged run of the same shard) over it."""
+    main = read_lock(spec.lock_path)
+    if shard is None:
+        return main
+    partial = read_lock(shard_lock_path(spec, shard))
+    if partial is None:
+        return main
+    return Lock(spec.name, {**(main.entries if main else {}), **partial.entries})
+
+
+@dataclass(frozen=True, slots=True)
+class MergeResult:
+    merged: tuple[Path, ...]  # the partial locks combined (and removed)
+    requests: int
+
+
+def merge(spec: Spec) -> MergeResult:
+    """Combine every partial lock beside the spec into its lock, then remove them.
+
+    Entries of requests no longer in the spec are dropped. Two partial locks that record the
+    same request differently are a conflict: nothing is written and LockError lists them."""
+    paths = partial_locks(spec)
+    if not paths:
+        raise ConfigError(f"no partial locks to merge beside {spec.path} (run --shard K/N first)")
+    wanted = {r.id for r in validate(spec)}
+    main = read_lock(spec.lock_path)
+    entries = {k: v for k, v in (main.entries if main else {}).items() if k in wanted}
+    owners: dict[str, tuple[Path, Entry]] = {}
+    conflicts = []
+    for path in paths:
+        lock = read_lock(path)
+        for key, entry in (lock.entries if lock else {}).items():
+            seen = owners.get(key)
+            if seen is not None and seen[1] != entry:
+                conflicts.append(f"{key} ({seen[0].name} and {path.name})")
+            owners[key] = (path, entry)
+    if conflicts:
+        raise LockError(
+            f"{len(conflicts)} requests differ between partial locks: " + "; ".join(conflicts)
+        )
+    entries.update({k: e for k, (_, e) in owners.items() if k in wanted})
+    write_lock(spec.lock_path, spec.name, entries.values())
+    _remove(paths)
+    return MergeResult(tuple(paths), len(entries))
+
+
+def _remove(paths: Iterable[Path]) -> None:
+    for path in paths:
+        path.unlink(missing_ok=True)

@@ -1,0 +1,246 @@
+"""check (the CI gate), diff between lock versions, and sharded runs with merge."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+from helpers import invoke, write_spec
+
+from flux_pipeline import load_spec
+from flux_pipeline.emulator import EmulatorServer
+from flux_pipeline.shards import shard_of
+
+KEY = {"AIMLAPI_KEY": "test-key"}
+GRID = """
+    version: 1
+    name: grid
+    defaults: {{output_format: png, image_size: {{width: 256, height: 256}}}}
+    jobs:
+      - name: "{{{{ product }}}}-{{{{ style }}}}"
+        prompt: {prompt}
+        matrix:
+          product: [kettle, toaster]
+          style: {styles}
+"""
+
+
+def grid(
+    root: Path, prompt: str = "A {{ style }} {{ product }}", styles: str = "[minimal, retro]"
+) -> Path:
+    return write_spec(root, GRID.format(prompt=prompt, styles=styles))
+
+
+def run(server: EmulatorServer, spec: Path, *args: str) -> None:
+    result = invoke("run", "--base-url", server.url, *args, str(spec), env=KEY)
+    assert result.exit_code == 0, result.stdout + result.stderr
+
+
+def check_json(spec: Path) -> tuple[int, dict[str, object]]:
+    result = invoke("check", "--json", str(spec))
+    return result.exit_code, json.loads(result.stdout)
+
+
+def stale(spec: Path) -> dict[str, tuple[str, str]]:
+    code, report = check_json(spec)
+    assert code == 1
+    return {s["id"]: (s["state"], s["reason"]) for s in report["stale"]}  # type: ignore
+
+
+def test_check_passes_right_after_run(tmp_path: Path, emulator: EmulatorServer) -> None:
+    spec = grid(tmp_path)
+    run(emulator, spec)
+    result = invoke("check", str(spec))
+    assert result.exit_code == 0
+    assert result.stdout == f"{spec}: up to date (4 requests)\n"
+
+
+def test_check_fails_before_any_run(tmp_path: Path) -> None:
+    spec = grid(tmp_path)
+    assert stale(spec) == {
+        "kettle-minimal": ("new", "not in the lock"),
+        "kettle-retro": ("new", "not in the lock"),
+        "toaster-minimal": ("new", "not in the lock"),
+        "toaster-retro": ("new", "not in the lock"),
+    }
+
+
+def test_check_after_editing_a_prompt(tmp_path: Path, emulator: EmulatorServer) -> None:
+    spec = grid(tmp_path)
+    run(emulator, spec)
+    grid(tmp_path, prompt="A shiny {{ style }} {{ product }}")
+    found = stale(spec)
+    assert set(found) == {"kettle-minimal", "kettle-retro", "toaster-minimal", "toaster-retro"}
+    assert found["kettle-retro"] == ("changed", "changed: prompt")
+
+
+def test_check_after_adding_an_axis_value(tmp_path: Path, emulator: EmulatorServer) -> None:
+    spec = grid(tmp_path)
+    run(emulator, spec)
+    grid(tmp_path, styles="[minimal, retro, neon]")
+    assert stale(spec) == {
+        "kettle-neon": ("new", "not in the lock"),
+        "toaster-neon": ("new", "not in the lock"),
+    }
+
+
+def test_check_after_removing_an_axis_value(tmp_path: Path, emulator: EmulatorServer) -> None:
+    spec = grid(tmp_path)
+    run(emulator, spec)
+    grid(tmp_path, styles="[minimal]")
+    assert stale(spec) == {
+        "kettle-retro": ("removed", "in the lock but no longer in the spec"),
+        "toaster-retro": ("removed", "in the lock but no longer in the spec"),
+    }
+
+
+def test_check_after_deleting_an_image(tmp_path: Path, emulator: EmulatorServer) -> None:
+    spec = grid(tmp_path)
+    run(emulator, spec)
+    (tmp_path / "out/grid/kettle-retro.png").unlink()
+    assert stale(spec) == {"kettle-retro": ("missing", "out/grid/kettle-retro.png is missing")}
+
+
+def test_check_after_corrupting_an_image(tmp_path: Path, emulator: EmulatorServer) -> None:
+    spec = grid(tmp_path)
+    run(emulator, spec)
+    image = tmp_path / "out/grid/toaster-minimal.png"
+    data = bytearray(image.read_bytes())
+    data[-20] ^= 0xFF  # same size, different bytes
+    image.write_bytes(bytes(data))
+    assert stale(spec) == {
+        "toaster-minimal": (
+            "corrupt",
+            "out/grid/toaster-minimal.png does not match its recorded hash",
+        )
+    }
+
+
+def test_check_after_editing_the_lock(tmp_path: Path, emulator: EmulatorServer) -> None:
+    spec = grid(tmp_path)
+    run(emulator, spec)
+    lock = spec.with_name("spec.lock.json")
+    lock.write_text(lock.read_text().replace("A retro kettle", "A retro kettle!"))
+    # The spec still asks for the recorded hash, but the recorded body no longer matches it.
+    assert stale(spec) == {
+        "kettle-retro": ("corrupt", "the lock entry was edited: its body does not match its hash")
+    }
+    lock.write_text(lock.read_text().replace("A retro kettle!", "A retro kettle"))
+    data = json.loads(lock.read_text())
+    data["requests"]["kettle-minimal"]["body"]["num_inference_steps"] = 3
+    data["requests"]["kettle-minimal"]["body_sha256"] = "0" * 64
+    lock.write_text(json.dumps(data))
+    assert stale(spec)["kettle-minimal"][0] == "changed"
+    lock.write_text("{ not json")
+    result = invoke("check", str(spec))
+    assert result.exit_code == 1
+    assert result.stderr.startswith(f"error: {lock}: the lock is damaged")
+
+
+# ----- diff ------------------------------------------------------------------------------------
+
+
+def git(root: Path, *args: str) -> None:
+    subprocess.run(
+        ["git", "-c", "user.name=t", "-c", "user.email=t@t", *args],
+        cwd=root,
+        check=True,
+        capture_output=True,
+    )
+
+
+def test_diff_against_a_git_revision(tmp_path: Path, emulator: EmulatorServer) -> None:
+    git(tmp_path, "init", "-q")
+    spec = grid(tmp_path)
+    result = invoke("diff", str(spec), "--against", "HEAD")
+    assert result.exit_code == 1
+    assert "cannot read the lock at 'HEAD': fatal: invalid object name 'HEAD'" in result.stderr
+    run(emulator, spec)
+    git(tmp_path, "add", "-A")
+    git(tmp_path, "commit", "-qm", "first")
+    grid(tmp_path, prompt="A {{ style }} {{ product }}, at dawn", styles="[minimal, neon]")
+    run(emulator, spec)
+    result = invoke("diff", str(spec), "--against", "HEAD")
+    assert result.exit_code == 0
+    assert result.stdout.splitlines() == [
+        "added    kettle-neon",
+        "added    toaster-neon",
+        "removed  kettle-retro",
+        "removed  toaster-retro",
+        "changed  kettle-minimal: body.prompt, outputs",
+        "changed  toaster-minimal: body.prompt, outputs",
+    ]
+    as_json = json.loads(invoke("diff", str(spec), "--against", "HEAD", "--json").stdout)
+    assert as_json["changed"]["kettle-minimal"] == ["body.prompt", "outputs"]
+    same = invoke("diff", str(spec), "--against", str(spec.with_name("spec.lock.json")))
+    assert (
+        same.stdout == f"{spec.with_name('spec.lock.json')}: no changes since "
+        f"{spec.with_name('spec.lock.json')}\n"
+    )
+
+
+# ----- shards -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("count", [1, 2, 3, 7])
+def test_shards_cover_every_request_exactly_once(count: int) -> None:
+    names = [f"request-{i}" for i in range(500)]
+    shards = [shard_of(name, count) for name in names]
+    assert set(shards) <= set(range(1, count + 1))
+    assert all(shards.count(k) > 0 for k in range(1, count + 1))
+    # stable: by name, not by position
+    assert [shard_of(n, count) for n in reversed(names)] == shards[::-1]
+
+
+def test_sharded_runs_merge_into_the_unsharded_lock(
+    tmp_path: Path, emulator: EmulatorServer
+) -> None:
+    whole = grid(tmp_path / "whole", styles="[minimal, retro, neon, noir, pop]")
+    run(emulator, whole)
+    parts = grid(tmp_path / "parts", styles="[minimal, retro, neon, noir, pop]")
+    done: list[str] = []
+    for k in (1, 2, 3):
+        run(emulator, parts, "--shard", f"{k}/3")
+        partial = json.loads(parts.with_name(f"spec.lock.shard-{k}-of-3.json").read_text())
+        done += list(partial["requests"])
+    assert sorted(done) == sorted(r.id for r in _requests(parts))  # each exactly once
+    assert not parts.with_name("spec.lock.json").exists()
+    result = invoke("merge", str(parts))
+    assert result.exit_code == 0
+    assert result.stdout == f"{parts}: merged 3 partial locks, 10 requests\n"
+    assert parts.with_name("spec.lock.json").read_text() == whole.with_name(
+        "spec.lock.json"
+    ).read_text().replace("/whole/", "/parts/")
+    assert not list(parts.parent.glob("*.shard-*"))
+    assert invoke("check", str(parts)).exit_code == 0
+    before = emulator.emulator.counters.snapshot()["requests"]
+    run(emulator, parts, "--shard", "2/3")  # up to date: nothing sent
+    assert emulator.emulator.counters.snapshot()["requests"] == before
+
+
+def test_merge_refuses_conflicting_partial_locks(tmp_path: Path, emulator: EmulatorServer) -> None:
+    spec = grid(tmp_path)
+    run(emulator, spec, "--shard", "1/1")
+    first = spec.with_name("spec.lock.shard-1-of-1.json")
+    data = json.loads(first.read_text())
+    key = sorted(data["requests"])[0]
+    data["requests"][key]["seed"] += 1
+    spec.with_name("spec.lock.shard-1-of-2.json").write_text(json.dumps(data))
+    result = invoke("merge", str(spec))
+    assert result.exit_code == 1
+    assert f"1 requests differ between partial locks: {key}" in result.stderr
+    assert not spec.with_name("spec.lock.json").exists()
+
+
+def test_bad_shard_option(tmp_path: Path) -> None:
+    result = invoke("run", "--emulator", "--shard", "4/3", str(grid(tmp_path)))
+    assert result.exit_code == 2
+    assert "--shard must be K/N with 1 <= K <= N" in result.stderr
+
+
+def _requests(spec: Path) -> list[object]:
+    from flux_pipeline import validate
+
+    return validate(load_spec(spec))  # type: ignore[no-any-return]
