@@ -461,6 +461,49 @@ def merge(spec: Path) -> None:
 
 
 @cli.command()
+@click.argument("spec", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Where the page goes. Default: gallery.html in the output folder.",
+)
+@click.option("--rows", metavar="VAR", help="The variable down the grid.")
+@click.option("--cols", metavar="VAR", help="The variable across the grid.")
+@click.option("--png", is_flag=True, help="Also write a labelled contact sheet (PNG) beside it.")
+@click.option(
+    "--changed",
+    metavar="REF",
+    help="Show only requests changed since git revision REF, old beside new.",
+)
+def gallery(
+    spec: Path,
+    output: Path | None,
+    rows: str | None,
+    cols: str | None,
+    png: bool,
+    changed: str | None,
+) -> None:
+    """Write a static HTML page of the spec's images laid out on its grid's axes.
+
+    One variable goes across (--cols), one down (--rows); the others become sections. Each
+    image links to the full size and shows its name, seed, size and prompt. The page has no
+    external assets and links to the images relatively: open it from disk or publish the
+    folder as a CI artifact.
+    """
+    from . import api
+    from .gallery import build_gallery
+
+    loaded = api.load_spec(spec)
+    result = build_gallery(
+        loaded, api.validate(loaded), page=output, rows=rows, cols=cols, png=png, changed=changed
+    )
+    click.echo(f"{result.page}: {result.images} images")
+    if result.sheet:
+        click.echo(f"{result.sheet}: contact sheet")
+
+
+@cli.command()
 def schema() -> None:
     """Print the JSON Schema of the spec language, for editors.
 

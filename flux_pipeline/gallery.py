@@ -1,0 +1,372 @@
+"""The gallery: a static HTML page, and a PNG contact sheet, of a spec's outputs laid out on
+its grid's axes (an X/Y plot: one variable across, one down, the others as sections).
+
+The page is self-contained: inline style, relative links to the images, no server and no
+external assets. It shows thumbnails (made once per image and cached by its hash under
+`.thumbs/` in the output folder) that link to the full image, lazily loaded, each with its
+name, seed and size, and the prompt on hover and below.
+"""
+
+from __future__ import annotations
+
+import html
+import io
+import os
+import subprocess
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+from .expansion import Request
+from .files import write_atomic
+from .lock import Entry, Output, read_lock
+from .review import diff_locks, lock_at
+from .spec import Spec
+
+THUMB = 320  # longest side of a thumbnail, in pixels
+SHEET_CELL = 256
+MISSING = "—"
+
+
+@dataclass(frozen=True, slots=True)
+class Cell:
+    request: Request
+    entry: Entry | None
+
+    @property
+    def output(self) -> Output | None:
+        return self.entry.outputs[0] if self.entry and self.entry.outputs else None
+
+
+@dataclass(frozen=True, slots=True)
+class Grid:
+    """One section of the page: cells on a rows x cols grid."""
+
+    title: str
+    rows_var: str | None
+    cols_var: str | None
+    rows: tuple[Any, ...]
+    cols: tuple[Any, ...]
+    cells: Mapping[tuple[Any, Any], tuple[Cell, ...]]
+
+
+@dataclass(frozen=True, slots=True)
+class GalleryResult:
+    page: Path
+    sheet: Path | None
+    grids: tuple[Grid, ...]
+    images: int
+
+
+def _value(combo: Mapping[str, Any], var: str | None) -> Any:
+    if var is None:
+        return ""
+    value = combo.get(var, MISSING)
+    return value if isinstance(value, str | int | float | bool) else str(value)
+
+
+def _axes(members: Sequence[Request]) -> list[str]:
+    """The variables every request of a job has and that take more than one value, in the
+    order the spec gives them (an include's extra variable is a detail, not an axis)."""
+    names = dict.fromkeys(k for r in members for k in r.combo)
+    return [
+        name
+        for name in names
+        if all(name in r.combo for r in members)
+        and len({_value(r.combo, name) for r in members}) > 1
+    ]
+
+
+def layout(
+    requests: Sequence[Request],
+    entries: Mapping[str, Entry],
+    rows: str | None = None,
+    cols: str | None = None,
+) -> list[Grid]:
+    """Cells grouped by job, then by the values of the axes that are neither rows nor cols
+    (unless that leaves about one image per section, as rows of cases do)."""
+    grids: list[Grid] = []
+    by_job: dict[str, list[Request]] = {}
+    for request in requests:
+        by_job.setdefault(request.job, []).append(request)
+    for job, members in by_job.items():
+        axes = _axes(members)
+        col_var = cols if cols in axes else (axes[0] if axes else None)
+        rest = [a for a in axes if a != col_var]
+        row_var = rows if rows in rest else (rest[0] if rest else None)
+        others = [a for a in axes if a not in (col_var, row_var)]
+        if len({tuple(_value(r.combo, a) for a in others) for r in members}) * 2 > len(members):
+            others = []
+        sections: dict[tuple[Any, ...], list[Request]] = {}
+        for request in members:
+            key = tuple(_value(request.combo, a) for a in others)
+            sections.setdefault(key, []).append(request)
+        for key, section in sections.items():
+            title = job + "".join(f"  ·  {a} = {v}" for a, v in zip(others, key, strict=True))
+            row_values = tuple(dict.fromkeys(_value(r.combo, row_var) for r in section))
+            col_values = tuple(dict.fromkeys(_value(r.combo, col_var) for r in section))
+            cells: dict[tuple[Any, Any], tuple[Cell, ...]] = {}
+            for r in section:
+                at = (_value(r.combo, row_var), _value(r.combo, col_var))
+                cells[at] = (*cells.get(at, ()), Cell(r, entries.get(r.id)))
+            grids.append(Grid(title, row_var, col_var, row_values, col_values, cells))
+    return grids
+
+
+# ----- thumbnails ------------------------------------------------------------------------------
+
+
+def thumbnail(source: Path, sha256: str, folder: Path) -> Path:
+    """A small JPEG of an image, made once and cached under `folder` by the image's hash."""
+    target = folder / f"{sha256[:24]}.jpg"
+    if target.exists():
+        return target
+    from PIL import Image
+
+    with Image.open(source) as image:
+        image.thumbnail((THUMB, THUMB))
+        out = io.BytesIO()
+        image.convert("RGB").save(out, format="JPEG", quality=82)
+    write_atomic(target, out.getvalue())
+    return target
+
+
+# ----- the page --------------------------------------------------------------------------------
+
+STYLE = """
+body{font:14px/1.4 system-ui,sans-serif;margin:24px;background:#fafafa;color:#222}
+h1{margin:0 0 4px}h2{margin:32px 0 8px;font-size:17px}
+table{border-collapse:collapse}th{font-weight:600;padding:4px 8px;text-align:center}
+th.row{text-align:right;white-space:nowrap}td{vertical-align:top;padding:6px}
+figure{margin:0;width:320px}figure img{display:block;max-width:320px;height:auto;
+background:#ddd;border-radius:4px}figcaption{font-size:12px;color:#555;margin-top:4px}
+figcaption b{color:#222}details{font-size:12px;color:#444}.missing{width:320px;height:120px;
+display:flex;align-items:center;justify-content:center;background:#eee;color:#999;
+border-radius:4px}.broken{outline:3px solid #d22}#summary{color:#555}
+.pair{display:flex;gap:8px}.pair figure{width:240px}.pair img{max-width:240px}
+"""
+
+# Counts the images that loaded and marks those that did not, so a broken link shows.
+SCRIPT = """
+addEventListener('load',()=>{const imgs=[...document.querySelectorAll('img')];
+let ok=0;for(const i of imgs){if(i.complete&&i.naturalWidth>0)ok++;else i.classList.add('broken')}
+document.body.dataset.loaded=ok;document.body.dataset.images=imgs.length;
+document.getElementById('summary').textContent+=` · ${ok} of ${imgs.length} shown`;});
+"""
+
+
+def _e(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _href(path: Path, page_folder: Path) -> str:
+    return Path(os.path.relpath(path, page_folder)).as_posix()
+
+
+def _figure(cell: Cell, base: Path, page_folder: Path, thumbs: Path) -> tuple[str, bool]:
+    request, output = cell.request, cell.output
+    prompt = str(request.body.get("prompt", ""))
+    if output is None or not (base / output.path).is_file():
+        return (
+            f'<div class="missing" title="{_e(prompt)}">{_e(request.id)}: not generated</div>',
+            False,
+        )
+    image = base / output.path
+    thumb = thumbnail(image, output.sha256, thumbs)
+    size = f"{output.width}x{output.height}"
+    return (
+        f'<figure><a href="{_e(_href(image, page_folder))}">'
+        f'<img loading="lazy" src="{_e(_href(thumb, page_folder))}" alt="{_e(request.id)}" '
+        f'title="{_e(prompt)}"></a>'
+        f"<figcaption><b>{_e(request.id)}</b> · seed {request.seed} · {size}</figcaption>"
+        f"<details><summary>prompt</summary>{_e(prompt)}</details></figure>",
+        True,
+    )
+
+
+def _grid_html(grid: Grid, base: Path, page_folder: Path, thumbs: Path) -> tuple[str, int]:
+    shown = 0
+    head = "".join(
+        f"<th>{_e(grid.cols_var)} = {_e(c)}</th>" if grid.cols_var else "<th></th>"
+        for c in grid.cols
+    )
+    corner = f"{_e(grid.rows_var or '')} \\ {_e(grid.cols_var or '')}"
+    lines = [
+        f"<h2>{_e(grid.title)}</h2>",
+        f"<table><thead><tr><th>{corner}</th>{head}</tr></thead><tbody>",
+    ]
+    for row in grid.rows:
+        label = f"{_e(grid.rows_var)} = {_e(row)}" if grid.rows_var else ""
+        cells = []
+        for col in grid.cols:
+            figures = []
+            for cell in grid.cells.get((row, col), ()):
+                figure, ok = _figure(cell, base, page_folder, thumbs)
+                shown += ok
+                figures.append(figure)
+            cells.append(f"<td>{''.join(figures)}</td>")
+        lines.append(f'<tr><th class="row">{label}</th>{"".join(cells)}</tr>')
+    lines.append("</tbody></table>")
+    return "\n".join(lines), shown
+
+
+def render_page(spec: Spec, grids: Iterable[Grid], page: Path, extra: str = "") -> tuple[str, int]:
+    """The gallery page's HTML and how many images it shows."""
+    base = spec.lock_path.parent
+    thumbs = spec.output / ".thumbs"
+    parts, shown = [], 0
+    for grid in grids:
+        text, count = _grid_html(grid, base, page.parent, thumbs)
+        parts.append(text)
+        shown += count
+    title = _e(spec.name)
+    return (
+        '<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
+        f'<meta name="viewport" content="width=device-width"><title>{title} · gallery</title>'
+        f"<style>{STYLE}</style><script>{SCRIPT}</script></head>\n<body>"
+        f'<h1>{title}</h1><p id="summary">{shown} images from {_e(spec.path.name)}</p>\n'
+        + extra
+        + "\n".join(parts)
+        + "\n</body></html>\n",
+        shown,
+    )
+
+
+# ----- changes since a revision ----------------------------------------------------------------
+
+
+def _old_image(spec: Spec, ref: str, output: Output, thumbs: Path) -> Path | None:
+    """A thumbnail of an image as it was at git revision `ref` (it may be gone from disk)."""
+    cached = thumbs / f"{output.sha256[:24]}.jpg"
+    if cached.exists():
+        return cached
+    folder = spec.lock_path.parent
+    shown = subprocess.run(
+        ["git", "show", f"{ref}:./{output.path}"], cwd=folder, capture_output=True
+    )
+    if shown.returncode != 0:
+        return None
+    source = thumbs / f".old-{output.sha256[:24]}"
+    write_atomic(source, shown.stdout)
+    try:
+        return thumbnail(source, output.sha256, thumbs)
+    finally:
+        source.unlink(missing_ok=True)
+
+
+def changes_html(spec: Spec, ref: str, page: Path) -> str:
+    """Old and new images side by side for the requests changed since `ref`."""
+    old, new = lock_at(spec, ref), read_lock(spec.lock_path)
+    changes = diff_locks(old, new)
+    if changes.empty or old is None or new is None:
+        return f"<h2>No changed requests since {_e(ref)}</h2>"
+    thumbs = spec.output / ".thumbs"
+    base = spec.lock_path.parent
+    rows = []
+    for key, fields in changes.changed.items():
+        before, after = old.entries[key].outputs[0], new.entries[key].outputs[0]
+        then = _old_image(spec, ref, before, thumbs)
+        now = thumbnail(base / after.path, after.sha256, thumbs)
+        old_img = (
+            f'<img src="{_e(_href(then, page.parent))}" alt="{_e(key)} before">'
+            if then
+            else '<div class="missing">not in git</div>'
+        )
+        rows.append(
+            f'<tr><th class="row">{_e(key)}<br><small>{_e(", ".join(fields))}</small></th>'
+            f'<td><div class="pair"><figure>{old_img}<figcaption>{_e(ref)}</figcaption></figure>'
+            f'<figure><a href="{_e(_href(base / after.path, page.parent))}">'
+            f'<img src="{_e(_href(now, page.parent))}" alt="{_e(key)} now"></a>'
+            "<figcaption>now</figcaption></figure></div></td></tr>"
+        )
+    added = ", ".join(changes.added) or "none"
+    removed = ", ".join(changes.removed) or "none"
+    return (
+        f"<h2>Changed since {_e(ref)}</h2><p>added: {_e(added)} · removed: {_e(removed)}</p>"
+        f"<table><tbody>{''.join(rows)}</tbody></table>"
+    )
+
+
+# ----- the contact sheet -----------------------------------------------------------------------
+
+
+def contact_sheet(spec: Spec, grids: Sequence[Grid]) -> Any:
+    """One labelled PNG of every grid: a title band, column labels, then rows of cells."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = ImageFont.load_default(size=14)
+    label_w, title_h, head_h, caption_h = 160, 32, 24, 22
+    width = label_w + SHEET_CELL * max((len(g.cols) for g in grids), default=1)
+    height = sum(title_h + head_h + len(g.rows) * (SHEET_CELL + caption_h) for g in grids)
+    sheet = Image.new("RGB", (width, max(height, 1)), (250, 250, 250))
+    draw = ImageDraw.Draw(sheet)
+    base = spec.lock_path.parent
+    y = 0
+    for grid in grids:
+        draw.rectangle((0, y, width, y + title_h), fill=(40, 40, 40))
+        draw.text((8, y + 8), grid.title, fill=(255, 255, 255), font=font)
+        y += title_h
+        for i, col in enumerate(grid.cols):
+            label = f"{grid.cols_var} = {col}" if grid.cols_var else ""
+            draw.text((label_w + i * SHEET_CELL + 6, y + 4), label, fill=(30, 30, 30), font=font)
+        y += head_h
+        for row in grid.rows:
+            if grid.rows_var:
+                draw.text((6, y + 6), f"{grid.rows_var} = {row}", fill=(30, 30, 30), font=font)
+            for i, col in enumerate(grid.cols):
+                here = grid.cells.get((row, col), ())
+                cell = here[0] if here else None
+                x = label_w + i * SHEET_CELL
+                output = cell.output if cell else None
+                if cell and output and (base / output.path).is_file():
+                    with Image.open(base / output.path) as image:
+                        image.thumbnail((SHEET_CELL - 8, SHEET_CELL - 8))
+                        sheet.paste(image.convert("RGB"), (x + 4, y + 4))
+                elif cell:
+                    draw.rectangle(
+                        (x + 4, y + 4, x + SHEET_CELL - 4, y + SHEET_CELL - 4), fill=(225, 225, 225)
+                    )
+                if cell:
+                    draw.text(
+                        (x + 6, y + SHEET_CELL + 2),
+                        cell.request.id[:30],
+                        fill=(60, 60, 60),
+                        font=font,
+                    )
+            y += SHEET_CELL + caption_h
+    return sheet
+
+
+# ----- the whole job ---------------------------------------------------------------------------
+
+
+def build_gallery(
+    spec: Spec,
+    requests: Sequence[Request],
+    *,
+    page: Path | None = None,
+    rows: str | None = None,
+    cols: str | None = None,
+    png: bool = False,
+    changed: str | None = None,
+) -> GalleryResult:
+    """Write the gallery page (and with `png`, a contact sheet beside it)."""
+    lock = read_lock(spec.lock_path)
+    if lock is None:
+        raise ConfigError(f"{spec.path}: no lock yet; run the spec first")
+    page = page or spec.output / "gallery.html"
+    grids = layout(requests, lock.entries, rows, cols)
+    if changed:  # just the changed requests, old beside new
+        text, shown = render_page(spec, [], page, changes_html(spec, changed, page))
+    else:
+        text, shown = render_page(spec, grids, page)
+    write_atomic(page, text.encode())
+    sheet_path = None
+    if png:
+        sheet_path = page.with_suffix(".png")
+        out = io.BytesIO()
+        contact_sheet(spec, grids).save(out, format="PNG")
+        write_atomic(sheet_path, out.getvalue())
+    return GalleryResult(page, sheet_path, tuple(grids), shown)

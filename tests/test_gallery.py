@@ -1,0 +1,169 @@
+"""The gallery page (checked in headless Chromium) and the PNG contact sheet."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from helpers import invoke, write_spec
+from PIL import Image
+
+from flux_pipeline.emulator import EmulatorServer
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+KEY = {"AIMLAPI_KEY": "test-key"}
+SPEC = """
+    version: 1
+    name: grid
+    defaults: {{output_format: png, image_size: {{width: 256, height: 256}}}}
+    jobs:
+      - name: "{{{{ product }}}}-{{{{ style }}}}"
+        prompt: "{prompt}"
+        matrix:
+          product: [kettle, toaster, lamp]
+          style: [minimal, retro]
+"""
+
+
+def spec_run(
+    root: Path, server: EmulatorServer, prompt: str = "A {{ style }} {{ product }}"
+) -> Path:
+    spec = write_spec(root, SPEC.format(prompt=prompt))
+    result = invoke("run", "--base-url", server.url, str(spec), env=KEY)
+    assert result.exit_code == 0, result.stdout + result.stderr
+    return spec
+
+
+def chromium(*args: str, profile: Path) -> str:
+    assert CHROMIUM
+    result = subprocess.run(
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={profile}",
+            "--virtual-time-budget=10000",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    return result.stdout
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed")
+def test_page_shows_every_image_and_the_axes_in_chromium(
+    tmp_path: Path, emulator: EmulatorServer
+) -> None:
+    spec = spec_run(tmp_path, emulator)
+    result = invoke("gallery", str(spec))
+    assert result.exit_code == 0
+    page = tmp_path / "out/grid/gallery.html"
+    assert result.stdout == f"{page}: 6 images\n"
+    url = page.as_uri()
+    dom = chromium("--window-size=1600,4000", "--dump-dom", url, profile=tmp_path / "p1")
+    assert re.search(r'<body data-loaded="6" data-images="6"', dom), dom[:500]
+    assert 'class="broken"' not in dom
+    for label in (
+        "product = kettle",
+        "product = toaster",
+        "product = lamp",
+        "style = minimal",
+        "style = retro",
+    ):
+        assert label in dom
+    shot = tmp_path / "gallery-screenshot.png"
+    chromium("--window-size=1400,1200", f"--screenshot={shot}", url, profile=tmp_path / "p2")
+    with Image.open(shot) as image:
+        assert image.size == (1400, 1200)
+        colours = image.convert("RGB").getcolors(maxcolors=1 << 20) or []
+        assert len(colours) > 50  # images, not a blank page
+
+
+def test_page_is_self_contained_with_relative_links(
+    tmp_path: Path, emulator: EmulatorServer
+) -> None:
+    spec = spec_run(tmp_path, emulator)
+    page = tmp_path / "site/index.html"
+    assert invoke("gallery", str(spec), "-o", str(page)).exit_code == 0
+    text = page.read_text()
+    assert "http://" not in text and "https://" not in text
+    links = re.findall(r'(?:src|href)="([^"]+)"', text)
+    assert len(links) == 12  # a thumbnail and a full-size link per image
+    for link in links:
+        assert not link.startswith("/") and (page.parent / link).is_file(), link
+    assert text.count("<figure>") == 6
+    assert "A retro kettle" in text and "seed " in text and "256x256" in text
+
+
+def test_thumbnails_are_made_once(tmp_path: Path, emulator: EmulatorServer) -> None:
+    spec = spec_run(tmp_path, emulator)
+    assert invoke("gallery", str(spec)).exit_code == 0
+    thumbs = sorted((tmp_path / "out/grid/.thumbs").iterdir())
+    assert len(thumbs) == 6
+    stamps = [t.stat().st_mtime_ns for t in thumbs]
+    assert invoke("gallery", str(spec)).exit_code == 0
+    assert [t.stat().st_mtime_ns for t in thumbs] == stamps
+
+
+def test_rows_and_cols_choose_the_axes(tmp_path: Path, emulator: EmulatorServer) -> None:
+    spec = spec_run(tmp_path, emulator)
+    invoke("gallery", str(spec), "--rows", "product", "--cols", "style")
+    text = (tmp_path / "out/grid/gallery.html").read_text()
+    assert "<th>product \\ style</th><th>style = minimal</th><th>style = retro</th>" in text
+
+
+def test_contact_sheet_matches_the_grid(tmp_path: Path, emulator: EmulatorServer) -> None:
+    spec = spec_run(tmp_path, emulator)
+    result = invoke("gallery", str(spec), "--png")
+    assert result.exit_code == 0
+    sheet = tmp_path / "out/grid/gallery.png"
+    with Image.open(sheet) as image:
+        # label column + 3 columns of 256; title band + column labels + 2 rows of 256 + caption
+        assert image.size == (160 + 3 * 256, 32 + 24 + 2 * (256 + 22))
+        rgb = image.convert("RGB")
+        filled = [
+            rgb.getpixel((160 + c * 256 + 128, 32 + 24 + r * 278 + 128)) != (250, 250, 250)
+            for r in range(2)
+            for c in range(3)
+        ]
+    assert filled == [True] * 6
+
+
+def test_changed_shows_old_and_new_side_by_side(tmp_path: Path, emulator: EmulatorServer) -> None:
+    def git(*args: str) -> None:
+        subprocess.run(
+            ["git", "-c", "user.name=t", "-c", "user.email=t@t", *args],
+            cwd=tmp_path,
+            check=True,
+            capture_output=True,
+        )
+
+    git("init", "-q")
+    spec = spec_run(tmp_path, emulator)
+    git("add", "-A")
+    git("commit", "-qm", "first")
+    spec_run(tmp_path, emulator, prompt="A {{ style }} {{ product }} at dawn")
+    assert invoke("gallery", str(spec), "--changed", "HEAD").exit_code == 0
+    text = (tmp_path / "out/grid/gallery.html").read_text()
+    assert "Changed since HEAD" in text
+    assert text.count('class="pair"') == 6
+    assert text.count(' before"') == 6  # every old image came out of git
+    for link in re.findall(r'src="([^"]+)"', text):
+        assert (tmp_path / "out/grid" / link).is_file()
+
+
+def test_gallery_before_any_run_says_so(tmp_path: Path) -> None:
+    spec = write_spec(tmp_path, SPEC.format(prompt="p"))
+    result = invoke("gallery", str(spec))
+    assert result.exit_code == 2
+    assert result.stderr == f"error: {spec}: no lock yet; run the spec first\n"
