@@ -1,0 +1,102 @@
+"""The shipped examples, exercised as their users would: the Makefile through `make`, and the
+GitHub Actions workflow's commands in the order its jobs run, against the emulator."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from helpers import invoke
+
+from flux_pipeline.emulator import EmulatorServer
+
+EXAMPLES = Path(__file__).parents[1] / "examples"
+FLUX = f"{sys.executable} -m flux_pipeline"
+
+
+def copy_examples(root: Path) -> Path:
+    target = root / "examples"
+    shutil.copytree(EXAMPLES, target, ignore=shutil.ignore_patterns("out", "*.lock*.json"))
+    return target
+
+
+def make(folder: Path, *targets: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["make", "--no-print-directory", f"FLUX={FLUX}", "EMULATOR=1", *targets],
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={k: v for k, v in os.environ.items() if k != "AIMLAPI_KEY"},
+    )
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+def test_makefile_validates_runs_checks_and_builds_galleries(tmp_path: Path) -> None:
+    folder = copy_examples(tmp_path)
+    specs = sorted(p.stem for p in folder.glob("*.yaml"))
+    assert make(folder, "validate").returncode == 0
+    assert make(folder, "check").returncode != 0  # nothing generated yet
+
+    first = make(folder)
+    assert first.returncode == 0, first.stdout + first.stderr
+    locks = {s: (folder / f"{s}.lock.json").read_bytes() for s in specs}
+    assert all(json.loads(lock)["requests"] for lock in locks.values())
+
+    again = make(folder)
+    assert again.returncode == 0
+    assert "is up to date" in again.stdout or "Nothing to be done" in again.stdout
+    assert {s: (folder / f"{s}.lock.json").read_bytes() for s in specs} == locks
+
+    assert make(folder, "check").returncode == 0
+    gallery = make(folder, "gallery")
+    assert gallery.returncode == 0, gallery.stderr
+    for spec in specs:
+        assert (folder / "out" / spec / "gallery.html").is_file()
+        assert (folder / "out" / spec / "gallery.png").is_file()
+
+    (folder / "quickstart.yaml").write_text(
+        (folder / "quickstart.yaml").read_text().replace("soft light", "hard light")
+    )
+    rerun = make(folder)
+    assert rerun.returncode == 0
+    assert "quickstart.yaml: 4 done, 0 skipped" in rerun.stdout
+    assert "product-shots" not in rerun.stdout  # the other specs were not touched
+
+
+def test_github_workflow_commands_work_in_job_order(
+    tmp_path: Path, emulator: EmulatorServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    workflow = yaml.safe_load((EXAMPLES / "ci/github-actions.yml").read_text())
+    jobs = workflow["jobs"]
+    assert jobs["generate"]["needs"] == "validate" and jobs["merge"]["needs"] == "generate"
+    assert "${{ secrets.AIMLAPI_KEY }}" in json.dumps(jobs["generate"])
+    copy_examples(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    env = {
+        "SPEC": workflow["env"]["SPEC"],
+        "AIMLAPI_KEY": "from-a-secret",
+        "FLUX_PIPELINE_BASE_URL": emulator.url,
+    }
+    shards = jobs["generate"]["strategy"]["matrix"]["shard"]
+    ran = []
+    for name, matrix in [("validate", [None]), ("generate", shards), ("merge", [None])]:
+        for shard in matrix:
+            for step in jobs[name]["steps"]:
+                line = step.get("run", "")
+                if not line.startswith("flux-pipeline "):
+                    continue  # setup, install and artifact steps
+                line = line.replace("${{ matrix.shard }}", str(shard)).replace("$SPEC", env["SPEC"])
+                result = invoke(*shlex.split(line)[1:], env=env)
+                assert result.exit_code == 0, (line, result.stdout, result.stderr)
+                ran.append(line.split()[1])
+    assert ran == ["validate", "plan", "run", "run", "run", "run", "merge", "check", "gallery"]
+    assert (tmp_path / "examples/out/product-shots/gallery.html").is_file()
+    assert not list((tmp_path / "examples").glob("*.shard-*"))
