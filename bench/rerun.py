@@ -1,0 +1,81 @@
+"""What a rerun costs when nothing changed: a spec of 10,000 requests, all up to date; the
+wall time of `flux-pipeline run` (no request may be sent) and of `check`, as a user runs them
+(new processes, start-up included, every image's hash verified or its cache entry trusted).
+
+    python bench/rerun.py [--requests 10000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+from _common import emulator_process, report
+
+
+def write_spec(folder: Path, count: int) -> Path:
+    spec = {
+        "version": 1,
+        "name": "rerun",
+        "model": "flux/schnell",
+        "defaults": {"image_size": {"width": 64, "height": 64}},
+        "jobs": [
+            {"name": "n{{ i }}", "prompt": "rerun {{ i }}", "matrix": {"i": list(range(count))}}
+        ],
+    }
+    path = folder / "rerun.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def timed(*args: str, env: dict[str, str]) -> tuple[float, str]:
+    started = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-m", "flux_pipeline", *args], capture_output=True, text=True, env=env
+    )
+    seconds = time.perf_counter() - started
+    assert done.returncode == 0, done.stdout + done.stderr
+    return seconds, done.stdout
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--requests", type=int, default=10_000)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as folder, emulator_process() as url:
+        spec = str(write_spec(Path(folder), args.requests))
+        env = {**os.environ, "AIMLAPI_KEY": "bench", "FLUX_PIPELINE_BASE_URL": url}
+        first, _ = timed("run", "-j", "64", spec, env=env)
+        rerun, out = timed("run", spec, env=env)
+        assert f"0 done, {args.requests} skipped" in out, out
+        check, _ = timed("check", spec, env=env)
+        check_cold = None
+        cache = Path(folder) / "out/rerun/.flux-hashes.json"
+        if cache.exists():
+            cache.unlink()
+            check_cold, _ = timed("check", spec, env=env)
+    rows = [["first run (generates)", first], ["rerun, all up to date", rerun], ["check", check]]
+    if check_cold is not None:
+        rows.append(["check without the hash cache", check_cold])
+    report(
+        f"rerun ({args.requests:,} requests up to date)",
+        ["command", "seconds"],
+        rows,
+        {
+            "requests": args.requests,
+            "first_run": first,
+            "rerun": rerun,
+            "check": check,
+            "check_without_cache": check_cold,
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()
