@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -57,6 +59,23 @@ class _Group(click.Group):
         except FluxPipelineError as exc:
             _err(f"error: {exc}")
             raise click.exceptions.Exit(EXIT_FAILED) from None
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise  # click's own ways out (--help, usage errors)
+        except OSError as exc:  # a full disk, a folder that vanished, a permission
+            _err(_redact(f"error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": ")))
+            raise click.exceptions.Exit(EXIT_FAILED) from None
+        except Exception as exc:  # a bug: say so briefly, the traceback only on request
+            if ctx.params.get("debug"):
+                _err(_redact(traceback.format_exc()))
+            _err(_redact(f"internal error: {type(exc).__name__}: {exc}"))
+            _err("this is a bug in flux-pipeline; rerun with --debug for the traceback")
+            raise click.exceptions.Exit(EXIT_FAILED) from None
+
+
+def _redact(text: str) -> str:
+    """The text without the API key, wherever it came from."""
+    key = os.environ.get(API_KEY_ENV, "")
+    return text.replace(key, "[redacted]") if len(key) >= 4 else text
 
 
 @click.group(
@@ -64,7 +83,8 @@ class _Group(click.Group):
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
 )
 @click.version_option(package_name="flux-pipeline")
-def cli() -> None:
+@click.option("--debug", is_flag=True, help="Show the traceback of an internal error.")
+def cli(debug: bool) -> None:
     """Turn YAML specs into images from the FLUX text-to-image API, reproducibly.
 
     A spec holds Jinja prompt templates and parameter grids. `validate` checks it without the
@@ -226,8 +246,6 @@ def run(
     printed. Exit 0 when all are done, 1 on an invalid spec, 3 when some requests failed,
     130 when interrupted.
     """
-    import os
-
     from . import api
     from .runner import Rate, RunOptions
     from .shards import parse_shard

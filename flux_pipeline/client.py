@@ -218,6 +218,7 @@ class ApiClient:
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
     rng: random.Random = field(default_factory=random.Random)
     max_image_bytes: int = MAX_IMAGE_BYTES
+    download_timeout: float = 120.0
 
     def redact(self, text: str) -> str:
         return text.replace(self.api_key, "[redacted]") if self.api_key else text
@@ -321,7 +322,17 @@ class ApiClient:
         spool = Spool(stem.parent, SPOOL_BYTES)
         try:
             if delivery.b64 is None and not (delivery.url or "").startswith("data:"):
-                await self._download(request_id, delivery.url or "", spool, digest)
+                # One deadline for the whole download: a server that trickles a byte at a time
+                # never trips a per-read timeout.
+                try:
+                    await asyncio.wait_for(
+                        self._download(request_id, delivery.url or "", spool, digest),
+                        self.download_timeout,
+                    )
+                except asyncio.TimeoutError:
+                    raise _Interrupted(
+                        f"downloading the image took longer than {self.download_timeout:g} s"
+                    ) from None
                 delivery = Delivery()  # nothing left to decode
             # File work (create, write, check, rename) in one trip to a thread, off the loop.
             return await asyncio.to_thread(

@@ -41,6 +41,17 @@ from starlette.routing import Route
 from .models import API_PATH, check_body, get_model
 
 FAULT_STATUSES = (500, 502, 503, 504)
+MANGLES = (
+    None,
+    "html",
+    "no-images",
+    "empty",
+    "bad-b64",
+    "not-image",
+    "wrong-size",
+    "wrong-format",
+    "bomb",
+)
 CHUNK = 64 * 1024
 
 
@@ -58,9 +69,17 @@ class EmulatorConfig:
     slow_download: float = 0.0  # seconds over which each download trickles
     credits: float | None = None  # balance; 403 "out of credits" once spent
     api_key: str | None = None  # the only key accepted (401 for others); None: any key
+    # Misbehaviour on cue, for fault tests: answer a paid generation with "html", "no-images",
+    # "empty", "bad-b64", or deliver an image that is "not-image", "wrong-size",
+    # "wrong-format" or a decompression "bomb".
+    mangle: str | None = None
+    redirect_to: str | None = None  # answer generations 307 to this base URL
+    file_url_prefix: str | None = None  # image URLs start with this instead of /files/
     seed: int = 0  # seeds the random source of faults and of drawn seeds
 
     def __post_init__(self) -> None:
+        if self.mangle not in MANGLES:
+            raise ValueError(f"mangle must be one of {sorted(filter(None, MANGLES))}")
         if self.shape not in ("data", "images"):
             raise ValueError(f"shape must be 'data' or 'images', not {self.shape!r}")
         if self.delivery not in ("url", "b64"):
@@ -167,6 +186,7 @@ class _ImageSpec:
     height: int
     fmt: str
     index: int
+    mangle: str | None = None
 
     @property
     def file_name(self) -> str:
@@ -181,9 +201,32 @@ class _ImageSpec:
         return "image/png" if self.fmt == "png" else "image/jpeg"
 
     def render(self) -> bytes:
-        return render_image(
-            self.model, self.prompt, self.seed, self.width, self.height, self.fmt, self.index
-        )
+        width, height, fmt = self.width, self.height, self.fmt
+        if self.mangle == "not-image":
+            return b"this is not an image\n" * 8
+        if self.mangle == "bomb":
+            return _bomb_png()
+        if self.mangle == "wrong-size":
+            width, height = width // 2, height // 2
+        if self.mangle == "wrong-format":
+            fmt = "jpeg" if fmt == "png" else "png"
+        return render_image(self.model, self.prompt, self.seed, width, height, fmt, self.index)
+
+
+def _bomb_png() -> bytes:
+    """A tiny PNG whose header claims 100000 x 100000 pixels: a decompression bomb."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = zlib.crc32(kind + data) & 0xFFFFFFFF
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+    header = struct.pack(">IIBBBBB", 100_000, 100_000, 8, 0, 0, 0, 0)
+    pixels = zlib.compress(b"\x00" * 1024)
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
+    )
 
 
 # ----- the application ---------------------------------------------------------------------
@@ -268,6 +311,10 @@ class Emulator:
         key = auth[7:].strip() if auth.startswith("Bearer ") else ""
         if not key or (config.api_key is not None and key != config.api_key):
             return self._answer(401, "Unauthorized: missing or invalid API key", path)
+        if config.redirect_to:
+            with self.counters.lock:
+                self.counters.statuses[307] += 1
+            return Response(status_code=307, headers={"Location": config.redirect_to + path})
         wait = self._take_token()
         if wait:
             headers = {"Retry-After": config.retry_after or str(max(1, math.ceil(wait)))}
@@ -302,7 +349,7 @@ class Emulator:
         seed = body.get("seed") or self._random.randint(1, 2**31 - 1)
         fmt = model.output_format(body) or "png"
         images = [
-            _ImageSpec(model.name, body["prompt"], seed, width, height, fmt, i)
+            _ImageSpec(model.name, body["prompt"], seed, width, height, fmt, i, config.mangle)
             for i in range(count)
         ]
         digest = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
@@ -310,6 +357,9 @@ class Emulator:
             self.counters.statuses[200] += 1
             self.counters.generated += count
             self.counters.paid_bodies[digest] += 1
+        mangled = self._mangled(config.mangle, cost)
+        if mangled is not None:
+            return mangled
         links = []
         for image in images:
             if config.delivery == "b64":
@@ -317,7 +367,8 @@ class Emulator:
             else:
                 self._files[image.file_name] = image
                 # The same as url_for("file", ...), without a walk through the routes.
-                links.append(f"{request.base_url}files/{image.file_name}")
+                prefix = config.file_url_prefix or f"{request.base_url}files/"
+                links.append(prefix + image.file_name)
         if config.shape == "data":
             key = "b64_json" if config.delivery == "b64" else "url"
             other = "url" if key == "b64_json" else "b64_json"
@@ -346,6 +397,20 @@ class Emulator:
                 "prompt": body["prompt"],
             }
         )
+
+    @staticmethod
+    def _mangled(mangle: str | None, cost: int) -> Response | None:
+        """A paid generation's answer, broken as `mangle` says (None: answer normally)."""
+        usage = {"meta": {"usage": {"credits_used": cost}}}
+        if mangle == "html":
+            return Response("<html><body>502 Bad Gateway</body></html>", media_type="text/html")
+        if mangle == "no-images":
+            return JSONResponse({"result": "ok", **usage})
+        if mangle == "empty":
+            return JSONResponse({"data": [], **usage})
+        if mangle == "bad-b64":
+            return JSONResponse({"data": [{"url": None, "b64_json": "!!not*base64!!"}], **usage})
+        return None
 
     async def _download(self, request: Request) -> Response:
         config = self.config

@@ -293,6 +293,9 @@ class _Run:
             attempts: list[Attempt] = []
             started = time.monotonic()
             try:
+                # Where the images will go is checked before a credit is spent on them.
+                for stem in output_stems(item.request):
+                    self.folder.path(stem)
                 generation = await self.client.generate(
                     item.request.id, item.request.body, attempts
                 )
@@ -440,7 +443,13 @@ async def run_async(
         )
         state = _Run(
             spec,
-            ApiClient(http, base_url, api_key, RetryPolicy(retries=options.retries)),
+            ApiClient(
+                http,
+                base_url,
+                api_key,
+                RetryPolicy(retries=options.retries),
+                download_timeout=options.timeout,
+            ),
             keeper,
             options,
             journal,
