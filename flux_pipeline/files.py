@@ -122,12 +122,13 @@ def _fsync_folder(folder: Path) -> None:
             os.close(fd)
 
 
-def sweep_temp_files(folder: Path) -> int:
-    """Remove temporary files a killed run left in `folder` and below; how many were removed."""
+def sweep_temp_files(folder: Path, *, below: bool = True) -> int:
+    """Remove temporary files a killed run left in `folder` (and below it, unless told not
+    to); how many were removed."""
     removed = 0
     if not folder.is_dir():
         return 0
-    for path in folder.rglob(TEMP_PREFIX + "*"):
+    for path in (folder.rglob if below else folder.glob)(TEMP_PREFIX + "*"):
         with contextlib.suppress(OSError):
             path.unlink()
             removed += 1

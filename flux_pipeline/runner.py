@@ -434,6 +434,7 @@ async def run_async(
     pacer = Pacer(options.rate)
     spec.output.mkdir(parents=True, exist_ok=True)
     sweep_temp_files(spec.output)
+    sweep_temp_files(lock_path.parent, below=False)  # a lock write cut short
     with (spec.output / JOURNAL).open("a", encoding="utf-8") as journal:
         journal.write(
             json.dumps(
