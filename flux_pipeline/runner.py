@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
+import errno
 import fnmatch
 import json
 import os
@@ -38,6 +39,7 @@ from .spec import Spec
 from .validation import output_stems
 
 JOURNAL = ".journal.jsonl"
+DISK_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM})
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,7 +206,10 @@ class LockKeeper:
             self._dirty.clear()
             if self._changed:
                 started = time.monotonic()
-                await asyncio.to_thread(self._write, *self._snapshot())
+                try:
+                    await asyncio.to_thread(self._write, *self._snapshot())
+                except OSError:
+                    return  # the final save, at the end of the run, raises it
                 # A large lock costs more to write (and fsync): space the saves so that
                 # writing it takes at most a fifth of the run's time.
                 await asyncio.sleep(max(self._interval, 4 * (time.monotonic() - started)))
@@ -245,7 +250,9 @@ class _Run:
 
     def finish(self, result: RequestResult, attempts: Sequence[Attempt] = ()) -> None:
         self.results.append(result)
-        self.journal.write(
+        if self.listener:
+            self.listener(result)
+        line = (
             json.dumps(
                 {
                     "event": "request",
@@ -261,10 +268,12 @@ class _Run:
             )
             + "\n"
         )
-        if result.status == FAILED:  # successes are written in batches; failures at once
-            self.journal.flush()
-        if self.listener:
-            self.listener(result)
+        # The journal is for diagnosis: a disk too full for it must not stop the run (the
+        # lock and the images say what matters). Successes are written in batches.
+        with contextlib.suppress(OSError):
+            self.journal.write(line)
+            if result.status == FAILED:
+                self.journal.flush()
 
     def may_start(self) -> str | None:
         """Why no new request may start now, or None if one may."""
@@ -340,6 +349,9 @@ class _Run:
             reason = exc.reason
         else:
             reason = f"cannot write the image: {getattr(exc, 'strerror', None) or exc}"
+            if getattr(exc, "errno", None) in DISK_ERRORS and self.stopped is None:
+                # Every further image would be paid for and lost the same way.
+                self.stopped = f"the output folder cannot take more images: {reason}"
         seconds = time.monotonic() - started
         self.finish(
             RequestResult(item.request.id, status, reason, None, len(attempts), seconds), attempts
@@ -435,7 +447,8 @@ async def run_async(
     spec.output.mkdir(parents=True, exist_ok=True)
     sweep_temp_files(spec.output)
     sweep_temp_files(lock_path.parent, below=False)  # a lock write cut short
-    with (spec.output / JOURNAL).open("a", encoding="utf-8") as journal:
+    journal = (spec.output / JOURNAL).open("a", encoding="utf-8")  # fails early if read-only
+    try:
         journal.write(
             json.dumps(
                 {"event": "run", "spec": spec.name, "requests": len(todo), "time": time.time()}
@@ -485,6 +498,9 @@ async def run_async(
             # Let cancelled deliveries remove their temporary files before the lock is saved.
             await asyncio.gather(*state.deliveries, return_exceptions=True)
             keeper.save()
+    finally:
+        with contextlib.suppress(OSError):  # the journal is best effort (see _Run.finish)
+            journal.close()
     return RunResult(spec, tuple(state.results), time.monotonic() - started, state.stopped)
 
 
