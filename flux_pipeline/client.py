@@ -219,6 +219,9 @@ class ApiClient:
     rng: random.Random = field(default_factory=random.Random)
     max_image_bytes: int = MAX_IMAGE_BYTES
     download_timeout: float = 120.0
+    # Called (in a thread) with each stored image's path, sha256 and format: the runner keeps
+    # a link in its cache of earlier outputs.
+    keep: Callable[[Path, str, str], None] | None = None
 
     def redact(self, text: str) -> str:
         return text.replace(self.api_key, "[redacted]") if self.api_key else text
@@ -375,6 +378,8 @@ class ApiClient:
         # fsync would cost more than the whole request on a fast API.
         target = stem.with_name(stem.name + EXTENSIONS[info.format])
         file.commit(target, durable=False)
+        if self.keep is not None:
+            self.keep(target, digest.hexdigest(), info.format)
         return target, info, digest.hexdigest(), size
 
     def _decode_inline(self, request_id: str, delivery: Delivery) -> bytes:

@@ -38,7 +38,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from .models import API_PATH, check_body, get_model
+from .models import API_PATH, body_hash, check_body, get_model
 
 FAULT_STATUSES = (500, 502, 503, 504)
 MANGLES = (
@@ -352,7 +352,7 @@ class Emulator:
             _ImageSpec(model.name, body["prompt"], seed, width, height, fmt, i, config.mangle)
             for i in range(count)
         ]
-        digest = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+        digest = body_hash(body)  # as the lock records it
         with self.counters.lock:
             self.counters.statuses[200] += 1
             self.counters.generated += count

@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import itertools
-import json
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Any
 import yaml
 
 from .errors import Problem, SpecInvalid
+from .models import body_hash
 from .render import (
     TEMPLATE_ERRORS,
     Renderer,
@@ -56,16 +56,6 @@ class Request:
     def line_of(self, path: str) -> int:
         """The spec line where the field at `path` (`image_size.width`) is set."""
         return self.field_lines.get(path.split(".", 1)[0], self.line)
-
-
-def canonical_json(value: Any) -> str:
-    """The one JSON text of a value: sorted keys, no spaces, UTF-8 kept as is."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-
-
-def body_hash(body: Mapping[str, Any]) -> str:
-    """The sha256 of a request body's canonical JSON: its identity in the lock."""
-    return hashlib.sha256(canonical_json(body).encode()).hexdigest()
 
 
 def derive_seed(spec_name: str, request_name: str, repeat: int) -> int:

@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from .errors import LockError
-from .expansion import Request, body_hash, canonical_json
+from .expansion import Request
 from .files import sha256_file, write_atomic
+from .models import body_hash, canonical_json
 
 LOCK_VERSION = 1
 

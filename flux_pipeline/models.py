@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import hashlib
 import json
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -154,6 +155,16 @@ def _load(document: str) -> Model:
         request_schema=_overlay(request),
         response_schema=_nullable_to_json_schema(response),
     )
+
+
+def canonical_json(value: Any) -> str:
+    """The one JSON text of a value: sorted keys, no spaces, UTF-8 kept as is."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def body_hash(body: Mapping[str, Any]) -> str:
+    """The sha256 of a request body's canonical JSON: its identity in the lock."""
+    return hashlib.sha256(canonical_json(body).encode()).hexdigest()
 
 
 @functools.cache

@@ -10,7 +10,7 @@ from types import TracebackType
 from typing import Any
 
 from .expansion import Request
-from .runner import DONE, FAILED, NOT_SENT, SKIPPED, RequestResult, RunResult
+from .runner import DONE, FAILED, NOT_SENT, RESTORED, SKIPPED, RequestResult, RunResult
 from .spec import Spec
 
 
@@ -74,6 +74,8 @@ class Progress:
             f"{result.count(SKIPPED)} skipped",
             f"{result.count(FAILED)} failed",
         ]
+        if result.count(RESTORED):
+            parts.insert(1, f"{result.count(RESTORED)} restored from the cache")
         if result.count(NOT_SENT):
             parts.append(f"{result.count(NOT_SENT)} not sent")
         lines = [

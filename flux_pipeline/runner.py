@@ -20,13 +20,14 @@ import signal
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any
 
 import httpx
 
+from .cache import OutputCache
 from .client import ApiClient, Attempt, Generation, RetryPolicy, make_http_client
 from .errors import ConfigError, RequestFailed, RunStopped, Terminated
 from .expansion import Request
@@ -75,6 +76,7 @@ class RunOptions:
 # ----- results and events ------------------------------------------------------------------
 
 DONE = "done"
+RESTORED = "restored"  # put back from the cache of earlier outputs, without a request
 SKIPPED = "skipped"
 FAILED = "failed"
 NOT_SENT = "not sent"
@@ -121,10 +123,16 @@ Listener = Callable[[RequestResult], None]
 class Pacer:
     """Spaces request starts evenly at a shared rate; `None` means no limit."""
 
-    def __init__(self, rate: Rate | None, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        rate: Rate | None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
         self._interval = 1 / rate.per_second if rate else 0.0
         self._next = 0.0
         self._clock = clock
+        self._sleep = sleep
 
     async def wait(self) -> None:
         if not self._interval:
@@ -133,7 +141,7 @@ class Pacer:
         slot = max(now, self._next)
         self._next = slot + self._interval
         if slot > now:
-            await asyncio.sleep(slot - now)
+            await self._sleep(slot - now)
 
 
 # ----- the lock keeper ---------------------------------------------------------------------
@@ -242,6 +250,7 @@ class _Run:
     listener: Listener | None
     folder: OutputFolder
     delivery_slots: asyncio.Semaphore
+    cache: OutputCache
     stopped: str | None = None
     sent: int = 0
     credits: float = 0.0
@@ -303,8 +312,10 @@ class _Run:
             started = time.monotonic()
             try:
                 # Where the images will go is checked before a credit is spent on them.
-                for stem in output_stems(item.request):
-                    self.folder.path(stem)
+                stems = [self.folder.path(stem) for stem in output_stems(item.request)]
+                if not self.options.force and await self.restore(item, stems, started):
+                    self.sent -= 1
+                    continue
                 generation = await self.client.generate(
                     item.request.id, item.request.body, attempts
                 )
@@ -316,6 +327,25 @@ class _Run:
             task = asyncio.ensure_future(self.deliver(item, generation, attempts, started))
             self.deliveries.add(task)
             task.add_done_callback(self.deliveries.discard)
+
+    async def restore(self, item: PlanItem, stems: list[Path], started: float) -> bool:
+        """Put the request's images back from the cache of earlier outputs, if it has them."""
+        request = item.request
+        if not self.cache.has(request.body_sha256):
+            return False
+        try:
+            restored = await asyncio.to_thread(
+                self.cache.restore, request.body_sha256, stems, self.folder.lock_path
+            )
+        except OSError:
+            return False  # the cache is a saving, never a reason to fail
+        if restored is None:
+            return False
+        outputs, response = restored
+        self.keeper.record(Entry.of(request, outputs, response))
+        seconds = time.monotonic() - started
+        self.finish(RequestResult(request.id, RESTORED, "from the cache", None, 0, seconds))
+        return True
 
     async def deliver(
         self, item: PlanItem, generation: Generation, attempts: list[Attempt], started: float
@@ -448,6 +478,9 @@ async def run_async(
     sweep_temp_files(spec.output)
     sweep_temp_files(lock_path.parent, below=False)  # a lock write cut short
     journal = (spec.output / JOURNAL).open("a", encoding="utf-8")  # fails early if read-only
+    cache = OutputCache(spec.output)
+    with contextlib.suppress(OSError):
+        cache.remember(old.entries.values() if old else ())
     try:
         journal.write(
             json.dumps(
@@ -470,7 +503,9 @@ async def run_async(
             listener,
             OutputFolder(spec.output, spec.lock_path.parent),
             asyncio.Semaphore(2 * max(1, options.concurrency)),
+            cache,
         )
+        state.client.keep = cache.keep_file
 
         async def before_send() -> None:
             if state.stopped:
@@ -495,9 +530,14 @@ async def run_async(
         finally:
             for task in [*state.deliveries, saver]:
                 task.cancel()
-            # Let cancelled deliveries remove their temporary files before the lock is saved.
-            await asyncio.gather(*state.deliveries, return_exceptions=True)
-            keeper.save()
+            try:
+                # Let cancelled deliveries remove their temporary files before the lock is
+                # saved; a second interruption (Ctrl-C twice) cuts this wait short, not the save.
+                await asyncio.gather(*state.deliveries, return_exceptions=True)
+            finally:
+                keeper.save()
+                with contextlib.suppress(OSError):  # a cache, best effort
+                    cache.remember(keeper.entries.values())
     finally:
         with contextlib.suppress(OSError):  # the journal is best effort (see _Run.finish)
             journal.close()

@@ -88,15 +88,14 @@ def test_bad_rates_are_clear_errors(text: str) -> None:
         Rate.parse(text)
 
 
-def test_pacer_spaces_starts_evenly_for_all_workers(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_pacer_spaces_starts_evenly_for_all_workers() -> None:
     clock = [100.0]
     slept: list[float] = []
 
     async def sleep(seconds: float) -> None:
         slept.append(seconds)
 
-    monkeypatch.setattr("flux_pipeline.runner.asyncio.sleep", sleep)
-    pacer = Pacer(Rate(4), clock=lambda: clock[0])
+    pacer = Pacer(Rate(4), clock=lambda: clock[0], sleep=sleep)
 
     async def go() -> None:
         await asyncio.gather(*(pacer.wait() for _ in range(5)))

@@ -173,8 +173,35 @@ def test_deleted_or_altered_image_is_redone(tmp_path: Path, emulator: EmulatorSe
         "toaster-minimal": "up to date",
         "toaster-retro": "corrupt",
     }
+    result = run_cli(emulator, str(spec))
+    assert result.exit_code == 0
+    # The deleted image comes back from the cache of earlier outputs (no request, no credit);
+    # the one damaged in place damaged its cached link too, so it is generated again.
+    assert "1 done, 1 restored from the cache, 2 skipped" in result.stdout
+    assert requests_seen(emulator) == 5
+    assert invoke("check", str(spec)).exit_code == 0
+    before = (tmp_path / "out/grid/toaster-retro.png").read_bytes()
+    assert run_cli(emulator, str(spec), "--force", "--only", "toaster-retro").exit_code == 0
+    assert requests_seen(emulator) == 6  # --force bypasses the cache
+    assert (tmp_path / "out/grid/toaster-retro.png").read_bytes() == before
+
+
+def test_a_request_that_comes_back_is_not_paid_twice(
+    tmp_path: Path, emulator: EmulatorServer
+) -> None:
+    spec = grid_spec(tmp_path)
+    assert run_cli(emulator, str(spec)).exit_code == 0
+    first = spec.with_name("spec.lock.json").read_bytes()
+    grid_spec(tmp_path, styles="[neon]")  # retro and minimal leave the spec and the lock
     assert run_cli(emulator, str(spec)).exit_code == 0
     assert requests_seen(emulator) == 6
+    grid_spec(tmp_path)  # and come back
+    result = run_cli(emulator, str(spec))
+    assert result.exit_code == 0
+    assert "0 done, 4 restored from the cache" in result.stdout
+    assert requests_seen(emulator) == 6
+    assert spec.with_name("spec.lock.json").read_bytes() == first
+    assert invoke("check", str(spec)).exit_code == 0
 
 
 def test_removed_requests_leave_the_lock_and_prune_deletes_files(

@@ -1,0 +1,129 @@
+"""Earlier outputs, kept by request body, so that no request is ever paid for twice.
+
+Every image a run stores is also linked (a hard link: no copy, no extra space) under
+`OUTPUT/.flux-cache/objects/` by its sha256, and every request the lock has held is noted in
+`OUTPUT/.flux-cache/bodies.jsonl` by the sha256 of its body. When a request comes back — a
+prompt reworded and then restored, an axis value removed and added again, an image deleted —
+its images are restored from there instead of generated again. An object is used only if it
+still has its recorded hash (an image damaged in place damages its link too). `run --force`
+bypasses the cache; deleting the folder only costs money.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from .files import TEMP_PREFIX, sha256_file
+from .images import EXTENSIONS
+from .lock import Entry, Output
+
+FOLDER = ".flux-cache"
+
+
+class OutputCache:
+    def __init__(self, output: Path) -> None:
+        self.root = output / FOLDER
+        self.objects = self.root / "objects"
+        self.index_path = self.root / "bodies.jsonl"
+        self._index: dict[str, dict[str, Any]] | None = None
+
+    def _load(self) -> dict[str, dict[str, Any]]:
+        if self._index is None:
+            self._index = {}
+            with contextlib.suppress(FileNotFoundError):
+                for line in self.index_path.read_text(encoding="utf-8").splitlines():
+                    with contextlib.suppress(ValueError, KeyError, TypeError):
+                        record = json.loads(line)
+                        self._index[record["body_sha256"]] = record
+        return self._index
+
+    def object_path(self, sha256: str, fmt: str) -> Path:
+        return self.objects / f"{sha256}{EXTENSIONS[fmt]}"
+
+    def keep_file(self, path: Path, sha256: str, fmt: str) -> None:
+        """Link a stored image into the cache (copy it where links are not possible)."""
+        target = self.object_path(sha256, fmt)
+        if target.exists():
+            return
+        self.objects.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(path, target)
+        except FileExistsError:
+            pass
+        except OSError:
+            with contextlib.suppress(OSError):
+                shutil.copyfile(path, target)
+
+    def remember(self, entries: Iterable[Entry]) -> None:
+        """Note requests the cache does not know yet (a few lines appended)."""
+        index = self._load()
+        lines = []
+        for entry in entries:
+            if entry.body_sha256 in index:
+                continue
+            record = {
+                "body_sha256": entry.body_sha256,
+                "outputs": [
+                    {
+                        "sha256": o.sha256,
+                        "bytes": o.bytes,
+                        "width": o.width,
+                        "height": o.height,
+                        "format": o.format,
+                    }
+                    for o in entry.outputs
+                ],
+                "response": dict(entry.response),
+            }
+            index[entry.body_sha256] = record
+            lines.append(json.dumps(record, sort_keys=True) + "\n")
+        if lines:
+            self.root.mkdir(parents=True, exist_ok=True)
+            with self.index_path.open("a", encoding="utf-8") as handle:
+                handle.writelines(lines)
+
+    def has(self, body_sha256: str) -> bool:
+        return body_sha256 in self._load()
+
+    def restore(
+        self, body_sha256: str, stems: Sequence[Path], lock_path: Any
+    ) -> tuple[list[Output], dict[str, Any]] | None:
+        """Put a request's earlier images in place (as `stem` + extension each); their
+        outputs and the API's earlier answer, or None if the cache cannot give them all."""
+        record = self._load().get(body_sha256)
+        if record is None or len(record["outputs"]) != len(stems):
+            return None
+        sources = []
+        for output in record["outputs"]:
+            source = self.object_path(output["sha256"], output["format"])
+            try:
+                if sha256_file(source) != output["sha256"]:
+                    return None
+            except OSError:
+                return None
+            sources.append(source)
+        outputs = []
+        for stem, source, output in zip(stems, sources, record["outputs"], strict=True):
+            target = stem.with_name(stem.name + EXTENSIONS[output["format"]])
+            _place(source, target)
+            outputs.append(Output(path=lock_path(target), **output))
+        return outputs, dict(record["response"])
+
+
+def _place(source: Path, target: Path) -> None:
+    """Link (or copy) `source` to `target` in one rename, replacing what is there."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temp = target.with_name(f"{TEMP_PREFIX}{os.getpid()}-restore-{target.name}")
+    with contextlib.suppress(FileNotFoundError):
+        temp.unlink()
+    try:
+        os.link(source, temp)
+    except OSError:
+        shutil.copyfile(source, temp)
+    os.replace(temp, target)
