@@ -62,6 +62,23 @@ def emulator_process(*switches: str) -> Iterator[Emulator]:
         process.wait(timeout=10)
 
 
+def matrix_spec(folder: Path, name: str, count: int, **top: Any) -> Path:
+    """A spec of `count` requests (one matrix axis) named `name`, with extra top-level keys."""
+    import yaml
+
+    spec = {
+        "version": 1,
+        "name": name,
+        **top,
+        "jobs": [
+            {"name": "n{{ i }}", "prompt": name + " {{ i }}", "matrix": {"i": list(range(count))}}
+        ],
+    }
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
 def machine() -> dict[str, Any]:
     return {
         "python": platform.python_version(),

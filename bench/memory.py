@@ -14,22 +14,16 @@ import tempfile
 import time
 from pathlib import Path
 
-import yaml
-from _common import emulator_process, report
+from _common import emulator_process, matrix_spec, report
 
 
 def write_spec(folder: Path, count: int) -> Path:
-    spec = {
-        "version": 1,
-        "name": "memory",
-        "defaults": {"image_size": {"width": 1440, "height": 1440}, "output_format": "png"},
-        "jobs": [
-            {"name": "n{{ i }}", "prompt": "memory {{ i }}", "matrix": {"i": list(range(count))}}
-        ],
-    }
-    path = folder / "memory.yaml"
-    path.write_text(yaml.safe_dump(spec))
-    return path
+    return matrix_spec(
+        folder,
+        "memory",
+        count,
+        defaults={"image_size": {"width": 1440, "height": 1440}, "output_format": "png"},
+    )
 
 
 def peak_rss_mb(count: int, url: str) -> tuple[float, float, int]:

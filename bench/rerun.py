@@ -15,23 +15,17 @@ import tempfile
 import time
 from pathlib import Path
 
-import yaml
-from _common import emulator_process, report
+from _common import emulator_process, matrix_spec, report
 
 
 def write_spec(folder: Path, count: int) -> Path:
-    spec = {
-        "version": 1,
-        "name": "rerun",
-        "model": "flux/schnell",
-        "defaults": {"image_size": {"width": 64, "height": 64}},
-        "jobs": [
-            {"name": "n{{ i }}", "prompt": "rerun {{ i }}", "matrix": {"i": list(range(count))}}
-        ],
-    }
-    path = folder / "rerun.yaml"
-    path.write_text(yaml.safe_dump(spec))
-    return path
+    return matrix_spec(
+        folder,
+        "rerun",
+        count,
+        model="flux/schnell",
+        defaults={"image_size": {"width": 64, "height": 64}},
+    )
 
 
 def timed(*args: str, env: dict[str, str]) -> tuple[float, str]:

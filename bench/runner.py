@@ -22,8 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import yaml
-from _common import Emulator, emulator_process, process_cpu, report
+from _common import Emulator, emulator_process, matrix_spec, process_cpu, report
 
 from flux_pipeline import load_spec, plan
 from flux_pipeline.client import make_http_client
@@ -31,18 +30,13 @@ from flux_pipeline.runner import DONE, RunOptions, _event_loop_run, run_async
 
 
 def write_spec(folder: Path, count: int) -> Path:
-    spec = {
-        "version": 1,
-        "name": "bench",
-        "model": "flux/schnell",
-        "defaults": {"image_size": {"width": 64, "height": 64}},
-        "jobs": [
-            {"name": "n{{ i }}", "prompt": "bench {{ i }}", "matrix": {"i": list(range(count))}}
-        ],
-    }
-    path = folder / "bench.yaml"
-    path.write_text(yaml.safe_dump(spec))
-    return path
+    return matrix_spec(
+        folder,
+        "bench",
+        count,
+        model="flux/schnell",
+        defaults={"image_size": {"width": 64, "height": 64}},
+    )
 
 
 def cpu() -> float:

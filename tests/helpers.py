@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import textwrap
+import time
 from pathlib import Path
 
 from click.testing import CliRunner, Result
@@ -32,3 +37,23 @@ def invoke(*args: str, env: dict[str, str] | None = None) -> Result:
     return CliRunner().invoke(
         cli, list(args), env=env, catch_exceptions=False, prog_name="flux-pipeline"
     )
+
+
+def start_run(url: str, spec: Path, key: str) -> subprocess.Popen[str]:
+    """`flux-pipeline run -j 1 SPEC` against `url`, in a process of its own (to signal it)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "flux_pipeline", "run", "--base-url", url, "-j", "1", str(spec)],
+        env={**os.environ, "AIMLAPI_KEY": key},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def wait_for_lock(lock_path: Path, entries: int, timeout: float = 30) -> None:
+    """Return once the lock records at least `entries` requests (or the time is up)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if lock_path.exists() and len(json.loads(lock_path.read_text())["requests"]) >= entries:
+            return
+        time.sleep(0.01)

@@ -4,18 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import shutil
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from helpers import invoke, write_spec
+from helpers import invoke, start_run, wait_for_lock, write_spec
 from PIL import Image
 
 from flux_pipeline.client import ApiClient, RetryPolicy
@@ -385,28 +381,8 @@ def test_sigkill_halfway_loses_nothing_finished(tmp_path: Path, emulator: Emulat
     """,
     )
     lock_path = spec.with_name("spec.lock.json")
-    env = {**os.environ, "AIMLAPI_KEY": SENTINEL}
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "flux_pipeline",
-            "run",
-            "--base-url",
-            emulator.url,
-            "-j",
-            "1",
-            str(spec),
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if lock_path.exists() and len(json.loads(lock_path.read_text())["requests"]) >= 5:
-            break
-        time.sleep(0.01)
+    process = start_run(emulator.url, spec, SENTINEL)
+    wait_for_lock(lock_path, 5)
     process.send_signal(signal.SIGKILL)
     process.wait()
     finished = json.loads(lock_path.read_text())["requests"]
@@ -487,32 +463,13 @@ def test_interrupted_run_saves_the_lock_and_exits_with_the_signal(
     """,
     )
     lock_path = spec.with_name("spec.lock.json")
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "flux_pipeline",
-            "run",
-            "--base-url",
-            emulator.url,
-            "-j",
-            "1",
-            str(spec),
-        ],
-        env={**os.environ, "AIMLAPI_KEY": SENTINEL},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if lock_path.exists() and len(json.loads(lock_path.read_text())["requests"]) >= 3:
-            break
-        time.sleep(0.01)
+    process = start_run(emulator.url, spec, SENTINEL)
+    wait_for_lock(lock_path, 3)
     process.send_signal(signum)
     _, stderr = process.communicate(timeout=30)
     assert process.returncode == code, stderr
-    assert b"finished work is in the lock" in stderr
-    assert b"Traceback" not in stderr
+    assert "finished work is in the lock" in stderr
+    assert "Traceback" not in stderr
     finished = json.loads(lock_path.read_text())["requests"]
     assert 3 <= len(finished) < 20
     for entry in finished.values():

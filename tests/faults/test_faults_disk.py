@@ -5,17 +5,14 @@ The first two mount small tmpfs file systems, so they need root (CI and this mac
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
-import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import invoke, write_spec
+from helpers import invoke, start_run, wait_for_lock, write_spec
 
 from flux_pipeline.emulator import EmulatorServer
 from flux_pipeline.files import sha256_file
@@ -91,31 +88,11 @@ def test_output_folder_deleted_mid_run(tmp_path: Path, emulator: EmulatorServer)
     emulator.emulator.configure(latency=(0.05, 0.05))
     spec = write_spec(tmp_path, SPEC.format(output="out/here"))
     lock_path = spec.with_name("spec.lock.json")
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "flux_pipeline",
-            "run",
-            "--base-url",
-            emulator.url,
-            "-j",
-            "1",
-            str(spec),
-        ],
-        env={**os.environ, "AIMLAPI_KEY": "k"},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    process = start_run(emulator.url, spec, "k")
 
     def delete_when_some_are_done() -> None:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if lock_path.exists() and len(json.loads(lock_path.read_text())["requests"]) >= 3:
-                shutil.rmtree(tmp_path / "out/here")
-                return
-            time.sleep(0.01)
+        wait_for_lock(lock_path, 3)
+        shutil.rmtree(tmp_path / "out/here")
 
     deleter = threading.Thread(target=delete_when_some_are_done)
     deleter.start()
