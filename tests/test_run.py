@@ -384,7 +384,7 @@ def test_sigkill_halfway_loses_nothing_finished(tmp_path: Path, emulator: Emulat
     process = start_run(emulator.url, spec, SENTINEL)
     wait_for_lock(lock_path, 5)
     process.send_signal(signal.SIGKILL)
-    process.wait()
+    process.communicate(timeout=30)  # and close its pipes
     finished = json.loads(lock_path.read_text())["requests"]
     assert 5 <= len(finished) < 20
     for entry in finished.values():
