@@ -138,6 +138,8 @@ def load_yaml(path: Path, *, what: str = "spec") -> Any:
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         message = " ".join(str(x) for x in (exc.context, exc.problem) if x)
+        if "nesting depth" in message:  # newer PyYAML parsers have a limit of their own
+            raise fail("YAML is nested too deeply", mark.line + 1 if mark else None) from None
         raise fail(f"YAML error: {message}", mark.line + 1 if mark else None) from None
     except yaml.YAMLError as exc:
         raise fail(f"YAML error: {exc}") from None
