@@ -26,7 +26,7 @@ from _common import Emulator, emulator_process, matrix_spec, process_cpu, report
 
 from flux_pipeline import load_spec, plan
 from flux_pipeline.client import make_http_client
-from flux_pipeline.runner import DONE, RunOptions, _event_loop_run, run_async
+from flux_pipeline.runner import DONE, RunOptions, run_async, run_event_loop
 
 
 def write_spec(folder: Path, count: int) -> Path:
@@ -59,7 +59,7 @@ def run_once(
                 )
 
         cpu0, server0, t0 = cpu(), process_cpu(url.pid), time.perf_counter()
-        result = _event_loop_run(go())
+        result = run_event_loop(go())
         wall, used = time.perf_counter() - t0, cpu() - cpu0
         server = process_cpu(url.pid) - server0
     # Let the file system settle (the deleted files' writeback), so runs do not slow the next.

@@ -247,7 +247,7 @@ def run(
     130 when interrupted.
     """
     from . import api
-    from .runner import Rate, RunOptions
+    from .runner import Rate, RunOptions, todo
     from .shards import parse_shard
 
     options["only"] = tuple(options["only"])
@@ -262,7 +262,7 @@ def run(
     _each_spec(specs, load)
     if dry_run:
         for spec, requests in loaded:
-            for item in select_todo(spec, requests, run_options):
+            for item in todo(spec, requests, run_options):
                 click.echo(
                     json.dumps(
                         {"id": item.request.id, "body": item.request.body}, ensure_ascii=False
@@ -277,14 +277,6 @@ def run(
             _run_all(loaded, server.url, key or "emulator", run_options)
     else:
         _run_all(loaded, base_url, key, run_options)
-
-
-def select_todo(spec: Any, requests: Any, options: Any) -> Any:
-    from . import api
-    from .runner import select
-    from .shards import current_lock
-
-    return select(api.plan(spec, requests, current_lock(spec, options.shard)).items, options)
 
 
 def _run_all(loaded: Sequence[tuple[Any, Any]], base_url: str, key: str, options: Any) -> None:

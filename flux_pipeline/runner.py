@@ -226,6 +226,16 @@ class LockKeeper:
 # ----- the run -----------------------------------------------------------------------------
 
 
+def plan_for(spec: Spec, requests: Sequence[Request] | None, options: RunOptions) -> Plan:
+    """The plan a run of these options works from (a shard's against its partial lock too)."""
+    return plan(spec, requests, current_lock(spec, options.shard))
+
+
+def todo(spec: Spec, requests: Sequence[Request] | None, options: RunOptions) -> list[PlanItem]:
+    """What a run with these options would send (`run --dry-run`)."""
+    return select(plan_for(spec, requests, options).items, options)
+
+
 def select(items: Iterable[PlanItem], options: RunOptions) -> list[PlanItem]:
     """The plan items this run must do: in its shard, matching --only, and not up to date
     (or all, with --force)."""
@@ -565,7 +575,7 @@ def run(
     """Plan and run a spec against an API (or emulator) at `base_url`."""
     if not api_key:
         raise ConfigError("no API key: set AIMLAPI_KEY, or use --emulator to run offline")
-    the_plan = plan(spec, requests, current_lock(spec, options.shard))
+    the_plan = plan_for(spec, requests, options)
 
     terminated = False
 
@@ -596,14 +606,14 @@ def run(
             )
 
     try:
-        return _event_loop_run(main())
+        return run_event_loop(main())
     except asyncio.CancelledError:
         if terminated:
             raise Terminated(signal.SIGTERM) from None
         raise
 
 
-def _event_loop_run(main: Coroutine[Any, Any, RunResult]) -> RunResult:
+def run_event_loop(main: Coroutine[Any, Any, RunResult]) -> RunResult:
     """Run on uvloop where it exists: its socket handling halves the client's CPU per
     request (bench/runner.py)."""
     try:
