@@ -49,11 +49,12 @@ class OutputCache:
     def keep_file(self, path: Path, sha256: str, fmt: str) -> None:
         """Link a stored image into the cache (copy it where links are not possible)."""
         target = self.object_path(sha256, fmt)
-        if target.exists():
-            return
-        self.objects.mkdir(parents=True, exist_ok=True)
         try:
-            os.link(path, target)
+            try:
+                os.link(path, target)  # one system call when all is well
+            except FileNotFoundError:
+                self.objects.mkdir(parents=True, exist_ok=True)
+                os.link(path, target)
         except FileExistsError:
             pass
         except OSError:

@@ -14,6 +14,7 @@ import binascii
 import email.utils
 import hashlib
 import json
+import os
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -86,10 +87,32 @@ def make_http_client(
     if transport == "aiohttp":
         from httpx_aiohttp import AiohttpTransport
 
-        return httpx.AsyncClient(
+        return CookielessClient(
             transport=AiohttpTransport(limits=limits), timeout=timeouts, follow_redirects=False
         )
-    return httpx.AsyncClient(limits=limits, timeout=timeouts, follow_redirects=False)
+    return CookielessClient(limits=limits, timeout=timeouts, follow_redirects=False)
+
+
+class _NoCookies(httpx.Cookies):
+    def extract_cookies(self, response: httpx.Response) -> None:
+        pass
+
+
+class CookielessClient(httpx.AsyncClient):
+    """httpx's client, keeping no cookies: nothing the API sets travels on to image hosts,
+    and answers are not parsed for them (a tenth of the client's work per request)."""
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self._no_cookies = _NoCookies()
+
+    @property
+    def cookies(self) -> httpx.Cookies:
+        return self._no_cookies
+
+    @cookies.setter
+    def cookies(self, cookies: Any) -> None:
+        pass
 
 
 # ----- responses ---------------------------------------------------------------------------
@@ -218,10 +241,15 @@ class ApiClient:
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
     rng: random.Random = field(default_factory=random.Random)
     max_image_bytes: int = MAX_IMAGE_BYTES
+    spool_bytes: int = SPOOL_BYTES
     download_timeout: float = 120.0
-    # Called (in a thread) with each stored image's path, sha256 and format: the runner keeps
-    # a link in its cache of earlier outputs.
+    # Called with each stored image's path, sha256 and format, where the file was written
+    # (on the loop or in a thread): the runner keeps a link in its cache of earlier outputs.
     keep: Callable[[Path, str, str], None] | None = None
+    _api_url: httpx.URL = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._api_url = httpx.URL(self.base_url.rstrip("/") + API_PATH)  # parsed once
 
     def redact(self, text: str) -> str:
         return text.replace(self.api_key, "[redacted]") if self.api_key else text
@@ -230,8 +258,8 @@ class ApiClient:
         self, request_id: str, body: Mapping[str, Any], attempts: list[Attempt]
     ) -> Generation:
         """POST one body, retrying as the policy allows. Raises RequestFailed or RunStopped."""
-        url = self.base_url.rstrip("/") + API_PATH
-        headers = {"Authorization": f"Bearer {self.api_key}"}
+        url = self._api_url
+        headers = {"Authorization": f"Bearer {self.api_key}", "Content-Type": "application/json"}
         content = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
         for attempt in range(self.policy.retries + 1):
             if self.before_send is not None:
@@ -239,11 +267,7 @@ class ApiClient:
             started = time.monotonic()
             wait: float | None = None
             try:
-                response = await self.http.post(
-                    url,
-                    content=content,
-                    headers={**headers, "Content-Type": "application/json"},
-                )
+                response = await self.http.post(url, content=content, headers=headers)
                 raw = response.content
             except httpx.TimeoutException as exc:
                 reason = f"timed out ({type(exc).__name__})"
@@ -322,7 +346,7 @@ class ApiClient:
         expect_size: tuple[int, int],
     ) -> tuple[Path, ImageInfo, str, int]:
         digest = hashlib.sha256()
-        spool = Spool(stem.parent, SPOOL_BYTES)
+        spool = Spool(stem.parent, self.spool_bytes)
         try:
             if delivery.b64 is None and not (delivery.url or "").startswith("data:"):
                 # One deadline for the whole download: a server that trickles a byte at a time
@@ -337,10 +361,14 @@ class ApiClient:
                         f"downloading the image took longer than {self.download_timeout:g} s"
                     ) from None
                 delivery = Delivery()  # nothing left to decode
-            # File work (create, write, check, rename) in one trip to a thread, off the loop.
-            return await asyncio.to_thread(
-                self._store, request_id, delivery, spool, digest, stem, expect_format, expect_size
-            )
+            args = (request_id, delivery, spool, digest, stem, expect_format, expect_size)
+            if spool.file is None and delivery == Delivery():
+                # A downloaded image held in memory (at most spool_bytes) is checked and
+                # written here: a few system calls, where a trip to a thread costs more than
+                # the work itself (GIL hand-offs with this loop; see bench/runner.py).
+                return self._store(*args)
+            # Larger files and inline images: file work in one trip to a thread, off the loop.
+            return await asyncio.to_thread(self._store, *args)
         except BaseException:
             spool.discard()
             raise
@@ -359,11 +387,11 @@ class ApiClient:
             data = self._decode_inline(request_id, inline)
             spool.write(data)
             digest.update(data)
-        in_memory = len(spool.buffer) if spool.file is None else None
-        file = spool.spill()
-        size = file.path.stat().st_size if in_memory is None else in_memory
+        # An image held in memory is checked there, and written only if it passes: the
+        # fewer system calls here, the less this thread and the event loop trade the GIL.
+        held = len(spool.buffer) if spool.file is None else None
         try:
-            info = probe(file.path)
+            info = probe(spool.buffer if spool.file is None else spool.file.path)
         except ValueError as exc:
             raise BadImage(request_id, f"the delivered image is unusable: {exc}") from None
         if expect_format is not None and info.format != expect_format:
@@ -376,6 +404,8 @@ class ApiClient:
         # Not fsynced: a killed run loses nothing (the page cache outlives the process), and
         # after a power loss a damaged image fails its recorded hash and is redone. Per-file
         # fsync would cost more than the whole request on a fast API.
+        file = spool.spill()
+        size = held if held is not None else os.fstat(file.fd).st_size
         target = stem.with_name(stem.name + EXTENSIONS[info.format])
         file.commit(target, durable=False)
         if self.keep is not None:

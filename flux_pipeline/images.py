@@ -3,6 +3,7 @@ pixels, plus the format's own integrity check (PNG chunk CRCs, for instance)."""
 
 from __future__ import annotations
 
+import io
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,24 +19,25 @@ class ImageInfo:
     height: int
 
 
-def probe(path: Path) -> ImageInfo:
-    """Format and size of an image file. Raises ValueError if it is not a sound image."""
+def probe(source: Path | bytes | bytearray) -> ImageInfo:
+    """Format and size of an image file (or of its bytes, held in memory). Raises
+    ValueError if it is not a sound image."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
+            opened = source if isinstance(source, Path) else io.BytesIO(source)
+            with Image.open(opened) as image:
                 fmt = (image.format or "").lower()
                 width, height = image.size
                 if width * height > MAX_PIXELS:
                     raise ValueError(f"{width}x{height} is too many pixels")
                 image.verify()
-    except (
-        UnidentifiedImageError,
-        Image.DecompressionBombError,
-        Image.DecompressionBombWarning,
-    ) as exc:
+    except UnidentifiedImageError:
+        # Pillow's message names the file object (a temporary path or a memory address).
+        raise ValueError("cannot identify image file: not a PNG, JPEG or WebP image") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ValueError(str(exc).split(" Use ")[0]) from None
     except (OSError, SyntaxError, EOFError) as exc:
         raise ValueError(f"broken image: {exc}") from None

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -96,7 +96,9 @@ def _entry_json(entry: Entry) -> dict[str, Any]:
     data["vars"] = dict(entry.vars)
     data["body"] = dict(entry.body)
     data["response"] = dict(entry.response)
-    data["outputs"] = [asdict(o) for o in entry.outputs]
+    data["outputs"] = [
+        {f: getattr(o, f) for f in Output.__dataclass_fields__} for o in entry.outputs
+    ]
     return data
 
 

@@ -436,6 +436,7 @@ class OutputFolder:
         self.root = root.resolve()
         self._lock_folder = lock_folder.resolve()
         self._folders: dict[str, Path] = {"": self.root}
+        self._relative: dict[Path, str] = {}  # folder -> its path from the lock's folder
 
     def path(self, relative: str) -> Path:
         head, _, name = relative.rpartition("/")
@@ -451,7 +452,11 @@ class OutputFolder:
 
     def lock_path(self, path: Path) -> str:
         """How the lock names a file: relative to the lock's folder, with `/`."""
-        return Path(os.path.relpath(path, self._lock_folder)).as_posix()
+        folder = self._relative.get(path.parent)
+        if folder is None:
+            folder = Path(os.path.relpath(path.parent, self._lock_folder)).as_posix()
+            self._relative[path.parent] = folder
+        return path.name if folder == "." else f"{folder}/{path.name}"
 
 
 async def run_async(

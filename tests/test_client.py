@@ -5,12 +5,16 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import time
+from pathlib import Path
 
 import httpx
 import pytest
+from PIL import Image
 
-from flux_pipeline.client import parse_generation, retry_after
-from flux_pipeline.errors import BadResponse
+from flux_pipeline.client import ApiClient, parse_generation, retry_after
+from flux_pipeline.emulator import EmulatorServer
+from flux_pipeline.errors import BadImage, BadResponse
+from flux_pipeline.files import sha256_file
 from flux_pipeline.runner import Pacer, Rate
 
 
@@ -102,3 +106,43 @@ def test_pacer_spaces_starts_evenly_for_all_workers() -> None:
 
     asyncio.run(go())
     assert slept == [0.25, 0.5, 0.75, 1.0]
+
+
+@pytest.mark.parametrize("mangle", [None, "not-image", "wrong-size"])
+def test_an_image_held_in_memory_and_one_streamed_to_disk_are_stored_alike(
+    tmp_path: Path, emulator: EmulatorServer, mangle: str | None
+) -> None:
+    """Small downloads are checked in memory and written on the event loop; larger ones
+    stream into a temporary file and are checked in a thread. Both give the same file, or
+    the same refusal with nothing left behind."""
+    emulator.emulator.configure(mangle=mangle)
+    body = {"model": "flux/schnell", "prompt": "p", "image_size": {"width": 256, "height": 128}}
+
+    async def go() -> list[tuple[Path, str, int] | str]:
+        async with httpx.AsyncClient() as http:
+            generation = await ApiClient(http, emulator.url, "k").generate("r", body, [])
+            outcomes: list[tuple[Path, str, int] | str] = []
+            for spool_bytes, folder in ((1 << 20, "memory"), (64, "disk")):
+                client = ApiClient(http, emulator.url, "k", spool_bytes=spool_bytes)
+                stem = tmp_path / folder / "r"
+                stem.parent.mkdir()
+                try:
+                    path, info, sha256, size = await client.fetch(
+                        "r", generation.images[0], stem, "png", (256, 128)
+                    )
+                except BadImage as exc:
+                    outcomes.append(exc.reason)
+                else:
+                    assert (info.width, info.height, info.format) == (256, 128, "png")
+                    assert sha256_file(path) == sha256 and path.stat().st_size == size
+                    outcomes.append((path.relative_to(stem.parent), sha256, size))
+            return outcomes
+
+    in_memory, on_disk = asyncio.run(go())
+    assert in_memory == on_disk
+    assert isinstance(in_memory, str) == (mangle is not None)
+    if mangle is None:
+        with Image.open(tmp_path / "disk" / "r.png") as image:
+            assert image.size == (256, 128)
+    leftovers = [p.name for p in tmp_path.rglob("*") if p.is_file()]
+    assert leftovers == ([] if mangle else ["r.png", "r.png"])

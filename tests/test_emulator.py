@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from PIL import Image
 from strategies import all_models, from_schema, models
 
-from flux_pipeline.emulator import EmulatorConfig, EmulatorServer, credits_for
+from flux_pipeline.emulator import EmulatorConfig, EmulatorServer, credits_for, encode_png
 from flux_pipeline.models import API_PATH, PRESETS, registry
 
 ERROR_KEYS = {"message", "path", "requestId", "statusCode", "timestamp"}
@@ -333,3 +333,15 @@ def test_helper_starts_and_stops_cleanly() -> None:
     server.stop()
     with pytest.raises(httpx.ConnectError):
         httpx.post(url + API_PATH, json=BODY, headers=AUTH)
+
+
+@given(st.data(), st.integers(1, 70), st.integers(1, 70))
+def test_the_emulators_png_writer_gives_back_every_pixel(
+    data: st.DataObject, width: int, height: int
+) -> None:
+    pixels = data.draw(st.binary(min_size=width * height * 3, max_size=width * height * 3))
+    with Image.open(io.BytesIO(encode_png(width, height, pixels))) as image:
+        image.verify()
+    with Image.open(io.BytesIO(encode_png(width, height, pixels))) as image:
+        assert (image.format, image.mode, image.size) == ("PNG", "RGB", (width, height))
+        assert image.tobytes() == pixels
