@@ -7,6 +7,9 @@ makes the emulator the bottleneck), checked, hashed, stored and recorded in the 
 The ideal is N / C x latency. The sequential loop is the quick example of the provider's page
 (POST, then fetch the image, then write it), one request at a time.
 
+"aiohttp alone" is the floor of the machine and the emulator: aiohttp with nothing checked,
+stored or recorded, at the same concurrency.
+
     python bench/runner.py [--requests 2000] [--latency 0.1] [--concurrency 16,64,256]
                            [--transports aiohttp,httpx] [--loop 100] [--dir /dev/shm]
 """
@@ -89,6 +92,41 @@ def quick_example_loop(url: str, count: int, folder: Path) -> float:
     return (time.perf_counter() - started) / count
 
 
+def bare_aiohttp(url: str, count: int, concurrency: int) -> float:
+    """The floor of this machine and emulator: aiohttp alone, with nothing checked, stored or
+    recorded (each request a POST and a GET of its image, the bytes dropped). Wall seconds."""
+    import asyncio
+
+    import aiohttp
+
+    async def go() -> None:
+        connector = aiohttp.TCPConnector(limit=2 * concurrency)
+        async with aiohttp.ClientSession(connector=connector) as session:
+            pending = list(range(count))
+
+            async def worker() -> None:
+                while pending:
+                    body = {
+                        "prompt": f"floor {pending.pop()}",
+                        "model": "flux/schnell",
+                        "image_size": {"width": 64, "height": 64},
+                    }
+                    async with session.post(
+                        url + "/v1/images/generations",
+                        json=body,
+                        headers={"Authorization": "Bearer bench"},
+                    ) as response:
+                        answer = await response.json()
+                    async with session.get(answer["data"][0]["url"]) as response:
+                        await response.read()
+
+            await asyncio.gather(*(worker() for _ in range(concurrency)))
+
+    started = time.perf_counter()
+    run_event_loop(go())
+    return time.perf_counter() - started
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--requests", type=int, default=2000)
@@ -107,10 +145,12 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as folder:
             per_request = quick_example_loop(url, args.loop, Path(folder))
         loop_total = per_request * args.requests
+        floors = {c: bare_aiohttp(url, args.requests, c) for c in levels if c > 1}
         for transport in transports:
             for concurrency in levels:
                 figures = run_once(url, args.requests, concurrency, transport, args.dir)
                 ideal = args.requests / concurrency * args.latency
+                floor = floors.get(concurrency)
                 row = {
                     "transport": transport,
                     "concurrency": concurrency,
@@ -121,6 +161,7 @@ def main() -> None:
                     "client_cpu_pct": figures["cpu"] / figures["wall"] * 100,
                     "emulator_cpu_pct": figures["server_cpu"] / figures["wall"] * 100,
                     "speedup_vs_loop": loop_total / figures["wall"],
+                    "bare_aiohttp_over_ideal_pct": (floor / ideal - 1) * 100 if floor else None,
                 }
                 data.append(row)
                 rows.append(
@@ -134,6 +175,7 @@ def main() -> None:
                         f"{row['client_cpu_pct']:.0f}%",
                         f"{row['emulator_cpu_pct']:.0f}%",
                         f"{row['speedup_vs_loop']:.1f}x",
+                        f"{(floor / ideal - 1) * 100:+.1f}%" if floor else "-",
                     ]
                 )
     report(
@@ -149,6 +191,7 @@ def main() -> None:
             "client CPU",
             "emulator CPU",
             "vs loop",
+            "aiohttp alone",
         ],
         rows,
         {"latency": args.latency, "loop_seconds_per_request": per_request, "runs": data},

@@ -12,7 +12,7 @@ import csv
 import hashlib
 import itertools
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,7 @@ class Request:
     seed: int
     line: int
     field_lines: Mapping[str, int]
+    _body_sha256: str | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def model(self) -> str:
@@ -51,7 +52,12 @@ class Request:
 
     @property
     def body_sha256(self) -> str:
-        return body_hash(self.body)
+        """The body's identity in the lock (computed once: plan, cache and lock all ask)."""
+        digest = self._body_sha256
+        if digest is None:
+            digest = body_hash(self.body)
+            object.__setattr__(self, "_body_sha256", digest)
+        return digest
 
     def line_of(self, path: str) -> int:
         """The spec line where the field at `path` (`image_size.width`) is set."""

@@ -23,7 +23,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 import httpx
 
@@ -40,6 +40,7 @@ from .spec import Spec
 from .validation import output_stems
 
 JOURNAL = ".journal.jsonl"
+T = TypeVar("T")
 DISK_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM})
 
 
@@ -618,7 +619,7 @@ def run(
         raise
 
 
-def run_event_loop(main: Coroutine[Any, Any, RunResult]) -> RunResult:
+def run_event_loop(main: Coroutine[Any, Any, T]) -> T:
     """Run on uvloop where it exists: its socket handling halves the client's CPU per
     request (bench/runner.py)."""
     try:
