@@ -11,7 +11,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from flux_pipeline.client import ApiClient, parse_generation, retry_after
+from flux_pipeline.client import ApiClient, CookielessClient, parse_generation, retry_after
 from flux_pipeline.emulator import EmulatorServer
 from flux_pipeline.errors import BadImage, BadResponse
 from flux_pipeline.files import sha256_file
@@ -146,3 +146,21 @@ def test_an_image_held_in_memory_and_one_streamed_to_disk_are_stored_alike(
             assert image.size == (256, 128)
     leftovers = [p.name for p in tmp_path.rglob("*") if p.is_file()]
     assert leftovers == ([] if mangle else ["r.png", "r.png"])
+
+
+def test_the_run_keeps_no_cookies() -> None:
+    """A cookie the API sets is not sent anywhere else (image hosts included)."""
+    seen: list[str | None] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers.get("cookie"))
+        return httpx.Response(200, headers={"Set-Cookie": "session=secret; Path=/"})
+
+    async def go() -> None:
+        async with CookielessClient(transport=httpx.MockTransport(answer)) as client:
+            await client.post("https://api.example/v1/images/generations")
+            await client.get("https://api.example/files/a.png")
+            await client.get("https://cdn.example/a.png")
+
+    asyncio.run(go())
+    assert seen == [None, None, None]

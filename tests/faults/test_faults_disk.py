@@ -90,14 +90,24 @@ def test_output_folder_deleted_mid_run(tmp_path: Path, emulator: EmulatorServer)
     lock_path = spec.with_name("spec.lock.json")
     process = start_run(emulator.url, spec, "k")
 
+    deleted: list[bool] = []
+
     def delete_when_some_are_done() -> None:
         wait_for_lock(lock_path, 3)
-        shutil.rmtree(tmp_path / "out/here")
+        # The run writes into the folder as rm -rf walks it: retry as a user would.
+        for _ in range(50):
+            try:
+                shutil.rmtree(tmp_path / "out/here")
+            except OSError:
+                continue
+            deleted.append(True)
+            return
 
     deleter = threading.Thread(target=delete_when_some_are_done)
     deleter.start()
     _, stderr = process.communicate(timeout=60)
     deleter.join()
+    assert deleted
     assert process.returncode == 0, stderr
     lock = json.loads(lock_path.read_text())["requests"]
     assert len(lock) == 16
@@ -109,3 +119,47 @@ def test_output_folder_deleted_mid_run(tmp_path: Path, emulator: EmulatorServer)
     assert run(emulator, spec).exit_code == 0  # type: ignore[attr-defined]
     assert emulator.emulator.counters.snapshot()["requests"] - before == len(missing)
     assert invoke("check", str(spec)).exit_code == 0
+
+
+def test_an_image_file_removed_while_written_is_fetched_again(
+    tmp_path: Path, emulator: EmulatorServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The window the test above can hit by chance, hit on purpose: the temporary file is
+    removed just before its rename. The download is tried again (it costs no credit)."""
+    import asyncio
+
+    import httpx
+
+    from flux_pipeline.client import ApiClient
+    from flux_pipeline.files import PendingFile
+
+    commit = PendingFile.commit
+    removed: list[Path] = []
+
+    def remove_first_then_commit(self: PendingFile, target: Path, *, durable: bool) -> None:
+        if not removed:
+            removed.append(self.path)
+            self.path.unlink()
+        commit(self, target, durable=durable)
+
+    monkeypatch.setattr(PendingFile, "commit", remove_first_then_commit)
+
+    async def go() -> tuple[Path, str]:
+        async with httpx.AsyncClient() as http:
+            client = ApiClient(http, emulator.url, "k", sleep=lambda _: asyncio.sleep(0))
+            body = {
+                "model": "flux/schnell",
+                "prompt": "p",
+                "image_size": {"width": 64, "height": 64},
+            }
+            generation = await client.generate("r", body, [])
+            path, _, sha256, _ = await client.fetch(
+                "r", generation.images[0], tmp_path / "r", "png", (64, 64)
+            )
+            return path, sha256
+
+    path, sha256 = asyncio.run(go())
+    assert removed and path == tmp_path / "r.png" and sha256_file(path) == sha256
+    assert emulator.emulator.counters.snapshot()["downloads"]["ok"] == 2
+    assert emulator.emulator.counters.snapshot()["requests"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["r.png"]

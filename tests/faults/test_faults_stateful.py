@@ -11,8 +11,10 @@ import json
 import shutil
 import tempfile
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
@@ -30,7 +32,16 @@ CONCURRENCY = 2
 # the deliveries waiting for their images.
 LOST_PER_STOP = CONCURRENCY * 3
 STYLES = ["minimal", "retro", "neon", "noir"]
-SERVER = EmulatorServer().start()
+SERVER = EmulatorServer()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _server() -> Iterator[None]:
+    """One emulator for every example, stopped with the module: a server thread still
+    running while the interpreter exits can crash it (a segfault seen once in a few runs)."""
+    SERVER.start()
+    yield
+    SERVER.stop()
 
 
 def write(folder: Path, styles: list[str], wording: str) -> Path:
