@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from flux_pipeline import load_spec
 from flux_pipeline.client import make_http_client
@@ -123,11 +123,13 @@ class Pipeline(RuleBasedStateMachine):
     def _images(self) -> list[Path]:
         return sorted((self.folder / "out/s").glob("*.png"))  # the user's, not the cache's
 
-    @precondition(lambda self: bool(self._images()))
     @rule(pick=st.integers(min_value=0, max_value=15), damage=st.booleans())
     def touch_an_image(self, pick: int, damage: bool) -> None:
-        # Which images exist depends on timing (interrupted runs), so draw an index, not a path.
+        # Which images exist depends on timing (interrupted runs), so draw an index, not a
+        # path; and no precondition on them, which hypothesis would find flaky on replay.
         images = self._images()
+        if not images:
+            return
         image = images[pick % len(images)]
         lock = json.loads(self.spec.with_name("spec.lock.json").read_text())["requests"]
         for entry in lock.values():
