@@ -143,18 +143,17 @@ def _ramp(turn: int) -> Any:
 def _scaled_ramp(turn: int, width: int, height: int) -> Any:
     """The ramp at an image's size. Scaling costs more than the rest of a small picture,
     so small ones (at most 64 KB each) are kept."""
-    if width * height <= 256 * 256:
-        return _small_ramp(turn, width, height)
+    scale = _kept_ramp if width * height <= 256 * 256 else _ramp_at
+    return scale(turn, width, height)
+
+
+def _ramp_at(turn: int, width: int, height: int) -> Any:
     from PIL import Image
 
     return _ramp(turn).resize((width, height), Image.Resampling.BILINEAR)
 
 
-@functools.lru_cache(maxsize=512)
-def _small_ramp(turn: int, width: int, height: int) -> Any:
-    from PIL import Image
-
-    return _ramp(turn).resize((width, height), Image.Resampling.BILINEAR)
+_kept_ramp = functools.lru_cache(maxsize=512)(_ramp_at)
 
 
 def _png_chunk(kind: bytes, data: bytes) -> bytes:

@@ -36,7 +36,7 @@ def probe(source: Path | bytes | bytearray) -> ImageInfo:
                 image.verify()
     except UnidentifiedImageError:
         # Pillow's message names the file object (a temporary path or a memory address).
-        raise ValueError("cannot identify image file: not a PNG, JPEG or WebP image") from None
+        raise ValueError("cannot identify image file (not an image format Pillow reads)") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ValueError(str(exc).split(" Use ")[0]) from None
     except (OSError, SyntaxError, EOFError) as exc:
