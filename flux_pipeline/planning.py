@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .cache import OutputCache
 from .expansion import Request
 from .lock import Lock, State, read_lock, state_of
 from .models import get_model
@@ -26,6 +27,7 @@ class PlanItem:
     height: int
     images: int
     credits: float | None
+    cached: bool = False  # its images are in the cache of earlier outputs: no request needed
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -40,6 +42,7 @@ class PlanItem:
             "state": self.state.state,
             "reason": self.state.reason,
             "credits": self.credits,
+            "cached": self.cached,
             "body": dict(self.request.body),
         }
 
@@ -48,6 +51,7 @@ class PlanItem:
 class Plan:
     spec: Spec
     items: tuple[PlanItem, ...]
+    gone: tuple[str, ...] = ()  # ids in the lock no longer in the spec: the next run drops them
 
     @property
     def counts(self) -> dict[str, int]:
@@ -56,6 +60,11 @@ class Plan:
     @property
     def todo(self) -> tuple[PlanItem, ...]:
         return tuple(i for i in self.items if not i.state.up_to_date)
+
+    @property
+    def cached(self) -> int:
+        """How many of the requests to do the cache of earlier outputs can restore."""
+        return sum(1 for i in self.todo if i.cached)
 
     @property
     def images(self) -> int:
@@ -74,11 +83,13 @@ class Plan:
             "spec": self.spec.name,
             "path": str(self.spec.path),
             "requests": [i.as_json() for i in self.items],
+            "gone": list(self.gone),
             "totals": {
                 "requests": len(self.items),
                 "images": self.images,
                 "states": self.counts,
                 "credits": self.credits,
+                "cached": self.cached,
             },
         }
 
@@ -105,6 +116,7 @@ def plan(spec: Spec, requests: Sequence[Request] | None = None, lock: Lock | Non
     entries = lock.entries if lock else {}
     per_image = _credit_table(lock)
     folder = spec.lock_path.parent
+    cache = OutputCache(spec.output)  # read only if some request is not up to date
     items = []
     for request in requests:
         model = get_model(request.model)
@@ -112,14 +124,19 @@ def plan(spec: Spec, requests: Sequence[Request] | None = None, lock: Lock | Non
         width, height = model.size(request.body)
         images = model.num_images(request.body)
         rate = per_image.get((request.model, width, height))
+        state = state_of(request, entries.get(request.id), folder)
+        cached = not state.up_to_date and cache.has(request.body_sha256)
         items.append(
             PlanItem(
                 request=request,
-                state=state_of(request, entries.get(request.id), folder),
+                state=state,
                 width=width,
                 height=height,
                 images=images,
-                credits=None if rate is None else rate * images,
+                credits=0.0 if cached else None if rate is None else rate * images,
+                cached=cached,
             )
         )
-    return Plan(spec=spec, items=tuple(items))
+    ids = {request.id for request in requests}
+    gone = tuple(sorted(key for key in entries if key not in ids))
+    return Plan(spec=spec, items=tuple(items), gone=gone)

@@ -35,7 +35,7 @@ def plan_table(plan: Plan) -> str:
                 f"{item.width}x{item.height}",
                 str(item.request.seed),
                 str(item.images),
-                credits_text(item.credits),
+                "0 (cache)" if item.cached else credits_text(item.credits),
             ]
         )
     counts = ", ".join(f"{n} {state}" for state, n in sorted(plan.counts.items()))
@@ -44,4 +44,11 @@ def plan_table(plan: Plan) -> str:
         f"to do: {len(plan.todo)}, estimated credits: {credits_text(plan.credits)}"
     )
     reasons = [f"  {i.request.id}: {i.state.reason}" for i in plan.items if i.state.reason]
+    if plan.cached:
+        summary += f" ({plan.cached} restored from the cache of earlier outputs)"
+    if plan.gone:
+        summary += (
+            f"; {len(plan.gone)} in the lock no longer in the spec "
+            "(dropped by the next run; --prune deletes their images)"
+        )
     return "\n".join([table(rows, right=frozenset({4, 5})), *reasons, summary])

@@ -57,11 +57,8 @@ def check(spec: Spec, requests: Sequence[Request] | None = None) -> CheckReport:
         for item in the_plan.items
         if not item.state.up_to_date
     ]
-    wanted = {item.request.id for item in the_plan.items}
     findings += [
-        Finding(key, REMOVED, "in the lock but no longer in the spec")
-        for key in sorted(lock.entries if lock else ())
-        if key not in wanted
+        Finding(key, REMOVED, "in the lock but no longer in the spec") for key in the_plan.gone
     ]
     return CheckReport(spec, len(the_plan.items), tuple(findings))
 

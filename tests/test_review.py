@@ -96,6 +96,52 @@ def test_check_after_removing_an_axis_value(tmp_path: Path, emulator: EmulatorSe
     }
 
 
+def test_check_counts_stale_requests_apart_from_entries_gone_from_the_spec(
+    tmp_path: Path, emulator: EmulatorServer
+) -> None:
+    spec = grid(tmp_path)
+    run(emulator, spec)
+    grid(tmp_path, styles="[minimal, neon]")  # retro renamed: two new, two gone
+    result = invoke("check", str(spec))
+    assert result.exit_code == 1
+    assert result.stdout.splitlines() == [
+        f"{spec}: 2 of 4 requests are stale; 2 in the lock no longer in the spec",
+        "  new       kettle-neon: not in the lock",
+        "  new       toaster-neon: not in the lock",
+        "  removed   kettle-retro: in the lock but no longer in the spec",
+        "  removed   toaster-retro: in the lock but no longer in the spec",
+    ]
+
+
+def test_plan_shows_what_the_cache_restores_for_free_and_what_leaves_the_lock(
+    tmp_path: Path, emulator: EmulatorServer
+) -> None:
+    spec = grid(tmp_path)
+    run(emulator, spec)
+    grid(tmp_path, styles="[minimal, neon]")
+    run(emulator, spec)
+    grid(tmp_path)  # retro is back: its images are in the cache of earlier outputs
+    data = json.loads(invoke("plan", "--json", str(spec)).stdout)
+    by_id = {r["id"]: r for r in data["requests"]}
+    assert {k: (r["state"], r["cached"], r["credits"]) for k, r in by_id.items()} == {
+        "kettle-minimal": ("up to date", False, 1),
+        "kettle-retro": ("new", True, 0),
+        "toaster-minimal": ("up to date", False, 1),
+        "toaster-retro": ("new", True, 0),
+    }
+    assert data["gone"] == ["kettle-neon", "toaster-neon"]
+    assert (data["totals"]["cached"], data["totals"]["credits"]) == (2, 0)
+    text = invoke("plan", str(spec)).stdout.splitlines()
+    assert text[-1] == (
+        f"{spec}: 4 requests, 4 images (2 new, 2 up to date); to do: 2, estimated credits: 0 "
+        "(2 restored from the cache of earlier outputs); 2 in the lock no longer in the spec "
+        "(dropped by the next run; --prune deletes their images)"
+    )
+    sent = emulator.emulator.counters.snapshot()["requests"]
+    run(emulator, spec)
+    assert emulator.emulator.counters.snapshot()["requests"] == sent  # as the plan said
+
+
 def test_check_after_deleting_an_image(tmp_path: Path, emulator: EmulatorServer) -> None:
     spec = grid(tmp_path)
     run(emulator, spec)
