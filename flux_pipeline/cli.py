@@ -89,8 +89,9 @@ def cli(debug: bool) -> None:
 
     A spec holds Jinja prompt templates and parameter grids. `validate` checks it without the
     network, `plan` shows the requests it makes, `run` generates the images and writes
-    SPEC.lock.json beside the spec. Exit codes: 0 ok, 1 invalid spec or stale, 3 some requests
-    failed, 130 interrupted.
+    SPEC.lock.json beside the spec. Exit codes: 0 ok, 1 invalid spec or stale, 2 bad usage
+    (an unknown option, no API key), 3 some requests failed, 130 interrupted (Ctrl-C), 143
+    terminated (SIGTERM).
     """
 
 
@@ -243,8 +244,9 @@ def run(
 
     Only requests that are new or changed (or whose files are missing or altered) are sent;
     the lock is saved as each one finishes. The key comes from AIMLAPI_KEY and is never
-    printed. Exit 0 when all are done, 1 on an invalid spec, 3 when some requests failed,
-    130 when interrupted.
+    printed. Exit 0 when all are done, 1 on an invalid spec, 2 on bad usage (no API key), 3
+    when some requests failed, 130 when interrupted (Ctrl-C), 143 when terminated (SIGTERM);
+    the lock is saved in every case.
     """
     from . import api
     from .runner import Rate, RunOptions, todo
