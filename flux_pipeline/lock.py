@@ -15,7 +15,7 @@ from typing import Any
 
 from .errors import LockError
 from .expansion import Request
-from .files import sha256_file, write_atomic
+from .files import HashIndex, sha256_file, write_atomic
 from .models import body_hash, canonical_json
 
 LOCK_VERSION = 1
@@ -174,8 +174,12 @@ def changed_fields(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str =
     return paths
 
 
-def state_of(request: Request, entry: Entry | None, lock_folder: Path) -> State:
-    """Compare one request with its lock entry and its files on disk."""
+def state_of(
+    request: Request, entry: Entry | None, lock_folder: Path, hashes: HashIndex | None = None
+) -> State:
+    """Compare one request with its lock entry and its files on disk (hashed through
+    `hashes`, if given, so that unchanged files are not read again)."""
+    sha256 = hashes.sha256 if hashes is not None else sha256_file
     if entry is None:
         return State(NEW)
     if entry.body_sha256 != request.body_sha256:
@@ -186,7 +190,7 @@ def state_of(request: Request, entry: Entry | None, lock_folder: Path) -> State:
     for output in entry.outputs:
         path = lock_folder / output.path
         try:
-            if path.stat().st_size != output.bytes or sha256_file(path) != output.sha256:
+            if path.stat().st_size != output.bytes or sha256(path) != output.sha256:
                 return State(CORRUPT, f"{output.path} does not match its recorded hash")
         except FileNotFoundError:
             return State(MISSING, f"{output.path} is missing")

@@ -1,7 +1,9 @@
 """The plan: every request of a spec with its size, seed, image count and state against the lock.
 
 Credits are estimated only from what the lock recorded for the same model and size; where it
-recorded nothing comparable, the estimate is unknown rather than a guess.
+recorded nothing comparable, the estimate is unknown rather than a guess. Images are compared
+with their recorded hashes through the output folder's `HashIndex`, which planning keeps
+current (as `git status` refreshes git's index), so an unchanged image is not read again.
 """
 
 from __future__ import annotations
@@ -11,8 +13,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .cache import OutputCache
+from .cache import FOLDER, OutputCache
 from .expansion import Request
+from .files import HashIndex
 from .lock import Lock, State, read_lock, state_of
 from .models import get_model
 from .spec import Spec
@@ -117,6 +120,7 @@ def plan(spec: Spec, requests: Sequence[Request] | None = None, lock: Lock | Non
     per_image = _credit_table(lock)
     folder = spec.lock_path.parent
     cache = OutputCache(spec.output)  # read only if some request is not up to date
+    hashes = HashIndex(spec.output / FOLDER / "hashes.json")
     items = []
     for request in requests:
         model = get_model(request.model)
@@ -124,7 +128,7 @@ def plan(spec: Spec, requests: Sequence[Request] | None = None, lock: Lock | Non
         width, height = model.size(request.body)
         images = model.num_images(request.body)
         rate = per_image.get((request.model, width, height))
-        state = state_of(request, entries.get(request.id), folder)
+        state = state_of(request, entries.get(request.id), folder, hashes)
         cached = not state.up_to_date and cache.has(request.body_sha256)
         items.append(
             PlanItem(
@@ -137,6 +141,7 @@ def plan(spec: Spec, requests: Sequence[Request] | None = None, lock: Lock | Non
                 cached=cached,
             )
         )
+    hashes.save()
     ids = {request.id for request in requests}
     gone = tuple(sorted(key for key in entries if key not in ids))
     return Plan(spec=spec, items=tuple(items), gone=gone)

@@ -11,6 +11,7 @@ from helpers import invoke, write_spec
 
 from flux_pipeline import load_spec
 from flux_pipeline.emulator import EmulatorServer
+from flux_pipeline.files import HashIndex
 from flux_pipeline.shards import shard_of
 
 KEY = {"AIMLAPI_KEY": "test-key"}
@@ -149,9 +150,19 @@ def test_check_after_deleting_an_image(tmp_path: Path, emulator: EmulatorServer)
     assert stale(spec) == {"kettle-retro": ("missing", "out/grid/kettle-retro.png is missing")}
 
 
-def test_check_after_corrupting_an_image(tmp_path: Path, emulator: EmulatorServer) -> None:
+@pytest.mark.parametrize("checked_before", [False, True])
+def test_check_after_corrupting_an_image(
+    tmp_path: Path,
+    emulator: EmulatorServer,
+    monkeypatch: pytest.MonkeyPatch,
+    checked_before: bool,
+) -> None:
     spec = grid(tmp_path)
     run(emulator, spec)
+    if checked_before:  # the hashes are remembered by the files' stat (no racy window here)
+        monkeypatch.setattr(HashIndex, "RACY_SECONDS", 0)
+        assert invoke("check", str(spec)).exit_code == 0
+        assert (tmp_path / "out/grid/.flux-cache/hashes.json").exists()
     image = tmp_path / "out/grid/toaster-minimal.png"
     data = bytearray(image.read_bytes())
     data[-20] ^= 0xFF  # same size, different bytes
