@@ -412,10 +412,9 @@ def check(specs: Sequence[Path], as_json: bool) -> None:
         if report.ok:
             click.echo(f"{path}: up to date ({report.requests} requests)")
             return
-        removed = sum(1 for f in report.findings if f.state == "removed")
-        summary = f"{len(report.findings) - removed} of {report.requests} requests are stale"
-        if removed:
-            summary += f"; {removed} in the lock no longer in the spec"
+        summary = f"{len(report.findings) - report.gone} of {report.requests} requests are stale"
+        if report.gone:
+            summary += f"; {report.gone} in the lock no longer in the spec"
         click.echo(f"{path}: {summary}")
         for finding in report.findings:
             click.echo(f"  {finding.state:8}  {finding.id}: {finding.reason}")

@@ -37,6 +37,11 @@ class CheckReport:
     def ok(self) -> bool:
         return not self.findings
 
+    @property
+    def gone(self) -> int:
+        """How many findings are lock entries no longer in the spec (not requests of it)."""
+        return sum(1 for f in self.findings if f.state == REMOVED)
+
     def as_json(self) -> dict[str, Any]:
         return {
             "spec": self.spec.name,
