@@ -144,7 +144,9 @@ def plan(specs: Sequence[Path], as_json: bool) -> None:
 
     States: new (not in the lock), changed (request differs from the lock), missing or corrupt
     (an output file is gone or altered), up to date. Credits are estimated from what the lock
-    recorded for the same model and size, else "unknown".
+    recorded for the same model and size, else "unknown"; a request whose images the cache of
+    earlier outputs holds costs nothing ("0 (cache)"). Lock entries no longer in the spec are
+    counted: the next run drops them from the lock.
     """
     from . import api
     from .report import plan_table
