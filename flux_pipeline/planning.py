@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .cache import FOLDER, OutputCache
+from .cache import OutputCache
 from .expansion import Request
 from .files import HashIndex
 from .lock import Lock, State, read_lock, state_of
@@ -120,7 +120,7 @@ def plan(spec: Spec, requests: Sequence[Request] | None = None, lock: Lock | Non
     per_image = _credit_table(lock)
     folder = spec.lock_path.parent
     cache = OutputCache(spec.output)  # read only if some request is not up to date
-    hashes = HashIndex(spec.output / FOLDER / "hashes.json")
+    hashes = HashIndex(cache.root / "hashes.json")
     items = []
     for request in requests:
         model = get_model(request.model)

@@ -21,6 +21,14 @@ from flux_pipeline.files import TEMP_PREFIX, sha256_file
 
 EXAMPLES = Path(__file__).parents[1] / "examples"
 SENTINEL = "sk-SENTINEL-0123456789abcdef"
+TWENTY_REQUESTS = """
+    version: 1
+    defaults: {image_size: {width: 256, height: 256}, output_format: png}
+    jobs:
+      - name: "n{{ i }}"
+        prompt: "p {{ i }}"
+        matrix: {i: [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19]}
+"""  # for runs that are interrupted halfway
 
 
 def run_cli(server: EmulatorServer, *args: str, key: str = SENTINEL) -> Any:
@@ -369,17 +377,7 @@ def test_sentinel_key_never_appears_anywhere(tmp_path: Path, emulator: EmulatorS
 
 def test_sigkill_halfway_loses_nothing_finished(tmp_path: Path, emulator: EmulatorServer) -> None:
     emulator.emulator.configure(latency=(0.05, 0.05))
-    spec = write_spec(
-        tmp_path,
-        """
-        version: 1
-        defaults: {image_size: {width: 256, height: 256}, output_format: png}
-        jobs:
-          - name: "n{{ i }}"
-            prompt: "p {{ i }}"
-            matrix: {i: [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19]}
-    """,
-    )
+    spec = write_spec(tmp_path, TWENTY_REQUESTS)
     lock_path = spec.with_name("spec.lock.json")
     process = start_run(emulator.url, spec, SENTINEL)
     wait_for_lock(lock_path, 5)
@@ -451,17 +449,7 @@ def test_interrupted_run_saves_the_lock_and_exits_with_the_signal(
     tmp_path: Path, emulator: EmulatorServer, signum: int, code: int
 ) -> None:
     emulator.emulator.configure(latency=(0.05, 0.05))
-    spec = write_spec(
-        tmp_path,
-        """
-        version: 1
-        defaults: {image_size: {width: 256, height: 256}}
-        jobs:
-          - name: "n{{ i }}"
-            prompt: "p {{ i }}"
-            matrix: {i: [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19]}
-    """,
-    )
+    spec = write_spec(tmp_path, TWENTY_REQUESTS)
     lock_path = spec.with_name("spec.lock.json")
     process = start_run(emulator.url, spec, SENTINEL)
     wait_for_lock(lock_path, 3)
