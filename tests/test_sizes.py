@@ -143,9 +143,15 @@ def test_embedded_documents_are_the_providers_unchanged() -> None:
         pytest.skip("../shared is not beside this checkout")
     from importlib import resources
 
-    for doc in shared.glob("*.openapi.json"):
-        embedded = resources.files("flux_pipeline.openapi").joinpath(doc.name).read_bytes()
-        assert embedded == doc.read_bytes(), doc.name
+    # Every embedded document is the provider's, byte for byte. (The provider publishes more
+    # models than the tool embeds so far: those are not checked here.)
+    embedded = [
+        d for d in resources.files("flux_pipeline.openapi").iterdir()
+        if d.name.endswith(".openapi.json")
+    ]
+    assert embedded
+    for doc in embedded:
+        assert doc.read_bytes() == (shared / doc.name).read_bytes(), doc.name
 
 
 # ----- the compiled fast path agrees with jsonschema -------------------------------------------
