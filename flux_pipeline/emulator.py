@@ -97,6 +97,8 @@ class Counters:
     requests: int = 0  # POSTs to the generation endpoint
     statuses: Counter[int] = field(default_factory=Counter)  # generation answers by status
     generated: int = 0  # images generated and paid for
+    paid: int = 0  # generations billed: at receipt of the body, before any latency
+    delivered: int = 0  # billed generations whose answer was written back
     paid_bodies: Counter[str] = field(default_factory=Counter)  # sha256 of bodies that were paid
     downloads: Counter[str] = field(default_factory=Counter)  # "ok", "truncated", "missing"
     authorizations: list[str] = field(default_factory=list)  # Authorization headers seen
@@ -107,6 +109,8 @@ class Counters:
                 "requests": self.requests,
                 "statuses": dict(self.statuses),
                 "generated": self.generated,
+                "paid": self.paid,
+                "delivered": self.delivered,
                 "downloads": dict(self.downloads),
             }
 
@@ -333,14 +337,14 @@ class Emulator:
         return (1 - self._tokens) / rate
 
     async def _generate(self, request: Request) -> Response:
+        """Answer a generation. As the real API does, a request is billed as soon as its body
+        is received and accepted, before the work (the latency): a client that goes away
+        while waiting has paid all the same. Refusals (401, 429, 400, 403) are not billed."""
         config = self.config
         path = request.url.path
         with self.counters.lock:
             self.counters.requests += 1
             self.counters.authorizations.append(request.headers.get("authorization", ""))
-        low, high = config.latency
-        if high > 0:
-            await asyncio.sleep(self._random.uniform(low, high))
         auth = request.headers.get("authorization", "")
         key = auth[7:].strip() if auth.startswith("Bearer ") else ""
         if not key or (config.api_key is not None and key != config.api_key):
@@ -365,32 +369,51 @@ class Emulator:
         if problems:
             details = [f"{p.path}: {p.message}" for p in problems]
             return self._answer(400, "Body validation error", path, details=details)
-        if config.fail_rate and self._random.random() < config.fail_rate:
+        failing = bool(config.fail_rate) and self._random.random() < config.fail_rate
+        paid = None if failing else self._bill(body)
+        if isinstance(paid, Response):
+            return paid  # out of credits
+        low, high = config.latency
+        if high > 0:
+            await asyncio.sleep(self._random.uniform(low, high))
+        if paid is None:
             status = self._random.choice(FAULT_STATUSES)
             return self._answer(status, "Internal server error (emulated)", path)
-        return self._generated(request, body)
+        answer = self._generated(request, body, paid)
+        with self.counters.lock:
+            self.counters.delivered += 1
+        return answer
 
-    def _generated(self, request: Request, body: dict[str, Any]) -> Response:
-        config = self.config
+    def _bill(self, body: dict[str, Any]) -> int | Response:
+        """Charge a received body: its cost, or a 403 once the balance is spent."""
         model = get_model(body["model"])
         assert model is not None  # check_body passed
         width, height = model.size(body)
         count = model.num_images(body)
         cost = count * credits_for(width, height)
-        if config.credits is not None and self._spent + cost > config.credits:
-            return self._answer(403, "Forbidden: out of credits", request.url.path)
+        if self.config.credits is not None and self._spent + cost > self.config.credits:
+            return self._answer(403, "Forbidden: out of credits", API_PATH)
         self._spent += cost
+        with self.counters.lock:
+            self.counters.paid += 1
+            self.counters.generated += count
+            self.counters.paid_bodies[body_hash(body)] += 1  # as the lock records it
+        return cost
+
+    def _generated(self, request: Request, body: dict[str, Any], cost: int) -> Response:
+        config = self.config
+        model = get_model(body["model"])
+        assert model is not None  # check_body passed
+        width, height = model.size(body)
+        count = model.num_images(body)
         seed = body.get("seed") or self._random.randint(1, 2**31 - 1)
         fmt = model.output_format(body) or "png"
         images = [
             _ImageSpec(model.name, body["prompt"], seed, width, height, fmt, i, config.mangle)
             for i in range(count)
         ]
-        digest = body_hash(body)  # as the lock records it
         with self.counters.lock:
             self.counters.statuses[200] += 1
-            self.counters.generated += count
-            self.counters.paid_bodies[digest] += 1
         mangled = self._mangled(config.mangle, cost)
         if mangled is not None:
             return mangled
