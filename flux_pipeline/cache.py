@@ -19,7 +19,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .files import TEMP_PREFIX, sha256_file
+from .files import sha256_file, temp_name
 from .images import EXTENSIONS
 from .lock import Entry, Output
 
@@ -120,7 +120,7 @@ class OutputCache:
 def _place(source: Path, target: Path) -> None:
     """Link (or copy) `source` to `target` in one rename, replacing what is there."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    temp = target.with_name(f"{TEMP_PREFIX}{os.getpid()}-restore-{target.name}")
+    temp = target.with_name(temp_name("-restore"))
     with contextlib.suppress(FileNotFoundError):
         temp.unlink()
     try:

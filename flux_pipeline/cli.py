@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -22,6 +23,14 @@ EXIT_INTERRUPTED = 130
 
 SPECS = click.argument(
     "specs", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path)
+)
+WAIT = click.option(
+    "--wait",
+    default=0.0,
+    type=click.FloatRange(min=0),
+    metavar="SECONDS",
+    help="If another run is writing to the output folder, wait this long for it "
+    "(default: exit 2 at once, naming it).",
 )
 
 
@@ -48,7 +57,8 @@ class _Group(click.Group):
             _err("interrupted; finished work is in the lock")
             raise click.exceptions.Exit(EXIT_INTERRUPTED) from None
         except Terminated as exc:
-            _err("terminated; finished work is in the lock")
+            word = "interrupted" if exc.signum == signal.SIGINT else "terminated"
+            _err(f"{word}; finished work is in the lock")
             raise click.exceptions.Exit(128 + exc.signum) from None
         except ConfigError as exc:
             _err(f"error: {exc}")
@@ -234,6 +244,16 @@ def plan(specs: Sequence[Path], as_json: bool) -> None:
     show_default=True,
     help="HTTP transport under httpx.",
 )
+@WAIT
+@click.option(
+    "--drain-timeout",
+    default=120.0,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    metavar="SECONDS",
+    help="After Ctrl-C or SIGTERM, how long the requests in flight (already paid for) may "
+    "take to finish and store their images; a second signal abandons them at once.",
+)
 def run(
     specs: Sequence[Path],
     rate: str | None,
@@ -245,10 +265,13 @@ def run(
     """Generate the images of specs and record them in SPEC.lock.json.
 
     Only requests that are new or changed (or whose files are missing or altered) are sent;
-    the lock is saved as each one finishes. The key comes from AIMLAPI_KEY and is never
-    printed. Exit 0 when all are done, 1 on an invalid spec, 2 on bad usage (no API key), 3
-    when some requests failed, 130 when interrupted (Ctrl-C), 143 when terminated (SIGTERM);
-    the lock is saved in every case.
+    each result is made durable before it is reported done. One run at a time writes to an
+    output folder. Ctrl-C (or SIGTERM) stops sending and lets the requests already paid for
+    finish; a second one abandons them (the next run fetches their images without paying).
+    The key comes from AIMLAPI_KEY and is never printed. Exit 0 when all are done, 1 on an
+    invalid spec, 2 on bad usage (no API key, the output folder busy), 3 when some requests
+    failed or the lock could not be saved, 130 when interrupted (Ctrl-C), 143 when
+    terminated (SIGTERM); finished work is kept in every case.
     """
     from . import api
     from .runner import Rate, RunOptions, todo
@@ -296,9 +319,12 @@ def _run_all(loaded: Sequence[tuple[Any, Any]], base_url: str, key: str, options
                 api_key=key,
                 options=options,
                 listener=progress.update,
+                notify=progress.notice,
                 requests=requests,
             )
         click.echo(progress.summary(result))
+        if result.interrupted:
+            raise Terminated(result.interrupted)  # the other specs are not started
         failed = failed or not result.ok
     if failed:
         raise ExitCode(EXIT_FAILED)
@@ -465,15 +491,17 @@ def diff(spec: Path, ref: str, as_json: bool) -> None:
 
 @cli.command()
 @click.argument("spec", type=click.Path(dir_okay=False, path_type=Path))
-def merge(spec: Path) -> None:
+@WAIT
+def merge(spec: Path, wait: float) -> None:
     """Combine the partial locks of `run --shard K/N` into the spec's lock.
 
-    Exit 1 (and write nothing) when two partial locks record the same request differently.
+    Exit 1 (and write nothing) when two partial locks record the same request differently;
+    exit 2 when there is nothing to merge or a run holds the output folder.
     """
     from . import api
     from .shards import merge as merge_shards
 
-    result = merge_shards(api.load_spec(spec))
+    result = merge_shards(api.load_spec(spec), wait=wait)
     click.echo(f"{spec}: merged {len(result.merged)} partial locks, {result.requests} requests")
 
 

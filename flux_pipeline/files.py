@@ -1,8 +1,9 @@
 """Atomic file writing: a temporary file in the target's folder, then one rename.
 
 A reader (or a run killed at any instant) sees either the old file or the new one, never a
-half-written one. Temporary files carry a recognisable prefix so a later run can sweep up any
-that a killed run left behind.
+half-written one. Temporary files are named after their writer (`.flux-tmp-HOST-PID-N`): a
+later run sweeps up those of writers that are gone, and never another live process's file
+(another spec's run writing its lock in the same folder, a gallery writing a thumbnail).
 """
 
 from __future__ import annotations
@@ -12,14 +13,41 @@ import hashlib
 import itertools
 import json
 import os
+import re
+import socket
 import time
 from pathlib import Path
 from typing import Any
 
 TEMP_PREFIX = ".flux-tmp-"
-
+#: This host's part of a temporary file's name: a process is known alive or gone only here.
+HOST = re.sub(r"[^A-Za-z0-9]", "", socket.gethostname())[:32] or "host"
+_OWNED = re.compile(re.escape(TEMP_PREFIX) + r"(?P<host>[A-Za-z0-9]+)-(?P<pid>\d+)-")
 
 _counter = itertools.count()
+
+
+def temp_name(tag: str = "") -> str:
+    """A temporary file name unique to this process, that says which process owns it."""
+    return f"{TEMP_PREFIX}{HOST}-{os.getpid()}-{next(_counter)}{tag}"
+
+
+def _writer_is_gone(name: str) -> bool:
+    """Whether the process that made a temporary file has ended (False when unknown: a file
+    of another host, or of an older naming, is left alone)."""
+    match = _OWNED.match(name)
+    if match is None or match["host"] != HOST:
+        return False
+    pid = int(match["pid"])
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # EPERM: alive, another user's
+        return False
+    return False
 
 
 class PendingFile:
@@ -35,7 +63,7 @@ class PendingFile:
         # (mkstemp's random names and 0600 would cost two more system calls per file, which
         # are slow on some virtual machines). The folder is made only when it is missing.
         while True:
-            self.path = folder / f"{TEMP_PREFIX}{os.getpid()}-{next(_counter)}"
+            self.path = folder / temp_name()
             try:
                 self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
                 return
@@ -126,12 +154,14 @@ def _fsync_folder(folder: Path) -> None:
 
 
 def sweep_temp_files(folder: Path, *, below: bool = True) -> int:
-    """Remove temporary files a killed run left in `folder` (and below it, unless told not
-    to); how many were removed."""
+    """Remove the temporary files that writers now gone (a killed run) left in `folder`, and
+    below it unless told not to; how many were removed. Live writers' files stay."""
     removed = 0
     if not folder.is_dir():
         return 0
     for path in (folder.rglob if below else folder.glob)(TEMP_PREFIX + "*"):
+        if not _writer_is_gone(path.name):
+            continue
         with contextlib.suppress(OSError):
             path.unlink()
             removed += 1

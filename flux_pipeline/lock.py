@@ -78,7 +78,7 @@ def render_lock(spec_name: str, entries: Iterable[Entry]) -> str:
 
 def entry_text(entry: Entry) -> str:
     """One request's part of the lock text, indented to sit under `requests`."""
-    body = json.dumps(_entry_json(entry), indent=2, sort_keys=True, ensure_ascii=False)
+    body = json.dumps(entry_json(entry), indent=2, sort_keys=True, ensure_ascii=False)
     return "    " + json.dumps(entry.id, ensure_ascii=False) + ": " + body.replace("\n", "\n    ")
 
 
@@ -91,7 +91,8 @@ def assemble_lock(spec_name: str, fragments: Sequence[str]) -> str:
     )
 
 
-def _entry_json(entry: Entry) -> dict[str, Any]:
+def entry_json(entry: Entry) -> dict[str, Any]:
+    """An entry as the lock writes it (a JSON object)."""
     data = {f: getattr(entry, f) for f in Entry.__dataclass_fields__}
     data["vars"] = dict(entry.vars)
     data["body"] = dict(entry.body)
@@ -100,6 +101,12 @@ def _entry_json(entry: Entry) -> dict[str, Any]:
         {f: getattr(o, f) for f in Output.__dataclass_fields__} for o in entry.outputs
     ]
     return data
+
+
+def entry_from_json(raw: Mapping[str, Any]) -> Entry:
+    """An entry from its JSON object; raises ValueError, KeyError or TypeError if damaged."""
+    outputs = tuple(Output(**o) for o in raw["outputs"])
+    return Entry(**{**raw, "outputs": outputs})
 
 
 def write_lock(path: Path, spec_name: str, entries: Iterable[Entry]) -> None:
@@ -125,8 +132,7 @@ def parse_lock(text: str, path: str) -> Lock:
             raise LockError(f"{path}: unknown lock_version {data.get('lock_version')!r}")
         entries = {}
         for key, raw in data["requests"].items():
-            outputs = tuple(Output(**o) for o in raw["outputs"])
-            entry = Entry(**{**raw, "outputs": outputs})
+            entry = entry_from_json(raw)
             if entry.id != key:
                 raise LockError(f"{path}: request {key!r} records the id {entry.id!r}")
             entries[key] = entry

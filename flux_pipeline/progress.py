@@ -52,6 +52,13 @@ class Progress:
         if self._bar:
             self._bar.stop()
 
+    def notice(self, text: str) -> None:
+        """A line for the user in the middle of the run (an interruption being drained)."""
+        if self._bar:
+            self._bar.console.print(text, markup=False, highlight=False)
+        else:
+            print(text, file=self.stream, flush=True)
+
     def update(self, result: RequestResult) -> None:
         self.counts[result.status] += 1
         if self._bar:

@@ -1,66 +1,77 @@
-"""The run: do what the plan says, concurrently, and keep the lock current as requests finish.
+"""The run: do what the plan says, concurrently, treating every request as a transaction.
 
-Workers take the requests that are not up to date, send them through the `ApiClient`, store
-their images under the output folder and record them in the lock, which a writer task saves
-atomically as soon as something new finished (coalescing bursts), so a run killed at any
-moment loses no finished work. A 401 or 403 stops the run at once: no further request is sent.
+A request is billed when the provider receives it, so the run guards what was paid for:
+
+- it holds the output folder's writer lock (`writer_lock`) from start to end;
+- an answer is written to the run's write-ahead record (`recovery`) before its images are
+  fetched, and a finished request's entry is fsynced there (in groups) before it is reported
+  done; the lock file is saved from the entries as they finish (coalescing bursts);
+- the first SIGINT or SIGTERM stops sending and lets the requests in flight finish (they
+  are paid for) for up to `drain_timeout` seconds; a second one abandons them (their answers
+  stay in the record for the next run);
+- a 401 or 403, a disk that cannot take more images, or a lock that cannot be saved stop the
+  run: no further request is sent.
+
+Reading from `run()` down: hold the folder, plan, then `run_async`: open the run (`_open`),
+let workers send requests and deliveries store images, and close it (`_close`) however it ends.
 """
 
 from __future__ import annotations
 
 import asyncio
-import bisect
 import contextlib
 import errno
 import fnmatch
 import json
-import os
-import re
 import signal
-import threading
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import Any, TypeVar
 
 import httpx
 
 from .cache import OutputCache
 from .client import ApiClient, Attempt, Generation, RetryPolicy, make_http_client
-from .errors import ConfigError, RequestFailed, RunStopped, Terminated
+from .errors import ConfigError, RequestFailed, RunError, RunStopped, Terminated
 from .expansion import Request
-from .files import sweep_temp_files, write_atomic
-from .lock import Entry, Output, assemble_lock, entry_text
+from .files import sweep_temp_files
+from .keeper import LockKeeper
+from .lock import Entry, Lock, Output
 from .models import get_model
+from .output_folder import OutputFolder
+from .pacing import Pacer, Rate
 from .planning import Plan, PlanItem, plan
+from .recovery import (
+    FILE_NAME,
+    WriteAhead,
+    answer_line,
+    done_line,
+    generation_from_json,
+    generation_json,
+    read_pending,
+    rewrite,
+    sound,
+)
 from .shards import current_lock, in_shard, shard_lock_path
 from .spec import Spec
 from .validation import output_stems
+from .writer_lock import FOLDER, hold_output_folder
+
+__all__ = ["Rate", "RunOptions", "RunResult", "RequestResult", "run", "run_async"]
 
 JOURNAL = ".journal.jsonl"
 T = TypeVar("T")
 DISK_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM})
-
-
-@dataclass(frozen=True, slots=True)
-class Rate:
-    """Requests per second shared by all workers, parsed from `10/s` or `100/m`."""
-
-    per_second: float
-
-    @classmethod
-    def parse(cls, text: str) -> Rate:
-        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*/\s*(s|sec|second|m|min|minute)\s*", text)
-        if not match or float(match.group(1)) <= 0:
-            raise ConfigError(f"--rate must look like 10/s or 100/m, not {text!r}")
-        value = float(match.group(1))
-        return cls(value if match.group(2).startswith("s") else value / 60)
+SIGNAL_NAMES = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM"}
 
 
 @dataclass(frozen=True, slots=True)
 class RunOptions:
+    """How a run sends its requests; the CLI's `run` options, parsed."""
+
     concurrency: int = 4
     rate: Rate | None = None
     retries: int = 3
@@ -72,12 +83,14 @@ class RunOptions:
     max_requests: int | None = None
     transport: str = "aiohttp"
     shard: tuple[int, int] | None = None  # (K, N): do shard K of N, into a partial lock
+    wait: float = 0.0  # seconds to wait for another writer of the output folder
+    drain_timeout: float = 120.0  # seconds the requests in flight may take after a signal
 
 
 # ----- results and events ------------------------------------------------------------------
 
 DONE = "done"
-RESTORED = "restored"  # put back from the cache of earlier outputs, without a request
+RESTORED = "restored"  # put back from the cache or an interrupted run, without a request
 SKIPPED = "skipped"
 FAILED = "failed"
 NOT_SENT = "not sent"
@@ -85,8 +98,10 @@ NOT_SENT = "not sent"
 
 @dataclass(frozen=True, slots=True)
 class RequestResult:
+    """How one request of the run ended."""
+
     id: str
-    status: str  # done, skipped, failed, not sent
+    status: str  # done, restored, skipped, failed, not sent
     reason: str = ""
     credits: float | None = None
     attempts: int = 0
@@ -95,10 +110,13 @@ class RequestResult:
 
 @dataclass(frozen=True, slots=True)
 class RunResult:
+    """How a run ended: each request's result, and why it stopped sending, if it did."""
+
     spec: Spec
     results: tuple[RequestResult, ...]
     seconds: float
     stopped: str | None = None  # why the run stopped sending, if it did
+    interrupted: int | None = None  # the signal that stopped it (the requests in flight ended)
 
     def count(self, status: str) -> int:
         return sum(1 for r in self.results if r.status == status)
@@ -116,115 +134,15 @@ class RunResult:
 
 #: Called with each request's result as it finishes (for progress displays).
 Listener = Callable[[RequestResult], None]
+#: Called with a line for the user (an interruption being drained, a wait for the folder).
+Notify = Callable[[str], None]
 
 
-# ----- pacing ------------------------------------------------------------------------------
+class SaveFailed(RunError):
+    """The lock could not be saved; the images and the write-ahead record keep the work."""
 
 
-class Pacer:
-    """Spaces request starts evenly at a shared rate; `None` means no limit."""
-
-    def __init__(
-        self,
-        rate: Rate | None,
-        clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-    ) -> None:
-        self._interval = 1 / rate.per_second if rate else 0.0
-        self._next = 0.0
-        self._clock = clock
-        self._sleep = sleep
-
-    async def wait(self) -> None:
-        if not self._interval:
-            return
-        now = self._clock()
-        slot = max(now, self._next)
-        self._next = slot + self._interval
-        if slot > now:
-            await self._sleep(slot - now)
-
-
-# ----- the lock keeper ---------------------------------------------------------------------
-
-
-class LockKeeper:
-    """Holds the run's lock entries and saves them whenever something new finished.
-
-    Each entry's text is rendered once and the ids are kept sorted, so a save only joins
-    texts; it writes the lock atomically and durably. Saves are at least `interval` apart,
-    and further for a lock that is slow to write (a burst of finished requests makes one
-    save). A run that changed nothing writes nothing.
-    """
-
-    def __init__(
-        self,
-        spec: Spec,
-        path: Path,
-        entries: Mapping[str, Entry],
-        changed: bool,
-        interval: float = 0.05,
-    ) -> None:
-        self._spec = spec
-        self._path = path
-        self.entries = dict(entries)
-        self._order = sorted(self.entries)
-        self._fragments: dict[str, str] = {}
-        self._interval = interval
-        self._dirty = asyncio.Event()
-        self._changed = changed
-        self._version = self._written = 0
-        self._write_lock = threading.Lock()
-
-    def record(self, entry: Entry) -> None:
-        if entry.id not in self.entries:
-            bisect.insort(self._order, entry.id)
-        self.entries[entry.id] = entry
-        self._fragments[entry.id] = entry_text(entry)
-        self._changed = True
-        self._dirty.set()
-
-    def _snapshot(self) -> tuple[int, str]:
-        """The lock's text as of now (taken on the event loop, where entries change)."""
-        self._changed = False
-        for key, entry in self.entries.items():
-            if key not in self._fragments:
-                self._fragments[key] = entry_text(entry)
-        text = assemble_lock(self._spec.name, [self._fragments[k] for k in self._order])
-        self._version += 1
-        return self._version, text
-
-    def _write(self, version: int, text: str) -> None:
-        """Write a snapshot unless a newer one is on disk already (saves may overlap)."""
-        with self._write_lock:
-            if version <= self._written:
-                return
-            write_atomic(self._path, text.encode())
-            self._written = version
-
-    def save(self) -> None:
-        """Save now, in this thread: at the end of a run, however it ends. A snapshot that
-        the saver task took but never wrote (it was cancelled) is taken again."""
-        if self._changed or self._version > self._written:
-            self._write(*self._snapshot())
-
-    async def keep(self) -> None:
-        """Save after every change, coalescing changes that arrive during a save."""
-        while True:
-            await self._dirty.wait()
-            self._dirty.clear()
-            if self._changed:
-                started = time.monotonic()
-                try:
-                    await asyncio.to_thread(self._write, *self._snapshot())
-                except OSError:
-                    return  # the final save, at the end of the run, raises it
-                # A large lock costs more to write (and fsync): space the saves so that
-                # writing it takes at most a fifth of the run's time.
-                await asyncio.sleep(max(self._interval, 4 * (time.monotonic() - started)))
-
-
-# ----- the run -----------------------------------------------------------------------------
+# ----- planning a run ----------------------------------------------------------------------
 
 
 def plan_for(spec: Spec, requests: Sequence[Request] | None, options: RunOptions) -> Plan:
@@ -251,49 +169,133 @@ def select(items: Iterable[PlanItem], options: RunOptions) -> list[PlanItem]:
     return chosen
 
 
-@dataclass
-class _Run:
-    spec: Spec
-    client: ApiClient
-    keeper: LockKeeper
-    options: RunOptions
-    journal: IO[str]
-    listener: Listener | None
-    folder: OutputFolder
-    delivery_slots: asyncio.Semaphore
-    cache: OutputCache
-    stopped: str | None = None
-    sent: int = 0
-    credits: float = 0.0
-    results: list[RequestResult] = field(default_factory=list)
-    deliveries: set[asyncio.Future[None]] = field(default_factory=set)
+# ----- the journal -------------------------------------------------------------------------
 
-    def finish(self, result: RequestResult, attempts: Sequence[Attempt] = ()) -> None:
-        self.results.append(result)
-        if self.listener:
-            self.listener(result)
-        line = (
-            json.dumps(
-                {
-                    "event": "request",
-                    "id": result.id,
-                    "status": result.status,
-                    "reason": result.reason,
-                    "seconds": round(result.seconds, 4),
-                    "attempts": [
-                        {"status": a.status, "seconds": round(a.seconds, 4), "error": a.error}
-                        for a in attempts
-                    ],
-                }
-            )
-            + "\n"
-        )
-        # The journal is for diagnosis: a disk too full for it must not stop the run (the
-        # lock and the images say what matters). Successes are written in batches.
+
+class Journal:
+    """Timings, attempts and errors of each request (`OUT/.journal.jsonl`), for diagnosis.
+
+    Best effort: a disk too full for it must not stop the run (the lock, the write-ahead
+    record and the images say what matters). Successes are written in batches."""
+
+    def __init__(self, path: Path) -> None:
+        self._file = path.open("a", encoding="utf-8")  # fails early on a read-only folder
+
+    def event(self, **fields: Any) -> None:
         with contextlib.suppress(OSError):
-            self.journal.write(line)
-            if result.status == FAILED:
-                self.journal.flush()
+            self._file.write(json.dumps(fields) + "\n")
+
+    def request(self, result: RequestResult, attempts: Sequence[Attempt]) -> None:
+        self.event(
+            event="request",
+            id=result.id,
+            status=result.status,
+            reason=result.reason,
+            seconds=round(result.seconds, 4),
+            attempts=[
+                {"status": a.status, "seconds": round(a.seconds, 4), "error": a.error}
+                for a in attempts
+            ],
+        )
+        if result.status == FAILED:
+            with contextlib.suppress(OSError):
+                self._file.flush()
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self._file.close()
+
+
+# ----- the run -----------------------------------------------------------------------------
+
+
+@dataclass
+class _Answers:
+    """Answers whose images are not stored yet: what the next run fetches if this one ends
+    first (body hash -> request id and the answer as the record keeps it)."""
+
+    pending: dict[str, tuple[str, dict[str, Any]]] = field(default_factory=dict)
+
+    def rows(self) -> list[tuple[str, str, dict[str, Any]]]:
+        return [(i, b, g) for b, (i, g) in sorted(self.pending.items())]
+
+
+class Run:
+    """One run's state: its workers send requests, its deliveries store their images."""
+
+    def __init__(
+        self,
+        *,
+        spec: Spec,
+        http: httpx.AsyncClient,
+        base_url: str,
+        api_key: str,
+        options: RunOptions,
+        lock_path: Path,
+        entries: Mapping[str, Entry],
+        lock_changed: bool,
+        journal: Journal,
+        record: WriteAhead,
+        answers: _Answers,
+        cache: OutputCache,
+        listener: Listener | None = None,
+        notify: Notify | None = None,
+    ) -> None:
+        self.spec = spec
+        self.options = options
+        # A lock that cannot be saved stops the run: what it pays for would not be recorded.
+        self.keeper = LockKeeper(
+            spec.name, lock_path, entries, changed=lock_changed, on_failure=self.stop
+        )
+        self.journal = journal
+        self.record = record
+        self.answers = answers
+        self.cache = cache
+        self.listener = listener
+        self.notify = notify
+        self.folder = OutputFolder(spec.output, spec.lock_path.parent)
+        self.pacer = Pacer(options.rate)
+        self.client = ApiClient(
+            http,
+            base_url,
+            api_key,
+            RetryPolicy(retries=options.retries),
+            before_send=self._before_send,
+            keep=cache.keep_file,
+            download_timeout=options.timeout,
+        )
+        self.delivery_slots = asyncio.Semaphore(2 * max(1, options.concurrency))
+        self.stopped: str | None = None
+        self.interrupted: int | None = None
+        self.sent = 0
+        self.posting = 0  # generation requests on the wire
+        self.credits = 0.0
+        self.results: list[RequestResult] = []
+        self.deliveries: set[asyncio.Future[None]] = set()
+
+    # -- stopping --
+
+    def stop(self, reason: str) -> None:
+        """Send nothing more (the first reason given is the one reported)."""
+        if self.stopped is None:
+            self.stopped = reason
+
+    def interrupt(self, signum: int) -> None:
+        """The first signal: stop sending, let what is paid for finish."""
+        self.interrupted = signum
+        self.stop("interrupted" if signum == signal.SIGINT else "terminated")
+        paid = self.posting + len(self.deliveries)
+        if self.notify is not None and paid:
+            again = "Ctrl-C" if signum == signal.SIGINT else "the signal"
+            self.notify(
+                f"finishing {paid} request{'s' if paid != 1 else ''} already paid for; "
+                f"{again} again to abandon them"
+            )
+
+    async def _before_send(self) -> None:
+        if self.stopped:
+            raise RunStopped(0, self.stopped)
+        await self.pacer.wait()
 
     def may_start(self) -> str | None:
         """Why no new request may start now, or None if one may."""
@@ -307,6 +309,36 @@ class _Run:
             return f"--max-credits {budget:g} reached"
         return None
 
+    # -- results --
+
+    def finish(self, result: RequestResult, attempts: Sequence[Attempt] = ()) -> None:
+        self.results.append(result)
+        if self.listener:
+            self.listener(result)
+        self.journal.request(result, attempts)
+
+    def failed(
+        self, item: PlanItem, exc: Exception, attempts: Sequence[Attempt], started: float
+    ) -> None:
+        status = FAILED
+        if isinstance(exc, RunStopped):
+            self.stop(str(exc))
+            status = NOT_SENT if exc.status == 0 else FAILED  # 0: stopped before sending
+            reason = str(exc)
+        elif isinstance(exc, RequestFailed):
+            reason = exc.reason
+        else:
+            reason = f"cannot write the image: {getattr(exc, 'strerror', None) or exc}"
+            if getattr(exc, "errno", None) in DISK_ERRORS:
+                # Every further image would be paid for and lost the same way.
+                self.stop(f"the output folder cannot take more images: {reason}")
+        seconds = time.monotonic() - started
+        self.finish(
+            RequestResult(item.request.id, status, reason, None, len(attempts), seconds), attempts
+        )
+
+    # -- sending --
+
     async def worker(self, queue: deque[PlanItem], delay: float = 0.0) -> None:
         """Send generations one after another; each one's images are fetched by a task of
         their own, so this --concurrency slot is free for the next generation at once (image
@@ -318,26 +350,40 @@ class _Run:
             if reason:
                 self.finish(RequestResult(item.request.id, NOT_SENT, reason))
                 continue
-            self.sent += 1
             attempts: list[Attempt] = []
             started = time.monotonic()
             try:
                 # Where the images will go is checked before a credit is spent on them.
                 stems = [self.folder.path(stem) for stem in output_stems(item.request)]
-                if not self.options.force and await self.restore(item, stems, started):
-                    self.sent -= 1
+                if not self.options.force and (
+                    await self.restore(item, stems, started)
+                    or await self.fetch_recorded_answer(item, started)
+                ):
                     continue
-                generation = await self.client.generate(
-                    item.request.id, item.request.body, attempts
-                )
+                generation = await self.post(item, attempts)
             except (RunStopped, RequestFailed) as exc:
                 self.failed(item, exc, attempts, started)
                 continue
-            self.credits += generation.credits or 0
             await self.delivery_slots.acquire()
             task = asyncio.ensure_future(self.deliver(item, generation, attempts, started))
             self.deliveries.add(task)
             task.add_done_callback(self.deliveries.discard)
+
+    async def post(self, item: PlanItem, attempts: list[Attempt]) -> Generation:
+        """Send one generation; its answer goes to the record before anything else."""
+        request = item.request
+        self.sent += 1
+        self.posting += 1
+        try:
+            generation = await self.client.generate(request.id, request.body, attempts)
+        finally:
+            self.posting -= 1
+        self.credits += generation.credits or 0
+        answer = generation_json(generation)
+        self.answers.pending[request.body_sha256] = (request.id, answer)
+        with contextlib.suppress(OSError):  # a safety net: the images are fetched anyway
+            self.record.append(answer_line(request.id, request.body_sha256, generation))
+        return generation
 
     async def restore(self, item: PlanItem, stems: list[Path], started: float) -> bool:
         """Put the request's images back from the cache of earlier outputs, if it has them."""
@@ -358,45 +404,49 @@ class _Run:
         self.finish(RequestResult(request.id, RESTORED, "from the cache", None, 0, seconds))
         return True
 
+    async def fetch_recorded_answer(self, item: PlanItem, started: float) -> bool:
+        """Fetch the images of an answer an interrupted run received but did not store:
+        paid for then, free now. False if there is none, or it can no longer be fetched."""
+        request = item.request
+        found = self.answers.pending.get(request.body_sha256)
+        generation = generation_from_json(found[1]) if found else None
+        if generation is None:
+            return False
+        try:
+            outputs = await self.store(item, generation)
+            await self.commit(item, generation, outputs)
+        except (RequestFailed, OSError):
+            self.answers.pending.pop(request.body_sha256, None)
+            return False  # expired or gone: the request is sent again
+        seconds = time.monotonic() - started
+        reason = "fetched from an interrupted run's answer"
+        self.finish(RequestResult(request.id, RESTORED, reason, None, 0, seconds))
+        return True
+
     async def deliver(
         self, item: PlanItem, generation: Generation, attempts: list[Attempt], started: float
     ) -> None:
-        """Store a generation's images and record it in the lock."""
+        """Store a generation's images, make the result durable, then report it done."""
         try:
             outputs = await self.store(item, generation)
+            await self.commit(item, generation, outputs)
         except (RequestFailed, OSError) as exc:
             self.failed(item, exc, attempts, started)
             return
         finally:
             self.delivery_slots.release()
-        request = item.request
-        self.keeper.record(Entry.of(request, outputs, generation.summary()))
         seconds = time.monotonic() - started
         self.finish(
-            RequestResult(request.id, DONE, "", generation.credits, len(attempts), seconds),
+            RequestResult(item.request.id, DONE, "", generation.credits, len(attempts), seconds),
             attempts,
         )
 
-    def failed(
-        self, item: PlanItem, exc: Exception, attempts: Sequence[Attempt], started: float
-    ) -> None:
-        status = FAILED
-        if isinstance(exc, RunStopped):
-            if self.stopped is None:
-                self.stopped = str(exc)
-            status = NOT_SENT if exc.status == 0 else FAILED  # 0: stopped before sending
-            reason = str(exc)
-        elif isinstance(exc, RequestFailed):
-            reason = exc.reason
-        else:
-            reason = f"cannot write the image: {getattr(exc, 'strerror', None) or exc}"
-            if getattr(exc, "errno", None) in DISK_ERRORS and self.stopped is None:
-                # Every further image would be paid for and lost the same way.
-                self.stopped = f"the output folder cannot take more images: {reason}"
-        seconds = time.monotonic() - started
-        self.finish(
-            RequestResult(item.request.id, status, reason, None, len(attempts), seconds), attempts
-        )
+    async def commit(self, item: PlanItem, generation: Generation, outputs: list[Output]) -> None:
+        """Record a stored result: in the write-ahead record, fsynced, then in the lock."""
+        entry = Entry.of(item.request, outputs, generation.summary())
+        await self.record.durable(self.record.append(done_line(entry)))
+        self.answers.pending.pop(item.request.body_sha256, None)
+        self.keeper.record(entry)
 
     async def store(self, item: PlanItem, generation: Generation) -> list[Output]:
         request = item.request
@@ -428,36 +478,44 @@ class _Run:
             )
         return outputs
 
+    async def work(self, items: Sequence[PlanItem]) -> None:
+        """Run the workers over the items, then wait for the deliveries they started."""
+        queue = deque(items)
+        # Workers start a little apart (1 ms, a tenth of a second in all at most): the first
+        # wave reaches the API spread out rather than in one instant, and the answers come
+        # back spread out too, so none waits while a burst is handled.
+        count = max(1, min(self.options.concurrency, len(items)))
+        step = min(0.001, 0.1 / count)
+        await asyncio.gather(*(self.worker(queue, k * step) for k in range(count)))
+        while self.deliveries:
+            await asyncio.gather(*list(self.deliveries))
 
-class OutputFolder:
-    """Paths inside the run's output folder. A path whose folder (symlinks resolved) lies
-    outside is refused; each folder is resolved once per run, not once per image."""
+    def adopt(self, items: Sequence[PlanItem], found: dict[str, Entry]) -> list[PlanItem]:
+        """Take into the lock the results an interrupted run finished but did not save in
+        the lock (still sound on disk); the items left to do."""
+        left = []
+        for item in items:
+            entry = found.get(item.request.id)
+            if (
+                entry is not None
+                and not self.options.force
+                and entry.body_sha256 == item.request.body_sha256
+                and sound(entry, self.spec.lock_path.parent)
+            ):
+                self.keeper.record(entry)
+                self.finish(RequestResult(item.request.id, RESTORED, "from an interrupted run"))
+            else:
+                left.append(item)
+        return left
 
-    def __init__(self, root: Path, lock_folder: Path) -> None:
-        self.root = root.resolve()
-        self._lock_folder = lock_folder.resolve()
-        self._folders: dict[str, Path] = {"": self.root}
-        self._relative: dict[Path, str] = {}  # folder -> its path from the lock's folder
 
-    def path(self, relative: str) -> Path:
-        head, _, name = relative.rpartition("/")
-        folder = self._folders.get(head)
-        if folder is None:
-            folder = (self.root / head).resolve()
-            if not folder.is_relative_to(self.root):
-                raise RequestFailed(
-                    relative, f"refusing to write outside the output folder: {relative}"
-                )
-            self._folders[head] = folder
-        return folder / name
-
-    def lock_path(self, path: Path) -> str:
-        """How the lock names a file: relative to the lock's folder, with `/`."""
-        folder = self._relative.get(path.parent)
-        if folder is None:
-            folder = Path(os.path.relpath(path.parent, self._lock_folder)).as_posix()
-            self._relative[path.parent] = folder
-        return path.name if folder == "." else f"{folder}/{path.name}"
+def _prune(spec: Spec, gone: Iterable[Entry]) -> None:
+    base = spec.lock_path.parent
+    for entry in gone:
+        for output in entry.outputs:
+            path = base / output.path
+            if path.resolve().is_relative_to(spec.output.resolve()):
+                path.unlink(missing_ok=True)
 
 
 async def run_async(
@@ -469,10 +527,16 @@ async def run_async(
     api_key: str,
     options: RunOptions = RunOptions(),
     listener: Listener | None = None,
+    notify: Notify | None = None,
+    old: Lock | None = None,
+    on_start: Callable[[Run], None] | None = None,
 ) -> RunResult:
-    """Do a plan with an HTTP client the caller owns. The lock is saved however this ends."""
+    """Do a plan with an HTTP client the caller owns (and, as `run` does, holding the output
+    folder's writer lock). `old` is the lock the plan was made against (read again if not
+    given). The lock is saved however this ends; `on_start` sees the run (to signal it)."""
     started = time.monotonic()
-    old = current_lock(spec, options.shard)
+    if old is None:
+        old = current_lock(spec, options.shard)
     in_spec = {item.request.id for item in the_plan.items}
     if options.prune and old:
         _prune(spec, [e for k, e in old.entries.items() if k not in in_spec])
@@ -485,88 +549,86 @@ async def run_async(
     # Requests gone from the spec leave the lock; the others keep their entry until redone.
     entries = {k: v for k, v in (old.entries if old else {}).items() if k in wanted}
     changed = old is None or len(entries) != len(old.entries) or bool(options.shard)
-    keeper = LockKeeper(spec, lock_path, entries, changed=changed)
-    todo = select(the_plan.items, options)
-    chosen = {item.request.id for item in todo}
-    skipped = [i for i in the_plan.items if i.request.id not in chosen]
-    pacer = Pacer(options.rate)
+    work = select(the_plan.items, options)
+    chosen = {item.request.id for item in work}
+
+    # Open: sweep what dead writers left, read what an interrupted run left, open the files.
     spec.output.mkdir(parents=True, exist_ok=True)
     sweep_temp_files(spec.output)
     sweep_temp_files(lock_path.parent, below=False)  # a lock write cut short
-    journal = (spec.output / JOURNAL).open("a", encoding="utf-8")  # fails early if read-only
+    record_path = spec.output / FOLDER / FILE_NAME
+    found = read_pending(record_path)
+    journal = Journal(spec.output / JOURNAL)
     cache = OutputCache(spec.output)
     with contextlib.suppress(OSError):
         cache.remember(old.entries.values() if old else ())
+    record = WriteAhead(record_path)
+    state = Run(
+        spec=spec,
+        http=http,
+        base_url=base_url,
+        api_key=api_key,
+        options=options,
+        lock_path=lock_path,
+        entries=entries,
+        lock_changed=changed,
+        journal=journal,
+        record=record,
+        answers=_Answers(dict(found.answers)),
+        cache=cache,
+        listener=listener,
+        notify=notify,
+    )
     try:
-        journal.write(
-            json.dumps(
-                {"event": "run", "spec": spec.name, "requests": len(todo), "time": time.time()}
-            )
-            + "\n"
-        )
-        state = _Run(
-            spec,
-            ApiClient(
-                http,
-                base_url,
-                api_key,
-                RetryPolicy(retries=options.retries),
-                download_timeout=options.timeout,
-            ),
-            keeper,
-            options,
-            journal,
-            listener,
-            OutputFolder(spec.output, spec.lock_path.parent),
-            asyncio.Semaphore(2 * max(1, options.concurrency)),
-            cache,
-        )
-        state.client.keep = cache.keep_file
-
-        async def before_send() -> None:
-            if state.stopped:
-                raise RunStopped(0, state.stopped)
-            await pacer.wait()
-
-        state.client.before_send = before_send
-        for item in skipped:
-            state.finish(RequestResult(item.request.id, SKIPPED))
-        saver = asyncio.ensure_future(keeper.keep())
+        journal.event(event="run", spec=spec.name, requests=len(work), time=time.time())
+        if on_start is not None:
+            on_start(state)
+        for item in the_plan.items:
+            if item.request.id not in chosen:
+                state.finish(RequestResult(item.request.id, SKIPPED))
+        work = state.adopt(work, found.entries)
+        saver = asyncio.ensure_future(state.keeper.keep_saved())
         try:
-            queue = deque(todo)
-            # Workers start a little apart (1 ms, a tenth of a second in all at most): the
-            # first wave reaches the API spread out rather than in one instant, and the
-            # answers come back spread out too, so none waits while a burst is handled.
-            count = max(1, min(options.concurrency, len(todo)))
-            step = min(0.001, 0.1 / count)
-            workers = [asyncio.ensure_future(state.worker(queue, k * step)) for k in range(count)]
-            await asyncio.gather(*workers)
-            while state.deliveries:
-                await asyncio.gather(*list(state.deliveries))
+            await state.work(work)
         finally:
-            for task in [*state.deliveries, saver]:
-                task.cancel()
-            try:
-                # Let cancelled deliveries remove their temporary files before the lock is
-                # saved; a second interruption (Ctrl-C twice) cuts this wait short, not the save.
-                await asyncio.gather(*state.deliveries, return_exceptions=True)
-            finally:
-                keeper.save()
-                with contextlib.suppress(OSError):  # a cache, best effort
-                    cache.remember(keeper.entries.values())
+            await _close(state, saver, record_path, found.entries.values())
     finally:
-        with contextlib.suppress(OSError):  # the journal is best effort (see _Run.finish)
-            journal.close()
-    return RunResult(spec, tuple(state.results), time.monotonic() - started, state.stopped)
+        record.close()
+        journal.close()
+    return RunResult(
+        spec,
+        tuple(state.results),
+        time.monotonic() - started,
+        state.stopped,
+        state.interrupted,
+    )
 
 
-def _prune(spec: Spec, gone: Iterable[Entry]) -> None:
-    base = spec.lock_path.parent
-    for entry in gone:
-        for output in entry.outputs:
-            path = base / output.path
-            if path.resolve().is_relative_to(spec.output.resolve()):
-                path.unlink(missing_ok=True)
+async def _close(
+    state: Run, saver: asyncio.Future[None], record_path: Path, adoptable: Iterable[Entry]
+) -> None:
+    """End a run however it ends: abandon deliveries still running (a second signal), save
+    the lock, and leave in the record only the answers whose images are not stored."""
+    for task in [*state.deliveries, saver]:
+        task.cancel()
+    try:
+        # Let cancelled deliveries remove their temporary files before the lock is saved; a
+        # second interruption (Ctrl-C twice) cuts this wait short, not the save.
+        await asyncio.gather(*state.deliveries, return_exceptions=True)
+    finally:
+        keeper = state.keeper
+        try:
+            keeper.save()
+        except OSError as exc:
+            # The record keeps every result: the next run adopts them.
+            raise SaveFailed(
+                f"cannot save the lock {keeper.path}: {exc.strerror or exc}; the images and "
+                f"{record_path} keep the work, and the next run takes it in"
+            ) from None
+        with contextlib.suppress(OSError):  # a cache, best effort
+            state.cache.remember([*keeper.entries.values(), *adoptable])
+        with contextlib.suppress(OSError):
+            rewrite(record_path, state.answers.rows())
 
 
 def run(
@@ -576,28 +638,53 @@ def run(
     api_key: str,
     options: RunOptions = RunOptions(),
     listener: Listener | None = None,
+    notify: Notify | None = None,
     requests: Sequence[Request] | None = None,
 ) -> RunResult:
-    """Plan and run a spec against an API (or emulator) at `base_url`."""
+    """Plan and run a spec against an API (or emulator) at `base_url`, holding the output
+    folder's writer lock. The first SIGINT or SIGTERM drains the requests in flight (the
+    result says `interrupted`); a second abandons them and raises Terminated."""
     if not api_key:
         raise ConfigError("no API key: set AIMLAPI_KEY, or use --emulator to run offline")
-    the_plan = plan_for(spec, requests, options)
+    with hold_output_folder(
+        spec.output, command="run", spec=spec.path, wait=options.wait, on_wait=notify
+    ):
+        old = current_lock(spec, options.shard)
+        the_plan = plan(spec, requests, old)
+        return _run_handling_signals(
+            spec, the_plan, old, base_url, api_key, options, listener, notify
+        )
 
-    terminated = False
+
+def _run_handling_signals(
+    spec: Spec,
+    the_plan: Plan,
+    old: Lock | None,
+    base_url: str,
+    api_key: str,
+    options: RunOptions,
+    listener: Listener | None,
+    notify: Notify | None,
+) -> RunResult:
+    signals: list[int] = []
 
     async def main() -> RunResult:
-        # SIGTERM ends the run the way Ctrl-C does: the work is cancelled, the lock saved.
-        nonlocal terminated
         task = asyncio.current_task()
         assert task is not None
+        loop = asyncio.get_running_loop()
+        runs: list[Run] = []
 
-        def terminate() -> None:
-            nonlocal terminated
-            terminated = True
-            task.cancel()
+        def on_signal(signum: int) -> None:
+            signals.append(signum)
+            if len(signals) == 1 and runs:
+                runs[0].interrupt(signum)
+                loop.call_later(options.drain_timeout, task.cancel)
+            else:
+                task.cancel()  # a second signal abandons the requests in flight
 
-        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, terminate)
+        for signum in SIGNAL_NAMES:
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.add_signal_handler(signum, on_signal, signum)
         async with make_http_client(
             options.concurrency, options.timeout, options.transport
         ) as http:
@@ -609,14 +696,15 @@ def run(
                 api_key=api_key,
                 options=options,
                 listener=listener,
+                notify=notify,
+                old=old,
+                on_start=runs.append,
             )
 
     try:
         return run_event_loop(main())
     except asyncio.CancelledError:
-        if terminated:
-            raise Terminated(signal.SIGTERM) from None
-        raise
+        raise Terminated(signals[0] if signals else signal.SIGINT) from None
 
 
 def run_event_loop(main: Coroutine[Any, Any, T]) -> T:

@@ -14,6 +14,7 @@ from .errors import ConfigError, LockError
 from .lock import Entry, Lock, read_lock, write_lock
 from .spec import Spec
 from .validation import validate
+from .writer_lock import hold_output_folder
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -61,11 +62,17 @@ class MergeResult:
     requests: int
 
 
-def merge(spec: Spec) -> MergeResult:
-    """Combine every partial lock beside the spec into its lock, then remove them.
+def merge(spec: Spec, *, wait: float = 0.0) -> MergeResult:
+    """Combine every partial lock beside the spec into its lock, then remove them, holding
+    the output folder's writer lock (a run of the spec may be writing the lock).
 
     Entries of requests no longer in the spec are dropped. Two partial locks that record the
     same request differently are a conflict: nothing is written and LockError lists them."""
+    with hold_output_folder(spec.output, command="merge", spec=spec.path, wait=wait):
+        return _merge(spec)
+
+
+def _merge(spec: Spec) -> MergeResult:
     paths = partial_locks(spec)
     if not paths:
         raise ConfigError(f"no partial locks to merge beside {spec.path} (run --shard K/N first)")

@@ -146,7 +146,8 @@ def test_embedded_documents_are_the_providers_unchanged() -> None:
     # Every embedded document is the provider's, byte for byte. (The provider publishes more
     # models than the tool embeds so far: those are not checked here.)
     embedded = [
-        d for d in resources.files("flux_pipeline.openapi").iterdir()
+        d
+        for d in resources.files("flux_pipeline.openapi").iterdir()
         if d.name.endswith(".openapi.json")
     ]
     assert embedded

@@ -1,0 +1,95 @@
+"""One writer per output folder.
+
+`run`, `merge` and `run --prune` hold an OS lock on the output folder (`OUT/.flux-cache/
+writer.lock`, through the `filelock` library: `flock` on POSIX, released by the kernel however
+the process ends) for their whole duration. Two runs of one spec at once would pay for every
+request twice; the second one waits (`--wait SECONDS`) or stops at once, naming the holder.
+Readers (`plan`, `check`, `gallery`, `diff`) never take it: every file they read is replaced
+atomically, so they always see a whole one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import filelock
+
+from .errors import ConfigError
+from .files import write_atomic
+
+FOLDER = ".flux-cache"
+LOCK_FILE = "writer.lock"
+HOLDER_FILE = "writer.json"  # who holds the lock: beside it, as filelock truncates its file
+
+
+class OutputFolderBusy(ConfigError):
+    """Another process is writing to the output folder (exit 2, like any unusable setting)."""
+
+
+def _holder(root: Path) -> str:
+    """Who holds the lock, in words, from the note it left."""
+    try:
+        note = json.loads((root / HOLDER_FILE).read_text(encoding="utf-8"))
+        since = time.strftime("%H:%M:%S", time.localtime(float(note["since"])))
+        return (
+            f"flux-pipeline {note['command']} (pid {note['pid']} on {note['host']}, "
+            f"spec {note['spec']}, since {since})"
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        return "another flux-pipeline process"
+
+
+@contextlib.contextmanager
+def hold_output_folder(
+    output: Path,
+    *,
+    command: str,
+    spec: Path,
+    wait: float = 0.0,
+    on_wait: Callable[[str], None] | None = None,
+) -> Iterator[None]:
+    """Hold the output folder's writer lock for the duration of the block.
+
+    If another process holds it: wait up to `wait` seconds (telling `on_wait` who is waited
+    for), then raise OutputFolderBusy naming the holder."""
+    root = output / FOLDER
+    root.mkdir(parents=True, exist_ok=True)
+    lock = filelock.FileLock(root / LOCK_FILE)
+    try:
+        lock.acquire(timeout=0)
+    except filelock.Timeout:
+        holder = _holder(root)
+        if wait <= 0:
+            raise OutputFolderBusy(
+                f"{output} is being written by {holder}; "
+                "wait for it to finish, or pass --wait SECONDS to wait for it"
+            ) from None
+        if on_wait is not None:
+            on_wait(f"waiting up to {wait:g} s for {holder} to finish with {output}")
+        try:
+            lock.acquire(timeout=wait)
+        except filelock.Timeout:
+            raise OutputFolderBusy(
+                f"{output} is still being written by {_holder(root)} after {wait:g} s"
+            ) from None
+    try:
+        note = {
+            "command": command,
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "spec": str(spec),
+            "since": time.time(),
+        }
+        with contextlib.suppress(OSError):  # the note is a courtesy; the lock is the guard
+            write_atomic(root / HOLDER_FILE, json.dumps(note).encode(), durable=False)
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            (root / HOLDER_FILE).unlink()
+        lock.release()
