@@ -1,0 +1,171 @@
+"""The write-ahead record, the lock keeper and the output folder's writer lock, unit by unit
+(the end-to-end behaviour is in tests/faults/test_faults_money.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from flux_pipeline.client import Delivery, Generation
+from flux_pipeline.keeper import LockKeeper
+from flux_pipeline.lock import Entry, Output, read_lock
+from flux_pipeline.recovery import (
+    WriteAhead,
+    answer_line,
+    done_line,
+    generation_from_json,
+    read_pending,
+    rewrite,
+    sound,
+)
+from flux_pipeline.writer_lock import OutputFolderBusy, hold_output_folder
+
+ANSWER = Generation(images=(Delivery(url="https://cdn.example/a.png", width=64, height=64),))
+
+
+def entry(request_id: str, sha256: str = "0" * 64, path: str = "out/a.png") -> Entry:
+    return Entry(
+        id=request_id,
+        job="j",
+        vars={},
+        body={"prompt": request_id},
+        body_sha256="b-" + request_id,
+        seed=1,
+        outputs=(Output(path=path, sha256=sha256, bytes=1, width=64, height=64, format="png"),),
+    )
+
+
+def test_a_done_record_supersedes_the_answer_and_a_torn_line_is_skipped(tmp_path: Path) -> None:
+    path = tmp_path / "pending.jsonl"
+    path.write_bytes(
+        answer_line("a", "b-a", ANSWER)
+        + answer_line("b", "b-b", ANSWER)
+        + done_line(entry("a"))
+        + b'{"kind": "done", "entry": {"id": "c"'  # cut by a kill
+    )
+    found = read_pending(path)
+    assert set(found.entries) == {"a"}
+    assert set(found.answers) == {"b-b"}
+    request_id, answer = found.answers["b-b"]
+    assert request_id == "b"
+    assert generation_from_json(answer) == ANSWER
+
+
+def test_an_inline_answer_is_recorded_but_not_fetchable() -> None:
+    inline = Generation(images=(Delivery(b64="aGVsbG8=", width=64, height=64),))
+    record = json.loads(answer_line("a", "b-a", inline))
+    assert "aGVsbG8=" not in json.dumps(record)  # images are not copied into the record
+    assert generation_from_json(record["generation"]) is None
+
+
+def test_rewrite_keeps_only_the_answers_given_or_removes_the_record(tmp_path: Path) -> None:
+    path = tmp_path / "pending.jsonl"
+    path.write_bytes(done_line(entry("a")) + answer_line("b", "b-b", ANSWER))
+    rewrite(path, [("b", "b-b", json.loads(answer_line("b", "b-b", ANSWER))["generation"])])
+    assert set(read_pending(path).answers) == {"b-b"} and not read_pending(path).entries
+    rewrite(path, [])
+    assert not path.exists()
+
+
+def test_records_appended_while_an_fsync_runs_share_the_next_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    synced: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd)))
+
+    async def main() -> None:
+        record = WriteAhead(tmp_path / "pending.jsonl")
+        numbers = [record.append(done_line(entry(f"r{i}"))) for i in range(10)]
+        await asyncio.gather(*(record.durable(n) for n in numbers))
+        assert len(synced) == 1  # ten results, one fsync
+        await record.durable(numbers[-1])  # already durable: no more fsync
+        assert len(synced) == 1
+        record.close()
+
+    asyncio.run(main())
+    assert len(read_pending(tmp_path / "pending.jsonl").entries) == 10
+
+
+def test_an_entry_is_sound_only_with_every_file_at_its_hash(tmp_path: Path) -> None:
+    image = tmp_path / "out" / "a.png"
+    image.parent.mkdir()
+    image.write_bytes(b"x")
+    x_hash = "2d711642b726b04401627ca9fbac32f5c8530fb1903cc4db02258717921a4881"
+    assert sound(entry("a", x_hash), tmp_path)
+    assert not sound(entry("a", "f" * 64), tmp_path)
+    assert not sound(entry("a", x_hash, "out/missing.png"), tmp_path)
+
+
+def test_the_keeper_saves_what_it_records_and_reports_a_save_that_fails(tmp_path: Path) -> None:
+    failures: list[str] = []
+
+    async def main() -> LockKeeper:
+        keeper = LockKeeper(
+            "s", tmp_path / "s.lock.json", {}, changed=False, on_failure=failures.append
+        )
+        saver = asyncio.ensure_future(keeper.keep_saved())
+        keeper.record(entry("a"))
+        while not keeper.saved:
+            await asyncio.sleep(0.001)
+        lock = read_lock(tmp_path / "s.lock.json")
+        assert lock is not None and set(lock.entries) == {"a"}
+        (tmp_path / "s.lock.json").unlink()
+        (tmp_path / "s.lock.json").mkdir()  # every save from now on fails
+        keeper.record(entry("b"))
+        await asyncio.wait_for(saver, 10)  # the saver stops at the first failure
+        return keeper
+
+    keeper = asyncio.run(main())
+    assert failures and "cannot save the lock" in failures[0]
+    with pytest.raises(OSError):
+        keeper.save()  # the final save raises it
+
+
+def test_a_keeper_with_nothing_changed_writes_nothing(tmp_path: Path) -> None:
+    async def main() -> None:
+        LockKeeper("s", tmp_path / "s.lock.json", {}, changed=False).save()
+
+    asyncio.run(main())
+    assert not (tmp_path / "s.lock.json").exists()
+
+
+HOLD = """
+import sys
+from pathlib import Path
+from flux_pipeline.writer_lock import hold_output_folder
+with hold_output_folder(Path(sys.argv[1]), command="run", spec=Path("s.yaml")):
+    print("held", flush=True)
+    sys.stdin.read()
+"""
+
+
+def test_the_writer_lock_names_its_holder_and_is_free_once_the_holder_is_gone(
+    tmp_path: Path,
+) -> None:
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(tmp_path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+    with (
+        pytest.raises(OutputFolderBusy) as busy,
+        hold_output_folder(tmp_path, command="run", spec=Path("t.yaml")),
+    ):
+        pass
+    assert f"flux-pipeline run (pid {holder.pid} on " in str(busy.value)
+    assert "spec s.yaml" in str(busy.value)
+    holder.kill()  # however the holder ends, the OS frees the lock
+    holder.communicate()
+    with hold_output_folder(tmp_path, command="run", spec=Path("t.yaml")):
+        note = json.loads((tmp_path / ".flux-cache" / "writer.json").read_text())
+        assert note["pid"] == os.getpid()
+    assert not (tmp_path / ".flux-cache" / "writer.json").exists()
