@@ -18,7 +18,7 @@ import yaml
 from _common import report
 
 from flux_pipeline.expansion import expand_collect
-from flux_pipeline.models import registry
+from flux_pipeline.registry import registry
 from flux_pipeline.spec import load_spec
 from flux_pipeline.validation import check_requests
 

@@ -14,7 +14,7 @@ __all__ = ["expand", "load_spec", "plan", "validate"]
 
 def __getattr__(name: str) -> Any:
     if name in __all__:
-        from . import api
+        from . import library
 
-        return getattr(api, name)
+        return getattr(library, name)
     raise AttributeError(f"module 'flux_pipeline' has no attribute {name!r}")

@@ -15,11 +15,12 @@ import contextlib
 import json
 import os
 import shutil
+import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .files import sha256_file, temp_name
+from .atomic import sha256_file, temp_name, write_atomic
 from .images import EXTENSIONS
 from .lock import Entry, Output
 
@@ -128,3 +129,48 @@ def _place(source: Path, target: Path) -> None:
     except OSError:
         shutil.copyfile(source, temp)
     os.replace(temp, target)
+
+
+class HashIndex:
+    """The sha256 of files, remembered by their stat as git's index does: a file whose size,
+    modification time, change time and inode are as recorded is not read again.
+
+    A file changed less than `RACY_SECONDS` before it was hashed is not remembered: a later
+    change within the same timestamp tick could leave its stat unchanged. The index is only a
+    cache (`OUT/.flux-cache/hashes.json`, written best effort): without it every file is read.
+    """
+
+    RACY_SECONDS = 2.0
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._entries: dict[str, list[Any]] = {}
+        self._changed = False
+        with contextlib.suppress(OSError, ValueError):
+            loaded = json.loads(path.read_bytes())
+            if isinstance(loaded, dict):
+                self._entries = loaded
+
+    def sha256(self, path: Path) -> str:
+        """The file's sha256, read only if its stat changed. Raises OSError as reading does."""
+        stat = path.stat()
+        signature = [stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino]
+        key = os.path.abspath(path)
+        known = self._entries.get(key)
+        if isinstance(known, list) and len(known) == 5 and known[:4] == signature:
+            return str(known[4])
+        digest = sha256_file(path)
+        racy = time.time_ns() - max(stat.st_mtime_ns, stat.st_ctime_ns) < self.RACY_SECONDS * 1e9
+        if not racy:
+            self._entries[key] = [*signature, digest]
+            self._changed = True
+        elif self._entries.pop(key, None) is not None:
+            self._changed = True
+        return digest
+
+    def save(self) -> None:
+        """Write the index if it learned something."""
+        if self._changed:
+            with contextlib.suppress(OSError):
+                write_atomic(self.path, json.dumps(self._entries).encode(), durable=False)
+            self._changed = False

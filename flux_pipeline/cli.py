@@ -136,11 +136,11 @@ def validate(specs: Sequence[Path]) -> None:
     Exit 0 when every spec is valid, 1 when any is not; every problem is listed with its
     file:line, job, combination and field.
     """
-    from . import api
+    from . import library
 
     def work(path: Path) -> None:
-        spec = api.load_spec(path)
-        requests = api.validate(spec)
+        spec = library.load_spec(path)
+        requests = library.validate(spec)
         click.echo(f"{path}: valid, {len(requests)} request{'s' if len(requests) != 1 else ''}")
 
     _each_spec(specs, work)
@@ -158,13 +158,13 @@ def plan(specs: Sequence[Path], as_json: bool) -> None:
     earlier outputs holds costs nothing ("0 (cache)"). Lock entries no longer in the spec are
     counted: the next run drops them from the lock.
     """
-    from . import api
+    from . import library
     from .report import plan_table
 
     plans: list[dict[str, Any]] = []
 
     def work(path: Path) -> None:
-        result = api.plan(api.load_spec(path))
+        result = library.plan(library.load_spec(path))
         if as_json:
             plans.append(result.as_json())
         else:
@@ -273,7 +273,7 @@ def run(
     failed or the lock could not be saved, 130 when interrupted (Ctrl-C), 143 when
     terminated (SIGTERM); finished work is kept in every case.
     """
-    from . import api
+    from . import library
     from .runner import Rate, RunOptions, todo
     from .shards import parse_shard
 
@@ -283,8 +283,8 @@ def run(
     loaded = []
 
     def load(path: Path) -> None:
-        spec = api.load_spec(path)
-        loaded.append((spec, api.validate(spec)))
+        spec = library.load_spec(path)
+        loaded.append((spec, library.validate(spec)))
 
     _each_spec(specs, load)
     if dry_run:
@@ -424,15 +424,15 @@ def check(specs: Sequence[Path], as_json: bool) -> None:
     Exit 0 when every spec is up to date; 1 when any request is new, changed (with the fields
     that changed), missing, corrupt, or in the lock but no longer in the spec.
     """
-    from . import api
-    from .review import check as check_spec
+    from . import library
+    from .compare import check as check_spec
 
     reports: list[Any] = []
     stale = False
 
     def work(path: Path) -> None:
         nonlocal stale
-        report = check_spec(api.load_spec(path))
+        report = check_spec(library.load_spec(path))
         stale = stale or not report.ok
         if as_json:
             reports.append(report.as_json())
@@ -470,11 +470,11 @@ def check(specs: Sequence[Path], as_json: bool) -> None:
 def diff(spec: Path, ref: str, as_json: bool) -> None:
     """What changed in the spec's lock since REF: requests added, removed, and changed
     (with the fields that changed)."""
-    from . import api
-    from .review import diff_locks, lock_at
+    from . import library
+    from .compare import diff_locks, lock_at
 
-    loaded = api.load_spec(spec)
-    result = diff_locks(lock_at(loaded, ref), api.read_lock(loaded.lock_path))
+    loaded = library.load_spec(spec)
+    result = diff_locks(lock_at(loaded, ref), library.read_lock(loaded.lock_path))
     if as_json:
         click.echo(json.dumps(result.as_json(), indent=2))
         return
@@ -498,10 +498,10 @@ def merge(spec: Path, wait: float) -> None:
     Exit 1 (and write nothing) when two partial locks record the same request differently;
     exit 2 when there is nothing to merge or a run holds the output folder.
     """
-    from . import api
+    from . import library
     from .shards import merge as merge_shards
 
-    result = merge_shards(api.load_spec(spec), wait=wait)
+    result = merge_shards(library.load_spec(spec), wait=wait)
     click.echo(f"{spec}: merged {len(result.merged)} partial locks, {result.requests} requests")
 
 
@@ -536,12 +536,18 @@ def gallery(
     external assets and links to the images relatively: open it from disk or publish the
     folder as a CI artifact.
     """
-    from . import api
+    from . import library
     from .gallery import build_gallery
 
-    loaded = api.load_spec(spec)
+    loaded = library.load_spec(spec)
     result = build_gallery(
-        loaded, api.validate(loaded), page=output, rows=rows, cols=cols, png=png, changed=changed
+        loaded,
+        library.validate(loaded),
+        page=output,
+        rows=rows,
+        cols=cols,
+        png=png,
+        changed=changed,
     )
     click.echo(f"{result.page}: {result.images} images")
     if result.sheet:

@@ -24,11 +24,11 @@ from typing import Any
 
 import httpx
 
+from .atomic import Spool
 from .defaults import DEFAULT_BASE_URL  # noqa: E402,F401  (re-exported)
 from .errors import BadImage, BadResponse, RequestFailed, RunStopped
-from .files import Spool
 from .images import EXTENSIONS, ImageInfo, probe
-from .models import API_PATH
+from .registry import API_PATH
 
 RETRYABLE = frozenset({408, 409, 429, 500, 502, 503, 504})
 MAX_IMAGE_BYTES = 64 * 1024 * 1024

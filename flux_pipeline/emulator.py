@@ -40,7 +40,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from .models import API_PATH, body_hash, check_body, get_model
+from .bodies import body_hash
+from .registry import API_PATH, check_body, get_model
 
 FAULT_STATUSES = (500, 502, 503, 504)
 MANGLES = (

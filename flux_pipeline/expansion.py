@@ -18,8 +18,8 @@ from typing import Any
 
 import yaml
 
+from .bodies import body_hash
 from .errors import Problem, SpecInvalid
-from .models import body_hash
 from .render import (
     TEMPLATE_ERRORS,
     Renderer,

@@ -18,11 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .atomic import write_atomic
+from .compare import diff_locks, lock_at
 from .errors import ConfigError
 from .expansion import Request
-from .files import write_atomic
 from .lock import Entry, Output, read_lock
-from .review import diff_locks, lock_at
 from .spec import Spec
 
 THUMB = 320  # longest side of a thumbnail, in pixels

@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from .files import write_atomic
+from .atomic import write_atomic
 from .lock import Entry, assemble_lock, entry_text
 
 

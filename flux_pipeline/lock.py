@@ -1,8 +1,10 @@
-"""The lock (`SPEC.lock.json`): what each request sent and what it produced.
+"""The lock (`SPEC.lock.json`) as a file format: what each request sent and what it produced.
 
 It holds only what the inputs determine (no timestamps, keys or timings), sorted, so the same
 spec run twice against the same backend gives a byte-identical file. `render_lock` is a pure
-function from entries to text; `write_lock` writes that text atomically.
+function from entries to text; `write_lock` writes that text atomically; `read_lock` parses
+and checks it. A request's identity is the sha256 of its body's canonical JSON (`body_hash`).
+Where a request stands against its entry is planning's business (`planning.state_of`).
 """
 
 from __future__ import annotations
@@ -11,12 +13,13 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from .atomic import write_atomic
 from .errors import LockError
-from .expansion import Request
-from .files import HashIndex, sha256_file, write_atomic
-from .models import body_hash, canonical_json
+
+if TYPE_CHECKING:
+    from .expansion import Request
 
 LOCK_VERSION = 1
 
@@ -31,6 +34,10 @@ class Output:
     width: int
     height: int
     format: str
+
+    def as_json(self) -> dict[str, Any]:
+        """The output as the lock (and the cache's index) writes it."""
+        return {f: getattr(self, f) for f in Output.__dataclass_fields__}
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,9 +104,7 @@ def entry_json(entry: Entry) -> dict[str, Any]:
     data["vars"] = dict(entry.vars)
     data["body"] = dict(entry.body)
     data["response"] = dict(entry.response)
-    data["outputs"] = [
-        {f: getattr(o, f) for f in Output.__dataclass_fields__} for o in entry.outputs
-    ]
+    data["outputs"] = [o.as_json() for o in entry.outputs]
     return data
 
 
@@ -144,62 +149,3 @@ def parse_lock(text: str, path: str) -> Lock:
             f"{path}: the lock is damaged ({type(exc).__name__}: {exc}); "
             "restore it from git or delete it to start over"
         ) from exc
-
-
-# ----- states ------------------------------------------------------------------------------
-
-NEW = "new"
-CHANGED = "changed"
-MISSING = "missing"
-CORRUPT = "corrupt"
-UP_TO_DATE = "up to date"
-
-
-@dataclass(frozen=True, slots=True)
-class State:
-    """Where a request stands against the lock, and why."""
-
-    state: str
-    reason: str = ""
-
-    @property
-    def up_to_date(self) -> bool:
-        return self.state == UP_TO_DATE
-
-
-def changed_fields(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "") -> list[str]:
-    """The JSON paths of the fields that differ between two request bodies."""
-    paths = []
-    for key in sorted(set(old) | set(new), key=str):
-        path = f"{prefix}{key}"
-        a, b = old.get(key), new.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            paths += changed_fields(a, b, path + ".")
-        elif canonical_json(a) != canonical_json(b):
-            paths.append(path)
-    return paths
-
-
-def state_of(
-    request: Request, entry: Entry | None, lock_folder: Path, hashes: HashIndex | None = None
-) -> State:
-    """Compare one request with its lock entry and its files on disk (hashed through
-    `hashes`, if given, so that unchanged files are not read again)."""
-    sha256 = hashes.sha256 if hashes is not None else sha256_file
-    if entry is None:
-        return State(NEW)
-    if entry.body_sha256 != request.body_sha256:
-        fields = changed_fields(entry.body, request.body)
-        return State(CHANGED, "changed: " + ", ".join(fields) if fields else "body changed")
-    if body_hash(entry.body) != entry.body_sha256:
-        return State(CORRUPT, "the lock entry was edited: its body does not match its hash")
-    for output in entry.outputs:
-        path = lock_folder / output.path
-        try:
-            if path.stat().st_size != output.bytes or sha256(path) != output.sha256:
-                return State(CORRUPT, f"{output.path} does not match its recorded hash")
-        except FileNotFoundError:
-            return State(MISSING, f"{output.path} is missing")
-        except OSError as exc:
-            return State(MISSING, f"{output.path} cannot be read: {exc.strerror}")
-    return State(UP_TO_DATE)

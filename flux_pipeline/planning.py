@@ -11,19 +11,75 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
 from typing import Any
 
-from .cache import OutputCache
+from .atomic import sha256_file
+from .bodies import body_hash, changed_fields
+from .cache import HashIndex, OutputCache
 from .expansion import Request
-from .files import HashIndex
-from .lock import Lock, State, read_lock, state_of
-from .models import get_model
+from .lock import Entry, Lock, read_lock
+from .registry import get_model
 from .spec import Spec
 from .validation import validate
 
 
+class RequestState(str, Enum):
+    """Where a request stands against the lock (its value is the word users see)."""
+
+    NEW = "new"
+    CHANGED = "changed"
+    MISSING = "missing"
+    CORRUPT = "corrupt"
+    UP_TO_DATE = "up to date"
+
+
+@dataclass(frozen=True, slots=True)
+class State:
+    """Where a request stands against the lock, and why."""
+
+    kind: RequestState
+    reason: str = ""
+
+    @property
+    def up_to_date(self) -> bool:
+        return self.kind is RequestState.UP_TO_DATE
+
+
+def state_of(
+    request: Request, entry: Entry | None, lock_folder: Path, hashes: HashIndex | None = None
+) -> State:
+    """Compare one request with its lock entry and its files on disk (hashed through
+    `hashes`, if given, so that unchanged files are not read again)."""
+    sha256 = hashes.sha256 if hashes is not None else sha256_file
+    if entry is None:
+        return State(RequestState.NEW)
+    if entry.body_sha256 != request.body_sha256:
+        fields = changed_fields(entry.body, request.body)
+        reason = "changed: " + ", ".join(fields) if fields else "body changed"
+        return State(RequestState.CHANGED, reason)
+    if body_hash(entry.body) != entry.body_sha256:
+        reason = "the lock entry was edited: its body does not match its hash"
+        return State(RequestState.CORRUPT, reason)
+    for output in entry.outputs:
+        path = lock_folder / output.path
+        try:
+            if path.stat().st_size != output.bytes or sha256(path) != output.sha256:
+                return State(
+                    RequestState.CORRUPT, f"{output.path} does not match its recorded hash"
+                )
+        except FileNotFoundError:
+            return State(RequestState.MISSING, f"{output.path} is missing")
+        except OSError as exc:
+            return State(RequestState.MISSING, f"{output.path} cannot be read: {exc.strerror}")
+    return State(RequestState.UP_TO_DATE)
+
+
 @dataclass(frozen=True, slots=True)
 class PlanItem:
+    """One request of the plan: its size, images, state and estimated credits."""
+
     request: Request
     state: State
     width: int
@@ -42,7 +98,7 @@ class PlanItem:
             "height": self.height,
             "seed": self.request.seed,
             "images": self.images,
-            "state": self.state.state,
+            "state": self.state.kind.value,
             "reason": self.state.reason,
             "credits": self.credits,
             "cached": self.cached,
@@ -52,13 +108,15 @@ class PlanItem:
 
 @dataclass(frozen=True, slots=True)
 class Plan:
+    """Every request of a spec against its lock, and the lock entries the spec dropped."""
+
     spec: Spec
     items: tuple[PlanItem, ...]
     gone: tuple[str, ...] = ()  # ids in the lock no longer in the spec: the next run drops them
 
     @property
     def counts(self) -> dict[str, int]:
-        return dict(Counter(item.state.state for item in self.items))
+        return dict(Counter(item.state.kind.value for item in self.items))
 
     @property
     def todo(self) -> tuple[PlanItem, ...]:

@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .atomic import sha256_file, write_atomic
 from .client import Delivery, Generation
-from .files import sha256_file, write_atomic
 from .lock import Entry, entry_from_json, entry_json
 
 FILE_NAME = "pending.jsonl"

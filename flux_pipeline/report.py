@@ -29,7 +29,7 @@ def plan_table(plan: Plan) -> str:
     for item in plan.items:
         rows.append(
             [
-                item.state.state,
+                item.state.kind.value,
                 item.request.id,
                 item.request.model,
                 f"{item.width}x{item.height}",

@@ -33,14 +33,13 @@ from typing import Any, TypeVar
 
 import httpx
 
+from .atomic import sweep_temp_files
 from .cache import OutputCache
 from .client import ApiClient, Attempt, Generation, RetryPolicy, make_http_client
 from .errors import ConfigError, RequestFailed, RunError, RunStopped, Terminated
 from .expansion import Request
-from .files import sweep_temp_files
 from .keeper import LockKeeper
 from .lock import Entry, Lock, Output
-from .models import get_model
 from .output_folder import OutputFolder
 from .pacing import Pacer, Rate
 from .planning import Plan, PlanItem, plan
@@ -55,6 +54,7 @@ from .recovery import (
     rewrite,
     sound,
 )
+from .registry import get_model
 from .shards import current_lock, in_shard, shard_lock_path
 from .spec import Spec
 from .validation import output_stems

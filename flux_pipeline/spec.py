@@ -18,7 +18,7 @@ from jsonschema import Draft7Validator
 from jsonschema.exceptions import ValidationError
 
 from .errors import Problem, SpecInvalid, did_you_mean
-from .models import error_parts
+from .registry import DEFAULT_MODEL, error_parts
 
 MAX_SPEC_BYTES = 5 * 1024 * 1024
 MAX_NODES = 1_000_000  # values in the document once every alias is expanded
@@ -353,7 +353,7 @@ def load_spec(path: str | Path) -> Spec:
     return Spec(
         path=path,
         name=name,
-        model=doc.get("model", "flux-pro"),
+        model=doc.get("model", DEFAULT_MODEL),
         output=output,
         vars=dict(doc.get("vars", {})),
         defaults=dict(doc.get("defaults", {})),

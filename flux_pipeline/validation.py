@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 
 from .errors import Problem, SpecInvalid, format_combo
 from .expansion import Request, expand_collect
-from .models import check_body, get_model
+from .registry import check_body, get_model
 from .spec import Spec
 
 MAX_NAME_CHARS = 200

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import filelock
 
+from .atomic import write_atomic
 from .errors import ConfigError
-from .files import write_atomic
 
 FOLDER = ".flux-cache"
 LOCK_FILE = "writer.lock"

@@ -6,7 +6,7 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-from flux_pipeline.models import registry
+from flux_pipeline.registry import registry
 
 models = st.sampled_from(sorted(m for m in registry() if registry()[m].size_range))
 all_models = st.sampled_from(sorted(registry()))

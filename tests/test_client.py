@@ -11,10 +11,10 @@ import httpx
 import pytest
 from PIL import Image
 
+from flux_pipeline.atomic import sha256_file
 from flux_pipeline.client import ApiClient, CookielessClient, parse_generation, retry_after
 from flux_pipeline.emulator import EmulatorServer
 from flux_pipeline.errors import BadImage, BadResponse
-from flux_pipeline.files import sha256_file
 from flux_pipeline.runner import Pacer, Rate
 
 

@@ -11,9 +11,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from flux_pipeline import files
+from flux_pipeline import cache
+from flux_pipeline.atomic import sha256_file
 from flux_pipeline.errors import LockError
-from flux_pipeline.files import sha256_file
 from flux_pipeline.lock import Entry, Output, read_lock, render_lock, write_lock
 
 names = st.text(min_size=1, max_size=12)
@@ -89,17 +89,17 @@ def test_a_file_is_read_again_only_when_its_stat_changes(
         reads.append(path)
         return sha256_file(path)
 
-    monkeypatch.setattr(files, "sha256_file", counting_sha256_file)
-    monkeypatch.setattr(files.HashIndex, "RACY_SECONDS", 0)
+    monkeypatch.setattr(cache, "sha256_file", counting_sha256_file)
+    monkeypatch.setattr(cache.HashIndex, "RACY_SECONDS", 0)
     image, index_path = tmp_path / "a.png", tmp_path / "cache/hashes.json"
     image.write_bytes(b"one image")
-    first = files.HashIndex(index_path)
+    first = cache.HashIndex(index_path)
     assert first.sha256(image) == hashlib.sha256(b"one image").hexdigest()
     first.save()
-    assert files.HashIndex(index_path).sha256(image) == hashlib.sha256(b"one image").hexdigest()
+    assert cache.HashIndex(index_path).sha256(image) == hashlib.sha256(b"one image").hexdigest()
     assert reads == [image]  # the second index knew it
     image.write_bytes(b"two image")  # same size, new bytes: a new stat
-    assert files.HashIndex(index_path).sha256(image) == hashlib.sha256(b"two image").hexdigest()
+    assert cache.HashIndex(index_path).sha256(image) == hashlib.sha256(b"two image").hexdigest()
     assert reads == [image, image]
 
 
@@ -107,7 +107,7 @@ def test_a_file_changed_just_now_is_not_remembered(tmp_path: Path) -> None:
     """Within the racy window a change could keep the same stat, so it is hashed each time."""
     image, index_path = tmp_path / "a.png", tmp_path / "hashes.json"
     image.write_bytes(b"fresh")
-    index = files.HashIndex(index_path)
+    index = cache.HashIndex(index_path)
     index.sha256(image)
     index.save()
     assert not index_path.exists()
@@ -118,4 +118,4 @@ def test_a_damaged_hash_index_is_ignored(tmp_path: Path) -> None:
     image.write_bytes(b"x")
     for text in ("{not json", "[1, 2]", '{"' + str(image) + '": [1]}'):
         index_path.write_text(text)
-        assert files.HashIndex(index_path).sha256(image) == hashlib.sha256(b"x").hexdigest()
+        assert cache.HashIndex(index_path).sha256(image) == hashlib.sha256(b"x").hexdigest()

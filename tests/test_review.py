@@ -10,8 +10,8 @@ import pytest
 from helpers import invoke, write_spec
 
 from flux_pipeline import load_spec
+from flux_pipeline.cache import HashIndex
 from flux_pipeline.emulator import EmulatorServer
-from flux_pipeline.files import HashIndex
 from flux_pipeline.shards import shard_of
 
 KEY = {"AIMLAPI_KEY": "test-key"}

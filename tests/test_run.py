@@ -14,10 +14,10 @@ import pytest
 from helpers import invoke, start_run, wait_for_lock, write_spec
 from PIL import Image
 
+from flux_pipeline.atomic import TEMP_PREFIX, sha256_file
 from flux_pipeline.client import ApiClient, RetryPolicy
 from flux_pipeline.emulator import EmulatorServer
 from flux_pipeline.errors import RequestFailed
-from flux_pipeline.files import TEMP_PREFIX, sha256_file
 
 EXAMPLES = Path(__file__).parents[1] / "examples"
 SENTINEL = "sk-SENTINEL-0123456789abcdef"

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from strategies import all_models, models, sides
 
-from flux_pipeline.models import (
+from flux_pipeline.registry import (
     ASPECT_SIZES,
     PRESETS,
     _validator,

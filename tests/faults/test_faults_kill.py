@@ -15,15 +15,15 @@ from pathlib import Path
 import pytest
 from helpers import invoke, write_spec
 
+from flux_pipeline.atomic import TEMP_PREFIX, sha256_file
 from flux_pipeline.emulator import EmulatorServer
-from flux_pipeline.files import TEMP_PREFIX, sha256_file
 
 # Runs the CLI with one function wrapped to signal the process itself on its third call,
 # at the point named on the command line.
 WRAPPER = r"""
 import os, signal, sys, time
 point, sig = sys.argv[1], getattr(signal, sys.argv[2])
-from flux_pipeline import client, files
+from flux_pipeline import atomic, client
 calls = {"n": 0}
 
 def third():
@@ -35,7 +35,7 @@ def die():
     time.sleep(0.3)  # the signal lands here (SIGKILL never comes back)
 
 generate, decode = client.ApiClient.generate, client.ApiClient._decode_inline
-write, commit = files.PendingFile.write, files.PendingFile.commit
+write, commit = atomic.PendingFile.write, atomic.PendingFile.commit
 
 async def before_send(self, *args):
     if third():
@@ -73,9 +73,9 @@ def during_decode(self, *args):
 patches = {
     "before-send": (client.ApiClient, "generate", before_send),
     "after-response": (client.ApiClient, "generate", after_response),
-    "mid-image-write": (files.PendingFile, "write", mid_image_write),
-    "after-rename": (files.PendingFile, "commit", after_rename),
-    "mid-lock-write": (files.PendingFile, "commit", mid_lock_write),
+    "mid-image-write": (atomic.PendingFile, "write", mid_image_write),
+    "after-rename": (atomic.PendingFile, "commit", after_rename),
+    "mid-lock-write": (atomic.PendingFile, "commit", mid_lock_write),
     "b64-decode": (client.ApiClient, "_decode_inline", during_decode),
 }
 owner, name, replacement = patches[point]

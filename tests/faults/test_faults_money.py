@@ -25,9 +25,9 @@ import pytest
 from click.testing import Result
 from helpers import invoke, write_spec
 
-from flux_pipeline import files
+from flux_pipeline import atomic
+from flux_pipeline.atomic import TEMP_PREFIX, sweep_temp_files, temp_name
 from flux_pipeline.emulator import EmulatorServer
-from flux_pipeline.files import TEMP_PREFIX, sweep_temp_files, temp_name
 
 
 def spec_of(root: Path, count: int, name: str = "spec.yaml") -> Path:
@@ -196,12 +196,12 @@ def test_the_sweep_removes_only_the_files_of_writers_that_are_gone(tmp_path: Pat
         capture_output=True,
         check=True,
     )
-    dead = tmp_path / f"{TEMP_PREFIX}{files.HOST}-{ended.stdout.strip()}-0"
+    dead = tmp_path / f"{TEMP_PREFIX}{atomic.HOST}-{ended.stdout.strip()}-0"
     alive = subprocess.Popen(
         [sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE
     )
     try:
-        live = tmp_path / f"{TEMP_PREFIX}{files.HOST}-{alive.pid}-0"
+        live = tmp_path / f"{TEMP_PREFIX}{atomic.HOST}-{alive.pid}-0"
         mine = tmp_path / temp_name()
         elsewhere = tmp_path / f"{TEMP_PREFIX}otherhost-1-0"
         for path in (dead, live, mine, elsewhere):
@@ -219,10 +219,10 @@ def test_a_run_started_during_a_gallery_leaves_its_files_alone(
     spec = spec_of(tmp_path, 4)
     assert invoke("run", "--emulator", str(spec)).exit_code == 0
     (tmp_path / "spec.yaml").write_text(spec.read_text().replace("p {{ i }}", "q {{ i }}"))
-    commit = files.PendingFile.commit
+    commit = atomic.PendingFile.commit
     runs = []
 
-    def commit_after_a_run(self: files.PendingFile, target: Path, *, durable: bool) -> None:
+    def commit_after_a_run(self: atomic.PendingFile, target: Path, *, durable: bool) -> None:
         if not runs:  # while the gallery's first file is being written, a run starts
             runs.append(
                 subprocess.run(
@@ -234,7 +234,7 @@ def test_a_run_started_during_a_gallery_leaves_its_files_alone(
             )
         commit(self, target, durable=durable)
 
-    monkeypatch.setattr(files.PendingFile, "commit", commit_after_a_run)
+    monkeypatch.setattr(atomic.PendingFile, "commit", commit_after_a_run)
     gallery = invoke("gallery", str(spec))
     assert gallery.exit_code == 0, gallery.stderr
     assert runs and runs[0].returncode == 0, runs[0].stderr

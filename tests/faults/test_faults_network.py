@@ -9,8 +9,8 @@ from typing import Any
 
 from helpers import invoke, write_spec
 
+from flux_pipeline.atomic import TEMP_PREFIX
 from flux_pipeline.emulator import EmulatorServer
-from flux_pipeline.files import TEMP_PREFIX
 
 KEY = "sk-FAULTS-0123456789"
 SPEC = """

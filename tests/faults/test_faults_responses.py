@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from helpers import invoke, write_spec
 
+from flux_pipeline.atomic import TEMP_PREFIX
 from flux_pipeline.emulator import EmulatorServer
-from flux_pipeline.files import TEMP_PREFIX
 
 SPEC = """
     version: 1

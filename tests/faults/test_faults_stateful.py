@@ -20,11 +20,11 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from flux_pipeline import load_spec
+from flux_pipeline.bodies import body_hash
 from flux_pipeline.client import make_http_client
+from flux_pipeline.compare import check
 from flux_pipeline.emulator import EmulatorServer
-from flux_pipeline.models import body_hash
 from flux_pipeline.planning import plan
-from flux_pipeline.review import check
 from flux_pipeline.runner import RunOptions, run, run_async
 
 CONCURRENCY = 2

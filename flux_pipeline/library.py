@@ -1,4 +1,4 @@
-"""The library API, one import away: `from flux_pipeline import api`."""
+"""The library API, one import away: `from flux_pipeline import library`."""
 
 from __future__ import annotations
 

@@ -18,9 +18,8 @@ from __future__ import annotations
 
 import copy
 import functools
-import hashlib
 import json
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -157,16 +156,6 @@ def _load(document: str) -> Model:
     )
 
 
-def canonical_json(value: Any) -> str:
-    """The one JSON text of a value: sorted keys, no spaces, UTF-8 kept as is."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-
-
-def body_hash(body: Mapping[str, Any]) -> str:
-    """The sha256 of a request body's canonical JSON: its identity in the lock."""
-    return hashlib.sha256(canonical_json(body).encode()).hexdigest()
-
-
 @functools.cache
 def registry() -> dict[str, Model]:
     """Every model with an embedded document, by name (`flux-pro`, `flux/dev`, ...)."""
@@ -300,7 +289,3 @@ def _describe(branch: Mapping[str, Any]) -> str:
     if branch.get("type") == "object":
         return "an object with " + ", ".join(branch.get("properties", {}))
     return f"a {branch.get('type', 'value')}"
-
-
-def iter_models() -> Iterator[Model]:
-    return iter(registry().values())

@@ -11,13 +11,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import itertools
-import json
 import os
 import re
 import socket
-import time
 from pathlib import Path
-from typing import Any
 
 TEMP_PREFIX = ".flux-tmp-"
 #: This host's part of a temporary file's name: a process is known alive or gone only here.
@@ -174,48 +171,3 @@ def sha256_file(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-class HashIndex:
-    """The sha256 of files, remembered by their stat as git's index does: a file whose size,
-    modification time, change time and inode are as recorded is not read again.
-
-    A file changed less than `RACY_SECONDS` before it was hashed is not remembered: a later
-    change within the same timestamp tick could leave its stat unchanged. The index is only a
-    cache (`OUT/.flux-cache/hashes.json`, written best effort): without it every file is read.
-    """
-
-    RACY_SECONDS = 2.0
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._entries: dict[str, list[Any]] = {}
-        self._changed = False
-        with contextlib.suppress(OSError, ValueError):
-            loaded = json.loads(path.read_bytes())
-            if isinstance(loaded, dict):
-                self._entries = loaded
-
-    def sha256(self, path: Path) -> str:
-        """The file's sha256, read only if its stat changed. Raises OSError as reading does."""
-        stat = path.stat()
-        signature = [stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino]
-        key = os.path.abspath(path)
-        known = self._entries.get(key)
-        if isinstance(known, list) and len(known) == 5 and known[:4] == signature:
-            return str(known[4])
-        digest = sha256_file(path)
-        racy = time.time_ns() - max(stat.st_mtime_ns, stat.st_ctime_ns) < self.RACY_SECONDS * 1e9
-        if not racy:
-            self._entries[key] = [*signature, digest]
-            self._changed = True
-        elif self._entries.pop(key, None) is not None:
-            self._changed = True
-        return digest
-
-    def save(self) -> None:
-        """Write the index if it learned something."""
-        if self._changed:
-            with contextlib.suppress(OSError):
-                write_atomic(self.path, json.dumps(self._entries).encode(), durable=False)
-            self._changed = False

@@ -9,10 +9,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .bodies import changed_fields
 from .errors import LockError
 from .expansion import Request
-from .lock import Entry, Lock, changed_fields, parse_lock, read_lock
-from .planning import plan
+from .lock import Entry, Lock, parse_lock, read_lock
+from .planning import RequestState, plan
 from .spec import Spec
 
 REMOVED = "removed"
@@ -58,7 +59,11 @@ def check(spec: Spec, requests: Sequence[Request] | None = None) -> CheckReport:
     lock = read_lock(spec.lock_path)
     the_plan = plan(spec, requests, lock)
     findings = [
-        Finding(item.request.id, item.state.state, item.state.reason or _why(item.state.state))
+        Finding(
+            item.request.id,
+            item.state.kind.value,
+            item.state.reason or _why(item.state.kind),
+        )
         for item in the_plan.items
         if not item.state.up_to_date
     ]
@@ -68,8 +73,8 @@ def check(spec: Spec, requests: Sequence[Request] | None = None) -> CheckReport:
     return CheckReport(spec, len(the_plan.items), tuple(findings))
 
 
-def _why(state: str) -> str:
-    return "not in the lock" if state == "new" else state
+def _why(kind: RequestState) -> str:
+    return "not in the lock" if kind is RequestState.NEW else kind.value
 
 
 # ----- diff ------------------------------------------------------------------------------------
