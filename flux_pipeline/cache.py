@@ -47,7 +47,7 @@ class OutputCache:
     def object_path(self, sha256: str, fmt: str) -> Path:
         return self.objects / f"{sha256}{EXTENSIONS[fmt]}"
 
-    def keep_file(self, path: Path, sha256: str, fmt: str) -> None:
+    def save(self, path: Path, sha256: str, fmt: str) -> None:
         """Link a stored image into the cache (copy it where links are not possible)."""
         target = self.object_path(sha256, fmt)
         try:

@@ -1,38 +1,31 @@
-"""The HTTP client of the generation API: retries, pacing, response shapes, image delivery.
+"""The generation API's client: one POST per attempt, a retry policy, the answer's shapes.
 
 One `httpx.AsyncClient` per run, injected by the caller, so the same code talks to the real
-API, the emulator over loopback, or an in-process transport. The API key is sent only on the
-generation POST (never on image downloads, never across a redirect), and every text that comes
-back from the server passes through `redact` before it reaches an error message.
+API, the emulator over loopback, or an in-process transport. What to do with an answer is a
+pure function (`classify`); `ApiClient.generate` is the loop that sends, sleeps and retries.
+The API key is sent only on the generation POST (never on image downloads, never across a
+redirect), and every text that comes back from the server passes through `redact` before it
+reaches an error message. Images are fetched by `fetcher.ImageFetcher`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import email.utils
-import hashlib
 import json
-import os
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field, replace
+from enum import Enum
 from typing import Any
 
 import httpx
 
-from .atomic import Spool
-from .defaults import DEFAULT_BASE_URL  # noqa: E402,F401  (re-exported)
-from .errors import BadImage, BadResponse, RequestFailed, RunStopped
-from .images import EXTENSIONS, ImageInfo, probe
+from .errors import BadResponse, RequestFailed, RunStopped
 from .registry import API_PATH
 
 RETRYABLE = frozenset({408, 409, 429, 500, 502, 503, 504})
-MAX_IMAGE_BYTES = 64 * 1024 * 1024
-SPOOL_BYTES = 256 * 1024  # an image smaller than this is held in memory until it is checked
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,16 +41,16 @@ class RetryPolicy:
         return rng.uniform(0, min(self.max_backoff, self.base * 2**attempt))
 
 
-def retry_after(response: httpx.Response, now: float | None = None) -> float | None:
+def retry_after(headers: Mapping[str, str], now: float | None = None) -> float | None:
     """Seconds the server asks us to wait (`retry-after-ms`, or `Retry-After` in seconds or as
     an HTTP date), or None if it says nothing usable."""
-    ms = response.headers.get("retry-after-ms")
+    ms = headers.get("retry-after-ms")
     if ms:
         try:
             return max(0.0, float(ms) / 1000)
         except ValueError:
             pass
-    value = response.headers.get("retry-after")
+    value = headers.get("retry-after")
     if not value:
         return None
     try:
@@ -225,9 +218,48 @@ class Attempt:
     error: str | None = None
 
 
+class Action(Enum):
+    """What the run does after an answer that is not a success."""
+
+    RETRY = "retry"  # the same request again, after a wait
+    FAIL = "fail"  # this request has failed for good; the run goes on with the others
+    STOP = "stop"  # the API refuses all further work: no request is sent any more
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What to do with one answer, why, and how long to wait before a retry (if the server
+    said; None: the policy's backoff)."""
+
+    action: Action
+    reason: str
+    wait: float | None = None
+
+
+def classify(status: int, headers: Mapping[str, str], body: bytes, policy: RetryPolicy) -> Verdict:
+    """What to do with an answer of the generation endpoint other than 200 (a pure function:
+    tested by table). 401 and 403 stop the run; 408, 409, 429 and 5xx are retried, honouring
+    the server's wait up to the policy's cap; any other status fails the request."""
+    reason = f"HTTP {status}: {_api_message(body)}"
+    if status == 401:
+        return Verdict(Action.STOP, f"the API refused the key (401): {reason}. Check AIMLAPI_KEY.")
+    if status == 403:
+        return Verdict(Action.STOP, f"the API refused further work (403): {reason}")
+    if status not in RETRYABLE:
+        return Verdict(Action.FAIL, reason)
+    wait = retry_after(headers)
+    if wait is not None and wait > policy.max_retry_after:
+        return Verdict(
+            Action.FAIL,
+            f"{reason}; the server asks to retry after {wait:.0f} s, more than the "
+            f"{policy.max_retry_after:.0f} s this run waits",
+        )
+    return Verdict(Action.RETRY, reason, wait)
+
+
 @dataclass
 class ApiClient:
-    """Generation and download against one base URL, with the run's retry policy.
+    """Generation requests against one base URL, with the run's retry policy.
 
     `before_send` is awaited before every attempt: the runner uses it for pacing and to stop
     sending once the run must stop. `sleep` and `rng` are the client's clock and randomness.
@@ -240,12 +272,6 @@ class ApiClient:
     before_send: Callable[[], Awaitable[None]] | None = None
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
     rng: random.Random = field(default_factory=random.Random)
-    max_image_bytes: int = MAX_IMAGE_BYTES
-    spool_bytes: int = SPOOL_BYTES
-    download_timeout: float = 120.0
-    # Called with each stored image's path, sha256 and format, where the file was written
-    # (on the loop or in a thread): the runner keeps a link in its cache of earlier outputs.
-    keep: Callable[[Path, str, str], None] | None = None
     _api_url: httpx.URL = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -280,196 +306,16 @@ class ApiClient:
                 elapsed = time.monotonic() - started
                 if status == 200:
                     attempts.append(Attempt(status, elapsed))
-                    generation = parse_generation(request_id, raw)
-                    return Generation(
-                        generation.images,
-                        generation.seed,
-                        generation.credits,
-                        generation.nsfw,
-                        attempt + 1,
-                    )
-                reason = self.redact(f"HTTP {status}: {_api_message(raw)}")
+                    return replace(parse_generation(request_id, raw), attempts=attempt + 1)
+                verdict = classify(status, response.headers, raw, self.policy)
+                reason = self.redact(verdict.reason)
                 attempts.append(Attempt(status, elapsed, reason))
-                if status == 401:
-                    raise RunStopped(
-                        401, f"the API refused the key (401): {reason}. Check AIMLAPI_KEY."
-                    )
-                if status == 403:
-                    raise RunStopped(403, f"the API refused further work (403): {reason}")
-                if status not in RETRYABLE:
+                if verdict.action is Action.STOP:
+                    raise RunStopped(status, reason)
+                if verdict.action is Action.FAIL:
                     raise RequestFailed(request_id, reason, status)
-                wait = retry_after(response)
-                if wait is not None and wait > self.policy.max_retry_after:
-                    raise RequestFailed(
-                        request_id,
-                        f"{reason}; the server asks to retry after {wait:.0f} s, more than the "
-                        f"{self.policy.max_retry_after:.0f} s this run waits",
-                        status,
-                    )
+                wait = verdict.wait
             if attempt == self.policy.retries:
                 break
             await self.sleep(wait if wait is not None else self.policy.backoff(attempt, self.rng))
         raise RequestFailed(request_id, f"{reason} (after {self.policy.retries + 1} attempts)")
-
-    async def fetch(
-        self,
-        request_id: str,
-        delivery: Delivery,
-        stem: Path,
-        expect_format: str | None,
-        expect_size: tuple[int, int],
-    ) -> tuple[Path, ImageInfo, str, int]:
-        """Store one delivered image as `stem` plus the extension of its format, after
-        checking it; a download that breaks off is tried again as the retry policy allows
-        (it costs no credit).
-
-        Returns the file's path, its info, sha256 and size in bytes. The temporary file is
-        checked — format, size, integrity — before it is renamed, so a bad image never lands.
-        """
-        for attempt in range(self.policy.retries + 1):
-            try:
-                return await self._fetch_once(
-                    request_id, delivery, stem, expect_format, expect_size
-                )
-            except _Interrupted as exc:
-                if attempt == self.policy.retries:
-                    raise BadImage(request_id, f"{exc} (after {attempt + 1} attempts)") from None
-                await self.sleep(self.policy.backoff(attempt, self.rng))
-        raise AssertionError("unreachable")
-
-    async def _fetch_once(
-        self,
-        request_id: str,
-        delivery: Delivery,
-        stem: Path,
-        expect_format: str | None,
-        expect_size: tuple[int, int],
-    ) -> tuple[Path, ImageInfo, str, int]:
-        digest = hashlib.sha256()
-        spool = Spool(stem.parent, self.spool_bytes)
-        downloaded = delivery.b64 is None and not (delivery.url or "").startswith("data:")
-        try:
-            if downloaded:
-                # One deadline for the whole download: a server that trickles a byte at a time
-                # never trips a per-read timeout.
-                try:
-                    await asyncio.wait_for(
-                        self._download(request_id, delivery.url or "", spool, digest),
-                        self.download_timeout,
-                    )
-                except asyncio.TimeoutError:
-                    raise _Interrupted(
-                        f"downloading the image took longer than {self.download_timeout:g} s"
-                    ) from None
-                delivery = Delivery()  # nothing left to decode
-            args = (request_id, delivery, spool, digest, stem, expect_format, expect_size)
-            if downloaded and spool.file is None:
-                # A downloaded image held in memory (at most spool_bytes) is checked and
-                # written here: a few system calls, where a trip to a thread costs more than
-                # the work itself (GIL hand-offs with this loop; see bench/runner.py).
-                return self._store(*args)
-            # Larger files and inline images: file work in one trip to a thread, off the loop.
-            return await asyncio.to_thread(self._store, *args)
-        except BaseException:
-            spool.discard()
-            raise
-
-    def _store(
-        self,
-        request_id: str,
-        inline: Delivery,
-        spool: Spool,
-        digest: Any,
-        stem: Path,
-        expect_format: str | None,
-        expect_size: tuple[int, int],
-    ) -> tuple[Path, ImageInfo, str, int]:
-        if inline.b64 is not None or inline.url:
-            data = self._decode_inline(request_id, inline)
-            spool.write(data)
-            digest.update(data)
-        # An image held in memory is checked there and written only if it passes.
-        held = len(spool.buffer) if spool.file is None else None
-        try:
-            info = probe(spool.buffer if spool.file is None else spool.file.path)
-        except ValueError as exc:
-            raise BadImage(request_id, f"the delivered image is unusable: {exc}") from None
-        if expect_format is not None and info.format != expect_format:
-            raise BadImage(request_id, f"expected a {expect_format} image, got {info.format}")
-        if (info.width, info.height) != expect_size:
-            raise BadImage(
-                request_id,
-                f"expected {expect_size[0]}x{expect_size[1]}, got {info.width}x{info.height}",
-            )
-        # Not fsynced: a killed run loses nothing (the page cache outlives the process), and
-        # after a power loss a damaged image fails its recorded hash and is redone. Per-file
-        # fsync would cost more than the whole request on a fast API.
-        file = spool.spill()
-        size = held if held is not None else os.fstat(file.fd).st_size
-        target = stem.with_name(stem.name + EXTENSIONS[info.format])
-        try:
-            file.commit(target, durable=False)
-        except FileNotFoundError:
-            # The temporary file or its folder was removed under us (a user clearing the
-            # output folder mid-run): the image costs nothing to fetch again.
-            raise _Interrupted("the image file vanished while it was written") from None
-        if self.keep is not None:
-            self.keep(target, digest.hexdigest(), info.format)
-        return target, info, digest.hexdigest(), size
-
-    def _decode_inline(self, request_id: str, delivery: Delivery) -> bytes:
-        text = delivery.b64 if delivery.b64 is not None else (delivery.url or "").split(",", 1)[-1]
-        if len(text) * 3 // 4 > self.max_image_bytes:
-            raise BadImage(
-                request_id, f"the inline image is larger than {self.max_image_bytes:,} bytes"
-            )
-        try:
-            return base64.b64decode(text, validate=True)
-        except (binascii.Error, ValueError):
-            raise BadImage(request_id, "the inline image is not valid base64") from None
-
-    async def _download(self, request_id: str, url: str, spool: Spool, digest: Any) -> None:
-        if not url.startswith(("https://", "http://")):
-            scheme = url.split(":", 1)[0] if ":" in url else "(none)"
-            raise BadImage(request_id, f"refusing to download an image URL with scheme {scheme!r}")
-        written = 0
-        try:
-            # No Authorization header: image URLs are public, and the key must not leak to them.
-            async with self.http.stream("GET", url, follow_redirects=True) as response:
-                status = response.status_code
-                if status in RETRYABLE:
-                    raise _Interrupted(f"downloading the image gave HTTP {status}")
-                if status != 200:
-                    raise BadImage(request_id, f"downloading the image gave HTTP {status}", status)
-                declared = response.headers.get("content-length")
-                if declared and declared.isdigit() and int(declared) > self.max_image_bytes:
-                    raise BadImage(
-                        request_id,
-                        f"the image is {int(declared):,} bytes, more than "
-                        f"the {self.max_image_bytes:,} allowed",
-                    )
-                async for chunk in response.aiter_raw():
-                    written += len(chunk)
-                    if written > self.max_image_bytes:
-                        raise BadImage(
-                            request_id,
-                            f"the image is larger than the {self.max_image_bytes:,} bytes allowed",
-                        )
-                    if spool.must_spill:
-                        await asyncio.to_thread(spool.spill)
-                    spool.write(chunk)
-                    digest.update(chunk)
-                if declared and declared.isdigit() and written != int(declared):
-                    raise _Interrupted(
-                        f"the download was cut short: {written:,} of {int(declared):,} bytes"
-                    )
-        except httpx.TimeoutException:
-            raise _Interrupted("downloading the image timed out") from None
-        except httpx.HTTPError as exc:
-            raise _Interrupted(
-                f"downloading the image failed: {type(exc).__name__}: {self.redact(str(exc))}"
-            ) from None
-
-
-class _Interrupted(Exception):
-    """A download broke off for a reason that may pass: worth another try."""

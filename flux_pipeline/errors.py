@@ -9,7 +9,9 @@
         ├── RequestFailed      one request failed for good (the run goes on with the others)
         │   ├── BadResponse    the API answered something that is not a usable result
         │   └── BadImage       a downloaded image is not what was promised
-        └── RunStopped         the API refuses all further work (401 bad key, 403 out of credits)
+        ├── RunStopped         the API refuses all further work (401 bad key, 403 out of credits)
+        └── SendingStopped     the run stops sending (interrupted, a budget, a failure): raised
+                               before a request or a retry is sent
 
 A `Problem` is one finding about a spec, located as precisely as we can: file, line, job,
 combination and the JSON path of the field. Errors build their message from these fields.
@@ -118,3 +120,8 @@ class RunStopped(RunError):
     def __init__(self, status: int, message: str) -> None:
         self.status = status
         super().__init__(message)
+
+
+class SendingStopped(RunError):
+    """The run stops sending (an interruption, a budget reached, the API's refusal, a lock
+    that cannot be saved): raised before a request, or a retry of one, is sent."""

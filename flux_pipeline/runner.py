@@ -36,8 +36,9 @@ import httpx
 from .atomic import sweep_temp_files
 from .cache import OutputCache
 from .client import ApiClient, Attempt, Generation, RetryPolicy, make_http_client
-from .errors import ConfigError, RequestFailed, RunError, RunStopped, Terminated
+from .errors import ConfigError, RequestFailed, RunError, RunStopped, SendingStopped, Terminated
 from .expansion import Request
+from .fetcher import ImageFetcher, StoredImage
 from .keeper import LockKeeper
 from .lock import Entry, Lock, Output
 from .output_folder import OutputFolder
@@ -255,14 +256,10 @@ class Run:
         self.notify = notify
         self.folder = OutputFolder(spec.output, spec.lock_path.parent)
         self.pacer = Pacer(options.rate)
-        self.client = ApiClient(
-            http,
-            base_url,
-            api_key,
-            RetryPolicy(retries=options.retries),
-            before_send=self._before_send,
-            keep=cache.keep_file,
-            download_timeout=options.timeout,
+        policy = RetryPolicy(retries=options.retries)
+        self.client = ApiClient(http, base_url, api_key, policy, before_send=self._before_send)
+        self.fetcher = ImageFetcher(
+            http, policy, redact=self.client.redact, download_timeout=options.timeout
         )
         self.delivery_slots = asyncio.Semaphore(2 * max(1, options.concurrency))
         self.stopped: str | None = None
@@ -294,7 +291,7 @@ class Run:
 
     async def _before_send(self) -> None:
         if self.stopped:
-            raise RunStopped(0, self.stopped)
+            raise SendingStopped(self.stopped)
         await self.pacer.wait()
 
     def may_start(self) -> str | None:
@@ -321,9 +318,10 @@ class Run:
         self, item: PlanItem, exc: Exception, attempts: Sequence[Attempt], started: float
     ) -> None:
         status = FAILED
-        if isinstance(exc, RunStopped):
+        if isinstance(exc, SendingStopped):
+            status, reason = NOT_SENT, str(exc)
+        elif isinstance(exc, RunStopped):
             self.stop(str(exc))
-            status = NOT_SENT if exc.status == 0 else FAILED  # 0: stopped before sending
             reason = str(exc)
         elif isinstance(exc, RequestFailed):
             reason = exc.reason
@@ -361,7 +359,7 @@ class Run:
                 ):
                     continue
                 generation = await self.post(item, attempts)
-            except (RunStopped, RequestFailed) as exc:
+            except (RunStopped, SendingStopped, RequestFailed) as exc:
                 self.failed(item, exc, attempts, started)
                 continue
             await self.delivery_slots.acquire()
@@ -463,20 +461,23 @@ class Run:
         for stem, delivery in zip(stems, generation.images, strict=True):
             # The extension follows the image's own format (checked against the one asked
             # for, when the model lets the request choose).
-            target, info, sha256, size = await self.client.fetch(
+            image = await self.fetcher.fetch(
                 request.id, delivery, self.folder.path(stem), expected, (item.width, item.height)
             )
-            outputs.append(
-                Output(
-                    path=self.folder.lock_path(target),
-                    sha256=sha256,
-                    bytes=size,
-                    width=info.width,
-                    height=info.height,
-                    format=info.format,
-                )
-            )
+            self.cache.save(image.path, image.sha256, image.format)
+            outputs.append(self._output(image))
         return outputs
+
+    def _output(self, image: StoredImage) -> Output:
+        """What the lock records of a stored image: its path from the lock's folder."""
+        return Output(
+            path=self.folder.lock_path(image.path),
+            sha256=image.sha256,
+            bytes=image.bytes,
+            width=image.width,
+            height=image.height,
+            format=image.format,
+        )
 
     async def work(self, items: Sequence[PlanItem]) -> None:
         """Run the workers over the items, then wait for the deliveries they started."""

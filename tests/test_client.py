@@ -12,9 +12,18 @@ import pytest
 from PIL import Image
 
 from flux_pipeline.atomic import sha256_file
-from flux_pipeline.client import ApiClient, CookielessClient, parse_generation, retry_after
+from flux_pipeline.client import (
+    Action,
+    ApiClient,
+    CookielessClient,
+    RetryPolicy,
+    classify,
+    parse_generation,
+    retry_after,
+)
 from flux_pipeline.emulator import EmulatorServer
 from flux_pipeline.errors import BadImage, BadResponse
+from flux_pipeline.fetcher import ImageFetcher
 from flux_pipeline.runner import Pacer, Rate
 
 
@@ -64,8 +73,8 @@ def test_unusable_answers_name_the_request_and_show_the_body(raw: bytes, why: st
     assert why in str(info.value)
 
 
-def answer(**headers: str) -> httpx.Response:
-    return httpx.Response(429, headers=headers)
+def answer(**headers: str) -> httpx.Headers:
+    return httpx.Response(429, headers=headers).headers
 
 
 def test_retry_after_in_seconds_milliseconds_and_dates() -> None:
@@ -123,19 +132,20 @@ def test_an_image_held_in_memory_and_one_streamed_to_disk_are_stored_alike(
             generation = await ApiClient(http, emulator.url, "k").generate("r", body, [])
             outcomes: list[tuple[Path, str, int] | str] = []
             for spool_bytes, folder in ((1 << 20, "memory"), (64, "disk")):
-                client = ApiClient(http, emulator.url, "k", spool_bytes=spool_bytes)
+                fetcher = ImageFetcher(http, spool_bytes=spool_bytes)
                 stem = tmp_path / folder / "r"
                 stem.parent.mkdir()
                 try:
-                    path, info, sha256, size = await client.fetch(
-                        "r", generation.images[0], stem, "png", (256, 128)
-                    )
+                    image = await fetcher.fetch("r", generation.images[0], stem, "png", (256, 128))
                 except BadImage as exc:
                     outcomes.append(exc.reason)
                 else:
-                    assert (info.width, info.height, info.format) == (256, 128, "png")
-                    assert sha256_file(path) == sha256 and path.stat().st_size == size
-                    outcomes.append((path.relative_to(stem.parent), sha256, size))
+                    assert (image.width, image.height, image.format) == (256, 128, "png")
+                    assert sha256_file(image.path) == image.sha256
+                    assert image.path.stat().st_size == image.bytes
+                    outcomes.append(
+                        (image.path.relative_to(stem.parent), image.sha256, image.bytes)
+                    )
             return outcomes
 
     in_memory, on_disk = asyncio.run(go())
@@ -164,3 +174,53 @@ def test_the_run_keeps_no_cookies() -> None:
 
     asyncio.run(go())
     assert seen == [None, None, None]
+
+
+@pytest.mark.parametrize(
+    ("status", "headers", "body", "action", "reason", "wait"),
+    [
+        (
+            401,
+            {},
+            b'{"message": "bad key"}',
+            Action.STOP,
+            "refused the key (401): HTTP 401: bad key",
+            None,
+        ),
+        (403, {}, b'{"message": "no credits"}', Action.STOP, "refused further work (403)", None),
+        (
+            400,
+            {},
+            b'{"message": "Body validation error", "details": ["x"]}',
+            Action.FAIL,
+            "HTTP 400: Body validation error: x",
+            None,
+        ),
+        (404, {}, b"not json", Action.FAIL, "HTTP 404: 'not json'", None),
+        (429, {"Retry-After": "2"}, b"{}", Action.RETRY, "HTTP 429", 2.0),
+        (429, {}, b"{}", Action.RETRY, "HTTP 429", None),
+        (
+            429,
+            {"Retry-After": "3600"},
+            b"{}",
+            Action.FAIL,
+            "retry after 3600 s, more than the 120 s",
+            None,
+        ),
+        (503, {"retry-after-ms": "1500"}, b"{}", Action.RETRY, "HTTP 503", 1.5),
+        (408, {}, b"", Action.RETRY, "HTTP 408", None),
+        (409, {}, b"", Action.RETRY, "HTTP 409", None),
+    ],
+)
+def test_classify_decides_by_status_headers_and_body(
+    status: int,
+    headers: dict[str, str],
+    body: bytes,
+    action: Action,
+    reason: str,
+    wait: float | None,
+) -> None:
+    verdict = classify(status, httpx.Headers(headers), body, RetryPolicy())
+    assert verdict.action is action
+    assert reason in verdict.reason
+    assert verdict.wait == wait

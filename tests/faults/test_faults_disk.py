@@ -132,6 +132,7 @@ def test_an_image_file_removed_while_written_is_fetched_again(
 
     from flux_pipeline.atomic import PendingFile
     from flux_pipeline.client import ApiClient
+    from flux_pipeline.fetcher import ImageFetcher
 
     commit = PendingFile.commit
     removed: list[Path] = []
@@ -146,17 +147,16 @@ def test_an_image_file_removed_while_written_is_fetched_again(
 
     async def go() -> tuple[Path, str]:
         async with httpx.AsyncClient() as http:
-            client = ApiClient(http, emulator.url, "k", sleep=lambda _: asyncio.sleep(0))
+            client = ApiClient(http, emulator.url, "k")
+            fetcher = ImageFetcher(http, sleep=lambda _: asyncio.sleep(0))
             body = {
                 "model": "flux/schnell",
                 "prompt": "p",
                 "image_size": {"width": 64, "height": 64},
             }
             generation = await client.generate("r", body, [])
-            path, _, sha256, _ = await client.fetch(
-                "r", generation.images[0], tmp_path / "r", "png", (64, 64)
-            )
-            return path, sha256
+            image = await fetcher.fetch("r", generation.images[0], tmp_path / "r", "png", (64, 64))
+            return image.path, image.sha256
 
     path, sha256 = asyncio.run(go())
     assert removed and path == tmp_path / "r.png" and sha256_file(path) == sha256

@@ -23,7 +23,7 @@ from flux_pipeline.emulator import EmulatorServer
 WRAPPER = r"""
 import os, signal, sys, time
 point, sig = sys.argv[1], getattr(signal, sys.argv[2])
-from flux_pipeline import atomic, client
+from flux_pipeline import atomic, client, fetcher
 calls = {"n": 0}
 
 def third():
@@ -34,7 +34,7 @@ def die():
     os.kill(os.getpid(), sig)
     time.sleep(0.3)  # the signal lands here (SIGKILL never comes back)
 
-generate, decode = client.ApiClient.generate, client.ApiClient._decode_inline
+generate, decode = client.ApiClient.generate, fetcher.ImageFetcher._decode_inline
 write, commit = atomic.PendingFile.write, atomic.PendingFile.commit
 
 async def before_send(self, *args):
@@ -76,7 +76,7 @@ patches = {
     "mid-image-write": (atomic.PendingFile, "write", mid_image_write),
     "after-rename": (atomic.PendingFile, "commit", after_rename),
     "mid-lock-write": (atomic.PendingFile, "commit", mid_lock_write),
-    "b64-decode": (client.ApiClient, "_decode_inline", during_decode),
+    "b64-decode": (fetcher.ImageFetcher, "_decode_inline", during_decode),
 }
 owner, name, replacement = patches[point]
 setattr(owner, name, replacement)

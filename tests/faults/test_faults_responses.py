@@ -58,14 +58,16 @@ def test_an_image_past_the_size_cap_is_refused(tmp_path: Path, emulator: Emulato
 
     from flux_pipeline.client import ApiClient
     from flux_pipeline.errors import BadImage
+    from flux_pipeline.fetcher import ImageFetcher
 
     async def go() -> None:
         async with httpx.AsyncClient() as http:
-            client = ApiClient(http, emulator.url, "k", max_image_bytes=1000)
+            client = ApiClient(http, emulator.url, "k")
+            fetcher = ImageFetcher(http, max_image_bytes=1000)
             body = {"model": "flux-pro", "prompt": "p", "image_size": "square"}
             generation = await client.generate("big", body, [])
             with pytest.raises(BadImage, match="more than the 1,000 allowed"):
-                await client.fetch("big", generation.images[0], tmp_path / "big", None, (512, 512))
+                await fetcher.fetch("big", generation.images[0], tmp_path / "big", None, (512, 512))
 
     asyncio.run(go())
     assert list(tmp_path.iterdir()) == []
