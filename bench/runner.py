@@ -29,7 +29,7 @@ from _common import Emulator, emulator_process, matrix_spec, process_cpu, report
 
 from flux_pipeline import load_spec, plan
 from flux_pipeline.client import make_http_client
-from flux_pipeline.runner import DONE, RunOptions, run_async, run_event_loop
+from flux_pipeline.runner import RunOptions, Status, run_async, run_event_loop
 
 
 def write_spec(folder: Path, count: int) -> Path:
@@ -67,7 +67,7 @@ def run_once(
         server = process_cpu(url.pid) - server0
     # Let the file system settle (the deleted files' writeback), so runs do not slow the next.
     os.sync()
-    done = result.count(DONE)
+    done = result.count(Status.DONE)
     assert done == count, f"only {done} of {count} done: {result.results[:3]}"
     return {"wall": wall, "cpu": used, "server_cpu": server}
 

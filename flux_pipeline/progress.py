@@ -10,7 +10,7 @@ from types import TracebackType
 from typing import Any
 
 from .expansion import Request
-from .runner import DONE, FAILED, NOT_SENT, RESTORED, SKIPPED, RequestResult, RunResult
+from .results import RequestResult, RunResult, Status
 from .spec import Spec
 
 
@@ -63,13 +63,13 @@ class Progress:
         self.counts[result.status] += 1
         if self._bar:
             elapsed = max(time.monotonic() - self.started, 1e-9)
-            rate = self.counts[DONE] / elapsed
+            rate = self.counts[Status.DONE] / elapsed
             detail = (
-                f"done {self.counts[DONE]}, skipped {self.counts[SKIPPED]}, "
-                f"failed {self.counts[FAILED]}, {rate:.1f}/s"
+                f"done {self.counts[Status.DONE]}, skipped {self.counts[Status.SKIPPED]}, "
+                f"failed {self.counts[Status.FAILED]}, {rate:.1f}/s"
             )
             self._bar.update(self._task, advance=1, detail=detail)
-        elif result.status != SKIPPED:
+        elif result.status != Status.SKIPPED:
             line = f"[{sum(self.counts.values())}/{self.total}] {result.status}: {result.id}"
             if result.reason:
                 line += f" ({result.reason})"
@@ -77,22 +77,22 @@ class Progress:
 
     def summary(self, result: RunResult) -> str:
         parts = [
-            f"{result.count(DONE)} done",
-            f"{result.count(SKIPPED)} skipped",
-            f"{result.count(FAILED)} failed",
+            f"{result.count(Status.DONE)} done",
+            f"{result.count(Status.SKIPPED)} skipped",
+            f"{result.count(Status.FAILED)} failed",
         ]
-        if result.count(RESTORED):
-            parts.insert(1, f"{result.count(RESTORED)} restored from the cache")
-        if result.count(NOT_SENT):
-            parts.append(f"{result.count(NOT_SENT)} not sent")
+        if result.count(Status.RESTORED):
+            parts.insert(1, f"{result.count(Status.RESTORED)} restored from the cache")
+        if result.count(Status.NOT_SENT):
+            parts.append(f"{result.count(Status.NOT_SENT)} not sent")
         lines = [
             f"{self.spec.path}: "
             + ", ".join(parts)
             + f"; credits {result.credits:g}; {result.seconds:.1f} s"
         ]
-        for failure in (r for r in result.results if r.status == FAILED):
+        for failure in (r for r in result.results if r.status == Status.FAILED):
             lines.append(f"  failed {failure.id}: {failure.reason}")
-        unsent = Counter(r.reason for r in result.results if r.status == NOT_SENT)
+        unsent = Counter(r.reason for r in result.results if r.status == Status.NOT_SENT)
         if result.stopped:
             lines.append(f"  stopped: {result.stopped}")
         else:

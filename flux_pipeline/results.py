@@ -1,0 +1,61 @@
+"""What a run reports: each request's result as it finishes, and the run's at its end."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import Enum
+
+from .spec import Spec
+
+
+class Status(str, Enum):
+    """How a request of a run ended (its value is the word users see)."""
+
+    DONE = "done"
+    RESTORED = "restored"  # put back from the cache or an interrupted run, without a request
+    SKIPPED = "skipped"  # up to date
+    FAILED = "failed"
+    NOT_SENT = "not sent"
+
+
+@dataclass(frozen=True, slots=True)
+class RequestResult:
+    """How one request of the run ended."""
+
+    id: str
+    status: Status
+    reason: str = ""
+    credits: float | None = None
+    attempts: int = 0
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class RunResult:
+    """How a run ended: each request's result, and why it stopped sending, if it did."""
+
+    spec: Spec
+    results: tuple[RequestResult, ...]
+    seconds: float
+    stopped: str | None = None  # why the run stopped sending, if it did
+    interrupted: int | None = None  # the signal that stopped it (the requests in flight ended)
+
+    def count(self, status: Status) -> int:
+        return sum(1 for r in self.results if r.status == status)
+
+    @property
+    def credits(self) -> float:
+        return sum(r.credits or 0 for r in self.results)
+
+    @property
+    def ok(self) -> bool:
+        return self.stopped is None and not any(
+            r.status in (Status.FAILED, Status.NOT_SENT) for r in self.results
+        )
+
+
+#: Called with each request's result as it finishes (for progress displays).
+Listener = Callable[[RequestResult], None]
+#: Called with a line for the user (an interruption being drained, a wait for the folder).
+Notify = Callable[[str], None]
