@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .pacing import Rate
+from .shards import Shard
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,6 +22,6 @@ class RunOptions:
     max_credits: float | None = None
     max_requests: int | None = None
     transport: str = "aiohttp"
-    shard: tuple[int, int] | None = None  # (K, N): do shard K of N, into a partial lock
+    shard: Shard | None = None  # do shard K of N, into a partial lock
     wait: float = 0.0  # seconds to wait for another writer of the output folder
     drain_timeout: float = 120.0  # seconds the requests in flight may take after a signal

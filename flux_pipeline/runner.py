@@ -44,7 +44,7 @@ from .pacing import Rate
 from .planning import Plan, PlanItem, plan
 from .recovery import FILE_NAME, Recovered, WriteAhead, read_pending, rewrite
 from .results import Listener, Notify, RequestResult, RunResult, Status
-from .shards import current_lock, in_shard, shard_lock_path
+from .shards import current_lock
 from .spec import Spec
 from .transaction import Answers, Run
 from .writer_lock import FOLDER, hold_output_folder
@@ -78,7 +78,7 @@ def select(items: Iterable[PlanItem], options: RunOptions) -> list[PlanItem]:
     (or all, with --force)."""
     chosen = []
     for item in items:
-        if not in_shard(item.request.id, options.shard):
+        if options.shard and item.request.id not in options.shard:
             continue
         if options.only and not any(fnmatch.fnmatchcase(item.request.id, g) for g in options.only):
             continue
@@ -106,8 +106,8 @@ def _scope(spec: Spec, the_plan: Plan, old: Lock | None, options: RunOptions) ->
     items = list(the_plan.items)
     lock_path = spec.lock_path
     if options.shard:
-        items = [i for i in items if in_shard(i.request.id, options.shard)]
-        lock_path = shard_lock_path(spec, options.shard)
+        items = [i for i in items if i.request.id in options.shard]
+        lock_path = options.shard.lock_path(spec)
     wanted = {item.request.id for item in items}
     # Requests gone from the spec leave the lock; the others keep their entry until redone.
     entries = {k: v for k, v in (old.entries if old else {}).items() if k in wanted}

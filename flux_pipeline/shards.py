@@ -17,26 +17,33 @@ from .validation import validate
 from .writer_lock import hold_output_folder
 
 
-def parse_shard(text: str) -> tuple[int, int]:
-    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
-    if not match or not 1 <= int(match.group(1)) <= int(match.group(2)):
-        raise ConfigError(f"--shard must be K/N with 1 <= K <= N, like 2/4, not {text!r}")
-    return int(match.group(1)), int(match.group(2))
-
-
 def shard_of(request_id: str, count: int) -> int:
     """The shard (1..count) a request belongs to: from its name's hash, not its position."""
     digest = hashlib.sha256(request_id.encode()).digest()
     return int.from_bytes(digest[:8], "big") % count + 1
 
 
-def in_shard(request_id: str, shard: tuple[int, int] | None) -> bool:
-    return shard is None or shard_of(request_id, shard[1]) == shard[0]
+@dataclass(frozen=True, slots=True)
+class Shard:
+    """Shard `index` of `count` (`run --shard K/N`)."""
 
+    index: int
+    count: int
 
-def shard_lock_path(spec: Spec, shard: tuple[int, int]) -> Path:
-    stem = spec.lock_path.name.removesuffix(".lock.json")
-    return spec.lock_path.with_name(f"{stem}.lock.shard-{shard[0]}-of-{shard[1]}.json")
+    @classmethod
+    def parse(cls, text: str) -> Shard:
+        match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
+        if not match or not 1 <= int(match.group(1)) <= int(match.group(2)):
+            raise ConfigError(f"--shard must be K/N with 1 <= K <= N, like 2/4, not {text!r}")
+        return cls(int(match.group(1)), int(match.group(2)))
+
+    def __contains__(self, request_id: str) -> bool:
+        return shard_of(request_id, self.count) == self.index
+
+    def lock_path(self, spec: Spec) -> Path:
+        """Where this shard's partial lock goes, beside the spec's lock."""
+        stem = spec.lock_path.name.removesuffix(".lock.json")
+        return spec.lock_path.with_name(f"{stem}.lock.shard-{self.index}-of-{self.count}.json")
 
 
 def partial_locks(spec: Spec) -> list[Path]:
@@ -44,13 +51,13 @@ def partial_locks(spec: Spec) -> list[Path]:
     return sorted(spec.lock_path.parent.glob(f"{stem}.lock.shard-*-of-*.json"))
 
 
-def current_lock(spec: Spec, shard: tuple[int, int] | None) -> Lock | None:
+def current_lock(spec: Spec, shard: Shard | None) -> Lock | None:
     """The lock a run plans against: the spec's, with the shard's own partial lock (from an
     earlier, unmerged run of the same shard) over it."""
     main = read_lock(spec.lock_path)
     if shard is None:
         return main
-    partial = read_lock(shard_lock_path(spec, shard))
+    partial = read_lock(shard.lock_path(spec))
     if partial is None:
         return main
     return Lock(spec.name, {**(main.entries if main else {}), **partial.entries})
@@ -58,6 +65,8 @@ def current_lock(spec: Spec, shard: tuple[int, int] | None) -> Lock | None:
 
 @dataclass(frozen=True, slots=True)
 class MergeResult:
+    """What `merge` combined."""
+
     merged: tuple[Path, ...]  # the partial locks combined (and removed)
     requests: int
 

@@ -9,9 +9,9 @@ from collections.abc import Sequence
 from types import TracebackType
 from typing import Any
 
-from .expansion import Request
-from .results import RequestResult, RunResult, Status
-from .spec import Spec
+from ..expansion import Request
+from ..results import RequestResult, Status
+from ..spec import Spec
 
 
 class Progress:
@@ -74,27 +74,3 @@ class Progress:
             if result.reason:
                 line += f" ({result.reason})"
             print(line, file=self.stream, flush=True)
-
-    def summary(self, result: RunResult) -> str:
-        parts = [
-            f"{result.count(Status.DONE)} done",
-            f"{result.count(Status.SKIPPED)} skipped",
-            f"{result.count(Status.FAILED)} failed",
-        ]
-        if result.count(Status.RESTORED):
-            parts.insert(1, f"{result.count(Status.RESTORED)} restored from the cache")
-        if result.count(Status.NOT_SENT):
-            parts.append(f"{result.count(Status.NOT_SENT)} not sent")
-        lines = [
-            f"{self.spec.path}: "
-            + ", ".join(parts)
-            + f"; credits {result.credits:g}; {result.seconds:.1f} s"
-        ]
-        for failure in (r for r in result.results if r.status == Status.FAILED):
-            lines.append(f"  failed {failure.id}: {failure.reason}")
-        unsent = Counter(r.reason for r in result.results if r.status == Status.NOT_SENT)
-        if result.stopped:
-            lines.append(f"  stopped: {result.stopped}")
-        else:
-            lines += [f"  not sent: {reason} ({n})" for reason, n in unsent.items()]
-        return "\n".join(lines)

@@ -1,0 +1,120 @@
+"""The `flux-pipeline` command group: global options, and every outcome of a command mapped
+to its exit code in one place (`_Group.invoke`)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import traceback
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..defaults import API_KEY_ENV
+from ..errors import ConfigError, FluxPipelineError, LockError, SpecInvalid, Terminated
+
+EXIT_INVALID = 1
+EXIT_USAGE = 2
+EXIT_FAILED = 3
+EXIT_INTERRUPTED = 130
+
+
+def _err(message: str) -> None:
+    click.echo(message, err=True)
+
+
+class ExitCode(Exception):
+    """Raised by a command to end with a given code after printing its own output."""
+
+    def __init__(self, code: int) -> None:
+        self.code = code
+
+
+class _Group(click.Group):
+    """Maps every outcome of a command to its exit code, in this one place."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ExitCode as exc:
+            raise click.exceptions.Exit(exc.code) from None
+        except KeyboardInterrupt:
+            _err("interrupted; finished work is in the lock")
+            raise click.exceptions.Exit(EXIT_INTERRUPTED) from None
+        except Terminated as exc:
+            word = "interrupted" if exc.signum == signal.SIGINT else "terminated"
+            _err(f"{word}; finished work is in the lock")
+            raise click.exceptions.Exit(128 + exc.signum) from None
+        except ConfigError as exc:
+            _err(f"error: {exc}")
+            raise click.exceptions.Exit(EXIT_USAGE) from None
+        except (SpecInvalid, LockError) as exc:
+            _report(exc)
+            raise click.exceptions.Exit(EXIT_INVALID) from None
+        except FluxPipelineError as exc:
+            _err(f"error: {exc}")
+            raise click.exceptions.Exit(EXIT_FAILED) from None
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise  # click's own ways out (--help, usage errors)
+        except OSError as exc:  # a full disk, a folder that vanished, a permission
+            _err(_redact(f"error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": ")))
+            raise click.exceptions.Exit(EXIT_FAILED) from None
+        except Exception as exc:  # a bug: say so briefly, the traceback only on request
+            if ctx.params.get("debug"):
+                _err(_redact(traceback.format_exc()))
+            _err(_redact(f"internal error: {type(exc).__name__}: {exc}"))
+            _err("this is a bug in flux-pipeline; rerun with --debug for the traceback")
+            raise click.exceptions.Exit(EXIT_FAILED) from None
+
+
+def _redact(text: str) -> str:
+    """The text without the API key, wherever it came from."""
+    key = os.environ.get(API_KEY_ENV, "")
+    return text.replace(key, "[redacted]") if len(key) >= 4 else text
+
+
+@click.group(
+    cls=_Group,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
+@click.version_option(package_name="flux-pipeline")
+@click.option("--debug", is_flag=True, help="Show the traceback of an internal error.")
+def cli(debug: bool) -> None:
+    """Turn YAML specs into images from the FLUX text-to-image API, reproducibly.
+
+    A spec holds Jinja prompt templates and parameter grids. `validate` checks it without the
+    network, `plan` shows the requests it makes, `run` generates the images and writes
+    SPEC.lock.json beside the spec. Exit codes: 0 ok, 1 invalid spec or stale, 2 bad usage
+    (an unknown option, no API key), 3 some requests failed, 130 interrupted (Ctrl-C), 143
+    terminated (SIGTERM).
+    """
+
+
+def _each_spec(specs: Sequence[Path], work: Callable[[Path], None]) -> None:
+    """Run `work` on every spec, report every invalid one, and exit 1 if any was."""
+    failed = False
+    for path in specs:
+        try:
+            work(path)
+        except (SpecInvalid, LockError) as exc:
+            failed = True
+            _report(exc)
+    if failed:
+        raise ExitCode(EXIT_INVALID)
+
+
+def _report(exc: FluxPipelineError) -> None:
+    if isinstance(exc, SpecInvalid):
+        for problem in exc.problems:
+            _err(f"error: {problem}")
+        count = len(exc.problems)
+        _err(f"{count} problem{'s' if count != 1 else ''} found")
+    else:
+        _err(f"error: {exc}")
+
+
+def main() -> None:
+    """Entry point of the `flux-pipeline` console script."""
+    cli()

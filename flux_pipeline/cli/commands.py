@@ -1,0 +1,205 @@
+"""The commands that read specs and locks without the network: validate, plan, check, diff,
+merge, gallery and schema. Each parses its options, calls one library function and prints
+its result (`reports`)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .app import EXIT_INVALID, ExitCode, _each_spec, cli
+from .params import SPECS, WAIT
+
+
+@cli.command()
+@SPECS
+def validate(specs: Sequence[Path]) -> None:
+    """Load, expand and validate specs against the API schema. No network.
+
+    Exit 0 when every spec is valid, 1 when any is not; every problem is listed with its
+    file:line, job, combination and field.
+    """
+    from .. import library
+
+    def work(path: Path) -> None:
+        spec = library.load_spec(path)
+        requests = library.validate(spec)
+        click.echo(f"{path}: valid, {len(requests)} request{'s' if len(requests) != 1 else ''}")
+
+    _each_spec(specs, work)
+
+
+@cli.command()
+@SPECS
+@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON on stdout.")
+def plan(specs: Sequence[Path], as_json: bool) -> None:
+    """Show the requests specs make: size, seed, images, and state against the lock.
+
+    States: new (not in the lock), changed (request differs from the lock), missing or corrupt
+    (an output file is gone or altered), up to date. Credits are estimated from what the lock
+    recorded for the same model and size, else "unknown"; a request whose images the cache of
+    earlier outputs holds costs nothing ("0 (cache)"). Lock entries no longer in the spec are
+    counted: the next run drops them from the lock.
+    """
+    from .. import library
+    from .reports import plan_table
+
+    plans: list[dict[str, Any]] = []
+
+    def work(path: Path) -> None:
+        result = library.plan(library.load_spec(path))
+        if as_json:
+            plans.append(result.as_json())
+        else:
+            click.echo(plan_table(result))
+
+    try:
+        _each_spec(specs, work)
+    finally:
+        if as_json:
+            click.echo(json.dumps(plans if len(specs) > 1 else next(iter(plans), None), indent=2))
+
+
+@cli.command()
+@SPECS
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
+def check(specs: Sequence[Path], as_json: bool) -> None:
+    """CI gate: is every request in the lock, unchanged, with its files intact? No network.
+
+    Exit 0 when every spec is up to date; 1 when any request is new, changed (with the fields
+    that changed), missing, corrupt, or in the lock but no longer in the spec.
+    """
+    from .. import library
+    from ..compare import check as check_spec
+    from .reports import check_text
+
+    reports: list[Any] = []
+    stale = False
+
+    def work(path: Path) -> None:
+        nonlocal stale
+        report = check_spec(library.load_spec(path))
+        stale = stale or not report.ok
+        if as_json:
+            reports.append(report.as_json())
+        else:
+            click.echo(check_text(report))
+
+    try:
+        _each_spec(specs, work)
+    finally:
+        if as_json:
+            first = next(iter(reports), None)
+            click.echo(json.dumps(reports if len(specs) > 1 else first, indent=2))
+    if stale:
+        raise ExitCode(EXIT_INVALID)
+
+
+@cli.command()
+@click.argument("spec", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--against",
+    "ref",
+    required=True,
+    metavar="REF",
+    help="A git revision (HEAD~1, main, a tag) or another lock file.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the differences as JSON.")
+def diff(spec: Path, ref: str, as_json: bool) -> None:
+    """What changed in the spec's lock since REF: requests added, removed, and changed
+    (with the fields that changed)."""
+    from .. import library
+    from ..compare import diff_locks, lock_at
+    from .reports import diff_text
+
+    loaded = library.load_spec(spec)
+    result = diff_locks(lock_at(loaded, ref), library.read_lock(loaded.lock_path))
+    if as_json:
+        click.echo(json.dumps(result.as_json(), indent=2))
+    else:
+        click.echo(diff_text(result, str(loaded.lock_path), ref))
+
+
+@cli.command()
+@click.argument("spec", type=click.Path(dir_okay=False, path_type=Path))
+@WAIT
+def merge(spec: Path, wait: float) -> None:
+    """Combine the partial locks of `run --shard K/N` into the spec's lock.
+
+    Exit 1 (and write nothing) when two partial locks record the same request differently;
+    exit 2 when there is nothing to merge or a run holds the output folder.
+    """
+    from .. import library
+    from ..shards import merge as merge_shards
+
+    result = merge_shards(library.load_spec(spec), wait=wait)
+    click.echo(f"{spec}: merged {len(result.merged)} partial locks, {result.requests} requests")
+
+
+@cli.command()
+@click.argument("spec", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Where the page goes. Default: gallery.html in the output folder.",
+)
+@click.option("--rows", metavar="VAR", help="The variable down the grid.")
+@click.option("--cols", metavar="VAR", help="The variable across the grid.")
+@click.option("--png", is_flag=True, help="Also write a labelled contact sheet (PNG) beside it.")
+@click.option(
+    "--changed",
+    metavar="REF",
+    help="Show only requests changed since git revision REF, old beside new.",
+)
+def gallery(
+    spec: Path,
+    output: Path | None,
+    rows: str | None,
+    cols: str | None,
+    png: bool,
+    changed: str | None,
+) -> None:
+    """Write a static HTML page of the spec's images laid out on its grid's axes.
+
+    One variable goes across (--cols), one down (--rows); the others become sections. Each
+    image links to the full size and shows its name, seed, size and prompt. The page has no
+    external assets and links to the images relatively: open it from disk or publish the
+    folder as a CI artifact.
+    """
+    from .. import library
+    from ..gallery import build_gallery
+
+    loaded = library.load_spec(spec)
+    result = build_gallery(
+        loaded,
+        library.validate(loaded),
+        page=output,
+        rows=rows,
+        cols=cols,
+        png=png,
+        changed=changed,
+    )
+    click.echo(f"{result.page}: {result.images} images")
+    if result.sheet:
+        click.echo(f"{result.sheet}: contact sheet")
+
+
+@cli.command()
+def schema() -> None:
+    """Print the JSON Schema of the spec language, for editors.
+
+    Save it beside your specs and name it on a spec's first line, and editors with the YAML
+    language server complete and check the spec as you type:
+
+    \b
+      flux-pipeline schema > spec.schema.json
+      # yaml-language-server: $schema=spec.schema.json
+    """
+    from ..spec import spec_schema_json
+
+    click.echo(spec_schema_json(), nl=False)

@@ -1,0 +1,79 @@
+"""Option values parsed where they enter: click parameter types for rates, shards and
+latencies, and the arguments and options several commands share."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from ..errors import ConfigError
+
+SPECS = click.argument(
+    "specs", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path)
+)
+WAIT = click.option(
+    "--wait",
+    default=0.0,
+    type=click.FloatRange(min=0),
+    metavar="SECONDS",
+    help="If another run is writing to the output folder, wait this long for it "
+    "(default: exit 2 at once, naming it).",
+)
+
+
+if TYPE_CHECKING:  # click's ParamType is generic for type checkers from click 8.2 on
+    _ParamType = click.ParamType[Any]
+else:
+    _ParamType = click.ParamType
+
+
+class RateType(_ParamType):
+    """`10/s` or `100/m`, as a `pacing.Rate`."""
+
+    name = "RATE"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        from ..pacing import Rate
+
+        if isinstance(value, Rate):
+            return value
+        try:
+            return Rate.parse(str(value))
+        except ConfigError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+class ShardType(_ParamType):
+    """`K/N` with 1 <= K <= N, as a `shards.Shard`."""
+
+    name = "K/N"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        from ..shards import Shard
+
+        if isinstance(value, Shard):
+            return value
+        try:
+            return Shard.parse(str(value))
+        except ConfigError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+class SecondsRangeType(_ParamType):
+    """Seconds, fixed (`0.1`) or a range (`0.05-0.2`), as a (low, high) pair."""
+
+    name = "SECONDS"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, tuple):
+            return value
+        low, _, high = str(value).partition("-")
+        try:
+            span = (float(low), float(high or low))
+        except ValueError:
+            self.fail(f"{value!r} is not seconds or a range like 0.05-0.2", param, ctx)
+        if not 0 <= span[0] <= span[1]:
+            self.fail(f"{value!r}: a range goes from low to high, both >= 0", param, ctx)
+        return span

@@ -1,0 +1,118 @@
+"""Text renderings of library results for people: the plan table, the check report, a diff,
+the bodies of a dry run and a run's summary. The library returns values; this says them."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Iterable, Sequence
+
+from ..compare import CheckReport, LockDiff
+from ..planning import Plan, PlanItem
+from ..results import RunResult, Status
+
+
+def table(rows: Sequence[Sequence[str]], right: frozenset[int] = frozenset()) -> str:
+    """Columns aligned with two spaces between them; columns in `right` are right-aligned."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = []
+    for row in rows:
+        cells = [
+            c.rjust(w) if i in right else c.ljust(w)
+            for i, (c, w) in enumerate(zip(row, widths, strict=True))
+        ]
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines)
+
+
+def credits_text(value: float | None) -> str:
+    return "unknown" if value is None else f"{value:g}"
+
+
+def plan_table(plan: Plan) -> str:
+    rows: list[list[str]] = [["STATE", "NAME", "MODEL", "SIZE", "SEED", "IMAGES", "CREDITS"]]
+    for item in plan.items:
+        rows.append(
+            [
+                item.state.kind.value,
+                item.request.id,
+                item.request.model,
+                f"{item.width}x{item.height}",
+                str(item.request.seed),
+                str(item.images),
+                "0 (cache)" if item.cached else credits_text(item.credits),
+            ]
+        )
+    counts = ", ".join(f"{n} {state}" for state, n in sorted(plan.counts.items()))
+    summary = (
+        f"{plan.spec.path}: {len(plan.items)} requests, {plan.images} images ({counts}); "
+        f"to do: {len(plan.todo)}, estimated credits: {credits_text(plan.credits)}"
+    )
+    reasons = [f"  {i.request.id}: {i.state.reason}" for i in plan.items if i.state.reason]
+    if plan.cached:
+        summary += f" ({plan.cached} restored from the cache of earlier outputs)"
+    if plan.gone:
+        summary += (
+            f"; {len(plan.gone)} in the lock no longer in the spec "
+            "(dropped by the next run; --prune deletes their images)"
+        )
+    return "\n".join([table(rows, right=frozenset({4, 5})), *reasons, summary])
+
+
+def check_text(report: CheckReport) -> str:
+    """What `check` prints for one spec."""
+    path = report.spec.path
+    if report.ok:
+        return f"{path}: up to date ({report.requests} requests)"
+    summary = f"{len(report.findings) - report.gone} of {report.requests} requests are stale"
+    if report.gone:
+        summary += f"; {report.gone} in the lock no longer in the spec"
+    lines = [f"{path}: {summary}"]
+    lines += [f"  {f.state:8}  {f.id}: {f.reason}" for f in report.findings]
+    return "\n".join(lines)
+
+
+def diff_text(result: LockDiff, lock: str, ref: str) -> str:
+    """What `diff` prints: requests added, removed and changed since REF."""
+    if result.empty:
+        return f"{lock}: no changes since {ref}"
+    lines = [f"added    {key}" for key in result.added]
+    lines += [f"removed  {key}" for key in result.removed]
+    lines += [f"changed  {key}: {', '.join(fields)}" for key, fields in result.changed.items()]
+    return "\n".join(lines)
+
+
+def dry_run_lines(items: Iterable[PlanItem]) -> Iterable[str]:
+    """One JSON line per request a run would send: its id and exact body."""
+    for item in items:
+        yield json.dumps({"id": item.request.id, "body": item.request.body}, ensure_ascii=False)
+
+
+def run_summary(result: RunResult) -> str:
+    """A run's closing report: counts, credits, time, and each failure and stop."""
+    restored = Counter(r.reason for r in result.results if r.status is Status.RESTORED)
+    from_cache = restored.pop("from the cache", 0)
+    parts = [
+        f"{result.count(Status.DONE)} done",
+        f"{result.count(Status.SKIPPED)} skipped",
+        f"{result.count(Status.FAILED)} failed",
+    ]
+    if from_cache:
+        parts.insert(1, f"{from_cache} restored from the cache")
+    if restored:
+        parts.insert(1, f"{sum(restored.values())} taken from an interrupted run")
+    if result.count(Status.NOT_SENT):
+        parts.append(f"{result.count(Status.NOT_SENT)} not sent")
+    lines = [
+        f"{result.spec.path}: "
+        + ", ".join(parts)
+        + f"; credits {result.credits:g}; {result.seconds:.1f} s"
+    ]
+    for failure in (r for r in result.results if r.status is Status.FAILED):
+        lines.append(f"  failed {failure.id}: {failure.reason}")
+    unsent = Counter(r.reason for r in result.results if r.status is Status.NOT_SENT)
+    if result.stopped:
+        lines.append(f"  stopped: {result.stopped}")
+    else:
+        lines += [f"  not sent: {reason} ({n})" for reason, n in unsent.items()]
+    return "\n".join(lines)

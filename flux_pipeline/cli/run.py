@@ -1,0 +1,253 @@
+"""The commands that talk to an API: `run` (generate, record, keep the lock), and `emulator`
+(the API's emulator in the foreground)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from ..defaults import API_KEY_ENV, DEFAULT_BASE_URL
+from ..errors import Terminated
+from .app import EXIT_FAILED, ExitCode, _each_spec, cli
+from .params import SPECS, WAIT, RateType, SecondsRangeType, ShardType
+
+if TYPE_CHECKING:
+    from ..pacing import Rate
+
+
+@cli.command()
+@SPECS
+@click.option(
+    "--concurrency",
+    "-j",
+    default=4,
+    show_default=True,
+    type=click.IntRange(1, 1024),
+    help="Requests in flight at once.",
+)
+@click.option(
+    "--rate",
+    type=RateType(),
+    help="Requests per second or minute for all workers together: 10/s, 100/m.",
+)
+@click.option(
+    "--retries",
+    default=3,
+    show_default=True,
+    type=click.IntRange(0, 20),
+    help="Retries of a request on 408, 409, 429, 5xx, timeouts and connection errors.",
+)
+@click.option(
+    "--timeout",
+    default=120.0,
+    show_default=True,
+    type=click.FloatRange(min=0.1),
+    help="Seconds to wait for one HTTP answer.",
+)
+@click.option(
+    "--only",
+    multiple=True,
+    metavar="GLOB",
+    help="Run only requests whose name matches (repeatable).",
+)
+@click.option("--force", is_flag=True, help="Redo requests even if they are up to date.")
+@click.option(
+    "--prune", is_flag=True, help="Delete the images of requests that are no longer in the spec."
+)
+@click.option(
+    "--max-credits",
+    type=click.FloatRange(min=0),
+    help="Stop sending once this many credits are spent.",
+)
+@click.option("--max-requests", type=click.IntRange(min=0), help="Send at most this many requests.")
+@click.option("--dry-run", is_flag=True, help="Print the bodies that would be sent, send nothing.")
+@click.option(
+    "--emulator",
+    is_flag=True,
+    help="Run against the built-in emulator on loopback (offline, no key needed).",
+)
+@click.option(
+    "--base-url",
+    envvar="FLUX_PIPELINE_BASE_URL",
+    show_envvar=True,
+    default=DEFAULT_BASE_URL,
+    show_default=True,
+    help="The API's base URL.",
+)
+@click.option(
+    "--shard",
+    type=ShardType(),
+    help="Do shard K of N (chosen by request name) into a partial lock; see merge.",
+)
+@click.option(
+    "--transport",
+    type=click.Choice(["aiohttp", "httpx"]),
+    default="aiohttp",
+    show_default=True,
+    help="HTTP transport under httpx.",
+)
+@WAIT
+@click.option(
+    "--drain-timeout",
+    default=120.0,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    metavar="SECONDS",
+    help="After Ctrl-C or SIGTERM, how long the requests in flight (already paid for) may "
+    "take to finish and store their images; a second signal abandons them at once.",
+)
+def run(
+    specs: Sequence[Path],
+    emulator: bool,
+    base_url: str,
+    dry_run: bool,
+    **options: Any,
+) -> None:
+    """Generate the images of specs and record them in SPEC.lock.json.
+
+    Only requests that are new or changed (or whose files are missing or altered) are sent;
+    each result is made durable before it is reported done. One run at a time writes to an
+    output folder. Ctrl-C (or SIGTERM) stops sending and lets the requests already paid for
+    finish; a second one abandons them (the next run fetches their images without paying).
+    The key comes from AIMLAPI_KEY and is never printed. Exit 0 when all are done, 1 on an
+    invalid spec, 2 on bad usage (no API key, the output folder busy), 3 when some requests
+    failed or the lock could not be saved, 130 when interrupted (Ctrl-C), 143 when
+    terminated (SIGTERM); finished work is kept in every case.
+    """
+    from .. import library
+    from ..runner import RunOptions, todo
+    from .reports import dry_run_lines
+
+    options["only"] = tuple(options["only"])
+    run_options = RunOptions(**options)
+    loaded = []
+
+    def load(path: Path) -> None:
+        spec = library.load_spec(path)
+        loaded.append((spec, library.validate(spec)))
+
+    _each_spec(specs, load)
+    if dry_run:
+        for spec, requests in loaded:
+            for line in dry_run_lines(todo(spec, requests, run_options)):
+                click.echo(line)
+        return
+    key = os.environ.get(API_KEY_ENV, "")
+    if emulator:
+        from ..emulator import EmulatorServer
+
+        with EmulatorServer() as server:
+            _run_all(loaded, server.url, key or "emulator", run_options)
+    else:
+        _run_all(loaded, base_url, key, run_options)
+
+
+def _run_all(loaded: Sequence[tuple[Any, Any]], base_url: str, key: str, options: Any) -> None:
+    from ..runner import run as run_spec
+    from .progress import Progress
+    from .reports import run_summary
+
+    failed = False
+    for spec, requests in loaded:
+        with Progress(spec, requests) as progress:
+            result = run_spec(
+                spec,
+                base_url=base_url,
+                api_key=key,
+                options=options,
+                listener=progress.update,
+                notify=progress.notice,
+                requests=requests,
+            )
+        click.echo(run_summary(result))
+        if result.interrupted:
+            raise Terminated(result.interrupted)  # the other specs are not started
+        failed = failed or not result.ok
+    if failed:
+        raise ExitCode(EXIT_FAILED)
+
+
+@cli.command()
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to bind; loopback unless you mean otherwise.",
+)
+@click.option("--port", default=8000, show_default=True, type=int)
+@click.option(
+    "--shape",
+    type=click.Choice(["data", "images"]),
+    default="data",
+    show_default=True,
+    help="Response shape: data[] + meta.usage, or images[] + seed + nsfw flags.",
+)
+@click.option(
+    "--delivery",
+    type=click.Choice(["url", "b64"]),
+    default="url",
+    show_default=True,
+    help="Images by URL (served under /files/) or inline base64.",
+)
+@click.option(
+    "--latency",
+    default="0",
+    show_default=True,
+    type=SecondsRangeType(),
+    help="Seconds before each answer: fixed (0.1) or a range (0.05-0.2).",
+)
+@click.option(
+    "--fail-rate",
+    default=0.0,
+    type=click.FloatRange(0, 1),
+    help="Share of generations answered 500/502/503/504.",
+)
+@click.option(
+    "--rate-limit",
+    type=RateType(),
+    help="Generations per second before 429 with Retry-After: 5/s.",
+)
+@click.option(
+    "--truncate-rate",
+    default=0.0,
+    type=click.FloatRange(0, 1),
+    help="Share of downloads cut short under a full Content-Length.",
+)
+@click.option(
+    "--slow-download",
+    default=0.0,
+    type=click.FloatRange(min=0),
+    help="Seconds each download trickles over.",
+)
+@click.option(
+    "--credits",
+    type=click.FloatRange(min=0),
+    help="Credit balance; 403 out of credits once spent (1 credit per megapixel).",
+)
+@click.option("--seed", default=0, show_default=True, help="Seed of the fault random source.")
+@click.option("--access-log", is_flag=True, help="Log every request (slows the emulator).")
+def emulator(
+    host: str,
+    port: int,
+    latency: tuple[float, float],
+    rate_limit: Rate | None,
+    access_log: bool,
+    **switches: Any,
+) -> None:
+    """Serve the emulator of the API in the foreground (Ctrl-C to stop).
+
+    Any bearer key is accepted. Try it with curl:
+
+    \b
+      curl -s localhost:8000/v1/images/generations -H 'Authorization: Bearer x' \\
+        -H 'Content-Type: application/json' -d '{"model": "flux-pro", "prompt": "a kettle"}'
+    """
+    from ..emulator import EmulatorConfig, serve_forever
+
+    limit = rate_limit.per_second if rate_limit else None
+    config = EmulatorConfig(latency=latency, rate_limit=limit, **switches)
+    serve_forever(config, host, port, access_log)
