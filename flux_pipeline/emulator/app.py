@@ -1,0 +1,255 @@
+"""The emulator's ASGI application: the generation endpoint, billing at receipt, and the
+image files it serves."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import math
+import random
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from datetime import datetime, timezone
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from ..bodies import body_hash
+from ..registry import API_PATH, check_body, get_model
+from .config import CHUNK, FAULT_STATUSES, Counters, EmulatorConfig, credits_for
+from .images import Picture
+
+
+def error_body(status: int, message: str, path: str, **extra: Any) -> dict[str, Any]:
+    """An error in the provider's documented shape."""
+    return {
+        "message": message,
+        "path": path,
+        "requestId": str(uuid.uuid4()),
+        "statusCode": status,
+        "timestamp": datetime.now(timezone.utc).isoformat(),
+        **extra,
+    }
+
+
+class Emulator:
+    """The emulator's state and its ASGI app (`.app`)."""
+
+    def __init__(self, config: EmulatorConfig | None = None) -> None:
+        self.config = config or EmulatorConfig()
+        self.counters = Counters()
+        self._random = random.Random(self.config.seed)
+        self._files: dict[str, Picture] = {}
+        self._spent = 0.0
+        self._tokens = max(self.config.rate_limit or 0.0, 1.0)
+        self._refilled = time.monotonic()
+        self.app = Starlette(
+            routes=[
+                Route(API_PATH, self._generate, methods=["POST"]),
+                Route("/files/{name}", self._download, methods=["GET"], name="file"),
+            ],
+            exception_handlers={HTTPException: self._http_error},
+        )
+
+    def configure(self, **changes: Any) -> None:
+        """Change switches while running, e.g. `emulator.configure(fail_rate=0.3)`."""
+        self.config = replace(self.config, **changes)
+        if "seed" in changes:
+            self._random.seed(self.config.seed)
+        if "credits" in changes:
+            self._spent = 0.0
+        if "rate_limit" in changes:  # a new limit starts with a full bucket
+            self._tokens = max(self.config.rate_limit or 0.0, 1.0)
+            self._refilled = time.monotonic()
+
+    async def _http_error(self, request: Request, exc: Exception) -> Response:
+        status = getattr(exc, "status_code", 500)
+        detail = getattr(exc, "detail", "error")
+        return JSONResponse(error_body(status, str(detail), request.url.path), status)
+
+    def _answer(self, status: int, message: str, path: str, **extra: Any) -> JSONResponse:
+        with self.counters.lock:
+            self.counters.statuses[status] += 1
+        headers = extra.pop("headers", None)
+        return JSONResponse(error_body(status, message, path, **extra), status, headers=headers)
+
+    def _take_token(self) -> float:
+        """0 if a request may pass the rate limit now, else seconds until one may."""
+        rate = self.config.rate_limit
+        if rate is None:
+            return 0.0
+        now = time.monotonic()
+        self._tokens = min(max(rate, 1.0), self._tokens + (now - self._refilled) * rate)
+        self._refilled = now
+        if self._tokens >= 1:
+            self._tokens -= 1
+            return 0.0
+        return (1 - self._tokens) / rate
+
+    async def _generate(self, request: Request) -> Response:
+        """Answer a generation. As the real API does, a request is billed as soon as its body
+        is received and accepted, before the work (the latency): a client that goes away
+        while waiting has paid all the same. Refusals (401, 429, 400, 403) are not billed."""
+        config = self.config
+        path = request.url.path
+        with self.counters.lock:
+            self.counters.requests += 1
+            self.counters.authorizations.append(request.headers.get("authorization", ""))
+        auth = request.headers.get("authorization", "")
+        key = auth[7:].strip() if auth.startswith("Bearer ") else ""
+        if not key or (config.api_key is not None and key != config.api_key):
+            return self._answer(401, "Unauthorized: missing or invalid API key", path)
+        if config.redirect_to:
+            with self.counters.lock:
+                self.counters.statuses[307] += 1
+            return Response(status_code=307, headers={"Location": config.redirect_to + path})
+        wait = self._take_token()
+        if wait:
+            headers = {"Retry-After": config.retry_after or str(max(1, math.ceil(wait)))}
+            if config.retry_after is None:  # the precise wait, as some providers send it
+                headers["retry-after-ms"] = str(math.ceil(wait * 1000))
+            return self._answer(429, "Too many requests", path, headers=headers)
+        try:
+            body = json.loads(await request.body())
+        except ValueError:
+            return self._answer(400, "Body validation error: the body is not JSON", path)
+        if not isinstance(body, dict):
+            return self._answer(400, "Body validation error: the body must be an object", path)
+        problems = check_body(body)
+        if problems:
+            details = [f"{p.path}: {p.message}" for p in problems]
+            return self._answer(400, "Body validation error", path, details=details)
+        failing = bool(config.fail_rate) and self._random.random() < config.fail_rate
+        paid = None if failing else self._bill(body)
+        if isinstance(paid, Response):
+            return paid  # out of credits
+        low, high = config.latency
+        if high > 0:
+            await asyncio.sleep(self._random.uniform(low, high))
+        if paid is None:
+            status = self._random.choice(FAULT_STATUSES)
+            return self._answer(status, "Internal server error (emulated)", path)
+        answer = self._answer_generation(request, body, paid)
+        with self.counters.lock:
+            self.counters.delivered += 1
+        return answer
+
+    def _bill(self, body: dict[str, Any]) -> int | Response:
+        """Charge a received body: its cost, or a 403 once the balance is spent."""
+        model = get_model(body["model"])
+        assert model is not None  # check_body passed
+        width, height = model.size(body)
+        count = model.num_images(body)
+        cost = count * credits_for(width, height)
+        if self.config.credits is not None and self._spent + cost > self.config.credits:
+            return self._answer(403, "Forbidden: out of credits", API_PATH)
+        self._spent += cost
+        with self.counters.lock:
+            self.counters.paid += 1
+            self.counters.generated += count
+            self.counters.paid_bodies[body_hash(body)] += 1  # as the lock records it
+        return cost
+
+    def _answer_generation(self, request: Request, body: dict[str, Any], cost: int) -> Response:
+        config = self.config
+        model = get_model(body["model"])
+        assert model is not None  # check_body passed
+        width, height = model.size(body)
+        count = model.num_images(body)
+        seed = body.get("seed") or self._random.randint(1, 2**31 - 1)
+        fmt = model.output_format(body) or "png"
+        images = [
+            Picture(model.name, body["prompt"], seed, width, height, fmt, i, config.mangle)
+            for i in range(count)
+        ]
+        with self.counters.lock:
+            self.counters.statuses[200] += 1
+        mangled = self._mangled(config.mangle, cost)
+        if mangled is not None:
+            return mangled
+        links = []
+        for image in images:
+            if config.delivery == "b64":
+                links.append(base64.b64encode(image.render()).decode())
+            else:
+                self._files[image.file_name] = image
+                # The same as url_for("file", ...), without a walk through the routes.
+                prefix = config.file_url_prefix or f"{request.base_url}files/"
+                links.append(prefix + image.file_name)
+        if config.shape == "data":
+            key = "b64_json" if config.delivery == "b64" else "url"
+            other = "url" if key == "b64_json" else "b64_json"
+            return JSONResponse(
+                {
+                    "data": [{key: link, other: None} for link in links],
+                    "meta": {"usage": {"credits_used": cost}},
+                }
+            )
+        return JSONResponse(
+            {
+                "images": [
+                    {
+                        "url": link
+                        if config.delivery == "url"
+                        else f"data:{image.content_type};base64,{link}",
+                        "width": width,
+                        "height": height,
+                        "content_type": image.content_type,
+                    }
+                    for link, image in zip(links, images, strict=True)
+                ],
+                "timings": {"inference": 0.0},
+                "seed": seed,
+                "has_nsfw_concepts": [False] * count,
+                "prompt": body["prompt"],
+            }
+        )
+
+    @staticmethod
+    def _mangled(mangle: str | None, cost: int) -> Response | None:
+        """A paid generation's answer, broken as `mangle` says (None: answer normally)."""
+        usage = {"meta": {"usage": {"credits_used": cost}}}
+        if mangle == "html":
+            return Response("<html><body>502 Bad Gateway</body></html>", media_type="text/html")
+        if mangle == "no-images":
+            return JSONResponse({"result": "ok", **usage})
+        if mangle == "empty":
+            return JSONResponse({"data": [], **usage})
+        if mangle == "bad-b64":
+            return JSONResponse({"data": [{"url": None, "b64_json": "!!not*base64!!"}], **usage})
+        return None
+
+    async def _download(self, request: Request) -> Response:
+        config = self.config
+        image = self._files.get(request.path_params["name"])
+        if image is None:
+            with self.counters.lock:
+                self.counters.downloads["missing"] += 1
+            return JSONResponse(error_body(404, "Not found", request.url.path), 404)
+        data = image.render()
+        truncate = config.truncate_rate and self._random.random() < config.truncate_rate
+        with self.counters.lock:
+            self.counters.downloads["truncated" if truncate else "ok"] += 1
+        if not truncate and not config.slow_download:
+            return Response(data, media_type=image.content_type)
+        sent = data[: len(data) // 2] if truncate else data
+        return StreamingResponse(
+            self._trickle(sent, config.slow_download),
+            media_type=image.content_type,
+            headers={"Content-Length": str(len(data))},
+        )
+
+    @staticmethod
+    async def _trickle(data: bytes, seconds: float) -> AsyncIterator[bytes]:
+        chunks = [data[i : i + CHUNK] for i in range(0, len(data), CHUNK)] or [b""]
+        for chunk in chunks:
+            if seconds:
+                await asyncio.sleep(seconds / len(chunks))
+            yield chunk

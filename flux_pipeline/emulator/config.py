@@ -1,0 +1,86 @@
+"""The emulator's switches (`EmulatorConfig`) and what it counts (`Counters`)."""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+FAULT_STATUSES = (500, 502, 503, 504)
+MANGLES = (
+    None,
+    "html",
+    "no-images",
+    "empty",
+    "bad-b64",
+    "not-image",
+    "wrong-size",
+    "wrong-format",
+    "bomb",
+)
+CHUNK = 64 * 1024
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+@dataclass(frozen=True, slots=True)
+class EmulatorConfig:
+    """How the emulator answers. Every field can be changed while it runs (`Emulator.configure`)."""
+
+    shape: str = "data"  # "data": data[] + meta.usage; "images": images[] + seed + nsfw flags
+    delivery: str = "url"  # "url": served from /files/; "b64": inline base64
+    latency: tuple[float, float] = (0.0, 0.0)  # seconds before answering a generation, min..max
+    fail_rate: float = 0.0  # share of generations answered with 500/502/503/504
+    rate_limit: float | None = None  # generations per second before 429
+    retry_after: str | None = None  # Retry-After sent with 429 (default: seconds to next slot)
+    truncate_rate: float = 0.0  # share of downloads cut short under a full Content-Length
+    slow_download: float = 0.0  # seconds over which each download trickles
+    credits: float | None = None  # balance; 403 "out of credits" once spent
+    api_key: str | None = None  # the only key accepted (401 for others); None: any key
+    # Misbehaviour on cue, for fault tests: answer a paid generation with "html", "no-images",
+    # "empty", "bad-b64", or deliver an image that is "not-image", "wrong-size",
+    # "wrong-format" or a decompression "bomb".
+    mangle: str | None = None
+    redirect_to: str | None = None  # answer generations 307 to this base URL
+    file_url_prefix: str | None = None  # image URLs start with this instead of /files/
+    seed: int = 0  # seeds the random source of faults and of drawn seeds
+
+    def __post_init__(self) -> None:
+        if self.mangle not in MANGLES:
+            raise ValueError(f"mangle must be one of {sorted(filter(None, MANGLES))}")
+        if self.shape not in ("data", "images"):
+            raise ValueError(f"shape must be 'data' or 'images', not {self.shape!r}")
+        if self.delivery not in ("url", "b64"):
+            raise ValueError(f"delivery must be 'url' or 'b64', not {self.delivery!r}")
+
+
+@dataclass
+class Counters:
+    """What the emulator has seen, for tests to assert on. Read them under `lock`."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    requests: int = 0  # POSTs to the generation endpoint
+    statuses: Counter[int] = field(default_factory=Counter)  # generation answers by status
+    generated: int = 0  # images generated and paid for
+    paid: int = 0  # generations billed: at receipt of the body, before any latency
+    delivered: int = 0  # billed generations whose answer was written back
+    paid_bodies: Counter[str] = field(default_factory=Counter)  # sha256 of bodies that were paid
+    downloads: Counter[str] = field(default_factory=Counter)  # "ok", "truncated", "missing"
+    authorizations: list[str] = field(default_factory=list)  # Authorization headers seen
+
+    def snapshot(self) -> dict[str, Any]:
+        with self.lock:
+            return {
+                "requests": self.requests,
+                "statuses": dict(self.statuses),
+                "generated": self.generated,
+                "paid": self.paid,
+                "delivered": self.delivered,
+                "downloads": dict(self.downloads),
+            }
+
+
+def credits_for(width: int, height: int) -> int:
+    """What the emulator charges for one image: one credit per started megapixel."""
+    return max(1, math.ceil(width * height / 1_000_000))
