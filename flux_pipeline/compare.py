@@ -3,12 +3,12 @@ changed between two versions of a lock)."""
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import git
 from .bodies import changed_fields
 from .errors import LockError
 from .expansion import Request
@@ -127,27 +127,12 @@ def lock_at(spec: Spec, ref: str) -> Lock | None:
     as_file = Path(ref)
     if as_file.is_file():
         return read_lock(as_file)
-    folder = spec.lock_path.parent
     try:
-        top = subprocess.run(
-            ["git", "rev-parse", "--show-toplevel"],
-            cwd=folder,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        relative = spec.lock_path.resolve().relative_to(Path(top).resolve()).as_posix()
-        shown = subprocess.run(
-            ["git", "show", f"{ref}:{relative}"],
-            cwd=folder,
-            capture_output=True,
-            text=True,
-        )
-    except (OSError, subprocess.CalledProcessError, ValueError) as exc:
+        text = git.show(spec.lock_path, ref)
+    except git.NoRepository as exc:
         raise LockError(f"{ref!r} is neither a lock file nor a git revision here: {exc}") from exc
-    if shown.returncode != 0:
-        message = shown.stderr.strip().splitlines()[-1] if shown.stderr.strip() else ""
-        if "exists on disk, but not in" in message or "does not exist in" in message:
-            return None  # the lock did not exist at that revision: everything is added
-        raise LockError(f"cannot read the lock at {ref!r}: {message}")
-    return parse_lock(shown.stdout, f"{ref}:{relative}")
+    except git.GitError as exc:
+        raise LockError(f"cannot read the lock at {ref!r}: {exc}") from exc
+    if text is None:
+        return None  # the lock did not exist at that revision: everything is added
+    return parse_lock(text.decode("utf-8", "replace"), f"{ref}:{spec.lock_path.name}")

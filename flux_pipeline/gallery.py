@@ -9,15 +9,14 @@ name, seed and size, and the prompt on hover and below.
 
 from __future__ import annotations
 
-import html
 import io
 import os
-import subprocess
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import git
 from .atomic import write_atomic
 from .compare import diff_locks, lock_at
 from .errors import ConfigError
@@ -135,103 +134,90 @@ def thumbnail(source: Path, sha256: str, folder: Path) -> Path:
 
 # ----- the page --------------------------------------------------------------------------------
 
-STYLE = """
-body{font:14px/1.4 system-ui,sans-serif;margin:24px;background:#fafafa;color:#222}
-h1{margin:0 0 4px}h2{margin:32px 0 8px;font-size:17px}
-table{border-collapse:collapse}th{font-weight:600;padding:4px 8px;text-align:center}
-th.row{text-align:right;white-space:nowrap}td{vertical-align:top;padding:6px}
-figure{margin:0;width:320px}figure img{display:block;max-width:320px;height:auto;
-background:#ddd;border-radius:4px}figcaption{font-size:12px;color:#555;margin-top:4px}
-figcaption b{color:#222}details{font-size:12px;color:#444}.missing{width:320px;height:120px;
-display:flex;align-items:center;justify-content:center;background:#eee;color:#999;
-border-radius:4px}.broken{outline:3px solid #d22}#summary{color:#555}
-.pair{display:flex;gap:8px}.pair figure{width:240px}.pair img{max-width:240px}
-"""
 
-# Counts the images that loaded and marks those that did not, so a broken link shows.
-SCRIPT = """
-addEventListener('load',()=>{const imgs=[...document.querySelectorAll('img')];
-let ok=0;for(const i of imgs){if(i.complete&&i.naturalWidth>0)ok++;else i.classList.add('broken')}
-document.body.dataset.loaded=ok;document.body.dataset.images=imgs.length;
-document.getElementById('summary').textContent+=` · ${ok} of ${imgs.length} shown`;});
-"""
+@dataclass(frozen=True, slots=True)
+class _Figure:
+    """One image as the page shows it (href None: not generated)."""
 
-
-def _e(value: Any) -> str:
-    return html.escape(str(value), quote=True)
+    id: str
+    seed: int
+    prompt: str
+    href: str | None = None
+    thumb: str | None = None
+    size: str = ""
 
 
 def _href(path: Path, page_folder: Path) -> str:
     return Path(os.path.relpath(path, page_folder)).as_posix()
 
 
-def _figure(cell: Cell, base: Path, page_folder: Path, thumbs: Path) -> tuple[str, bool]:
+def _figure(cell: Cell, base: Path, page_folder: Path, thumbs: Path) -> _Figure:
     request, output = cell.request, cell.output
     prompt = str(request.body.get("prompt", ""))
     if output is None or not (base / output.path).is_file():
-        return (
-            f'<div class="missing" title="{_e(prompt)}">{_e(request.id)}: not generated</div>',
-            False,
-        )
+        return _Figure(request.id, request.seed, prompt)
     image = base / output.path
     thumb = thumbnail(image, output.sha256, thumbs)
-    size = f"{output.width}x{output.height}"
-    return (
-        f'<figure><a href="{_e(_href(image, page_folder))}">'
-        f'<img loading="lazy" src="{_e(_href(thumb, page_folder))}" alt="{_e(request.id)}" '
-        f'title="{_e(prompt)}"></a>'
-        f"<figcaption><b>{_e(request.id)}</b> · seed {request.seed} · {size}</figcaption>"
-        f"<details><summary>prompt</summary>{_e(prompt)}</details></figure>",
-        True,
+    return _Figure(
+        request.id,
+        request.seed,
+        prompt,
+        _href(image, page_folder),
+        _href(thumb, page_folder),
+        f"{output.width}x{output.height}",
     )
 
 
-def _grid_html(grid: Grid, base: Path, page_folder: Path, thumbs: Path) -> tuple[str, int]:
-    shown = 0
-    head = "".join(
-        f"<th>{_e(grid.cols_var)} = {_e(c)}</th>" if grid.cols_var else "<th></th>"
-        for c in grid.cols
-    )
-    corner = f"{_e(grid.rows_var or '')} \\ {_e(grid.cols_var or '')}"
-    lines = [
-        f"<h2>{_e(grid.title)}</h2>",
-        f"<table><thead><tr><th>{corner}</th>{head}</tr></thead><tbody>",
+def _section(grid: Grid, base: Path, page_folder: Path, thumbs: Path) -> dict[str, Any]:
+    rows = [
+        {
+            "value": row,
+            "cells": [
+                [_figure(c, base, page_folder, thumbs) for c in grid.cells.get((row, col), ())]
+                for col in grid.cols
+            ],
+        }
+        for row in grid.rows
     ]
-    for row in grid.rows:
-        label = f"{_e(grid.rows_var)} = {_e(row)}" if grid.rows_var else ""
-        cells = []
-        for col in grid.cols:
-            figures = []
-            for cell in grid.cells.get((row, col), ()):
-                figure, ok = _figure(cell, base, page_folder, thumbs)
-                shown += ok
-                figures.append(figure)
-            cells.append(f"<td>{''.join(figures)}</td>")
-        lines.append(f'<tr><th class="row">{label}</th>{"".join(cells)}</tr>')
-    lines.append("</tbody></table>")
-    return "\n".join(lines), shown
+    return {
+        "title": grid.title,
+        "rows_var": grid.rows_var,
+        "cols_var": grid.cols_var,
+        "cols": grid.cols,
+        "rows": rows,
+    }
 
 
-def render_page(spec: Spec, grids: Iterable[Grid], page: Path, extra: str = "") -> tuple[str, int]:
-    """The gallery page's HTML and how many images it shows."""
+def _template() -> Any:
+    import jinja2
+
+    environment = jinja2.Environment(
+        loader=jinja2.PackageLoader("flux_pipeline", "templates"),
+        autoescape=True,
+        keep_trailing_newline=True,
+    )
+    return environment.get_template("gallery.html.j2")
+
+
+def render_page(
+    spec: Spec, grids: Iterable[Grid], page: Path, changes: dict[str, Any] | None = None
+) -> tuple[str, int]:
+    """The gallery page's HTML (the packaged template, autoescaped) and how many images it
+    shows."""
     base = spec.lock_path.parent
     thumbs = spec.output / ".thumbs"
-    parts, shown = [], 0
-    for grid in grids:
-        text, count = _grid_html(grid, base, page.parent, thumbs)
-        parts.append(text)
-        shown += count
-    title = _e(spec.name)
-    return (
-        '<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
-        f'<meta name="viewport" content="width=device-width"><title>{title} · gallery</title>'
-        f"<style>{STYLE}</style><script>{SCRIPT}</script></head>\n<body>"
-        f'<h1>{title}</h1><p id="summary">{shown} images from {_e(spec.path.name)}</p>\n'
-        + extra
-        + "\n".join(parts)
-        + "\n</body></html>\n",
-        shown,
+    sections = [_section(grid, base, page.parent, thumbs) for grid in grids]
+    shown = sum(
+        figure.href is not None
+        for section in sections
+        for row in section["rows"]
+        for figures in row["cells"]
+        for figure in figures
     )
+    text = _template().render(
+        title=spec.name, shown=shown, source=spec.path.name, grids=sections, changes=changes
+    )
+    return text, shown
 
 
 # ----- changes since a revision ----------------------------------------------------------------
@@ -242,51 +228,46 @@ def _old_image(spec: Spec, ref: str, output: Output, thumbs: Path) -> Path | Non
     cached = thumbs / f"{output.sha256[:24]}.jpg"
     if cached.exists():
         return cached
-    folder = spec.lock_path.parent
-    shown = subprocess.run(
-        ["git", "show", f"{ref}:./{output.path}"], cwd=folder, capture_output=True
-    )
-    if shown.returncode != 0:
+    try:
+        data = git.show(spec.lock_path.parent / output.path, ref)
+    except git.GitError:
+        return None
+    if data is None:
         return None
     source = thumbs / f".old-{output.sha256[:24]}"
-    write_atomic(source, shown.stdout)
+    write_atomic(source, data)
     try:
         return thumbnail(source, output.sha256, thumbs)
     finally:
         source.unlink(missing_ok=True)
 
 
-def changes_html(spec: Spec, ref: str, page: Path) -> str:
+def changes(spec: Spec, ref: str, page: Path) -> dict[str, Any]:
     """Old and new images side by side for the requests changed since `ref`."""
     old, new = lock_at(spec, ref), read_lock(spec.lock_path)
-    changes = diff_locks(old, new)
-    if changes.empty or old is None or new is None:
-        return f"<h2>No changed requests since {_e(ref)}</h2>"
+    diff = diff_locks(old, new)
+    rows: list[dict[str, Any]] = []
+    found = {"ref": ref, "rows": rows}
+    if diff.empty or old is None or new is None:
+        return found
     thumbs = spec.output / ".thumbs"
     base = spec.lock_path.parent
-    rows = []
-    for key, fields in changes.changed.items():
+    for key, fields in diff.changed.items():
         before, after = old.entries[key].outputs[0], new.entries[key].outputs[0]
         then = _old_image(spec, ref, before, thumbs)
         now = thumbnail(base / after.path, after.sha256, thumbs)
-        old_img = (
-            f'<img src="{_e(_href(then, page.parent))}" alt="{_e(key)} before">'
-            if then
-            else '<div class="missing">not in git</div>'
-        )
         rows.append(
-            f'<tr><th class="row">{_e(key)}<br><small>{_e(", ".join(fields))}</small></th>'
-            f'<td><div class="pair"><figure>{old_img}<figcaption>{_e(ref)}</figcaption></figure>'
-            f'<figure><a href="{_e(_href(base / after.path, page.parent))}">'
-            f'<img src="{_e(_href(now, page.parent))}" alt="{_e(key)} now"></a>'
-            "<figcaption>now</figcaption></figure></div></td></tr>"
+            {
+                "id": key,
+                "fields": ", ".join(fields),
+                "before": _href(then, page.parent) if then else None,
+                "after": _href(now, page.parent),
+                "href": _href(base / after.path, page.parent),
+            }
         )
-    added = ", ".join(changes.added) or "none"
-    removed = ", ".join(changes.removed) or "none"
-    return (
-        f"<h2>Changed since {_e(ref)}</h2><p>added: {_e(added)} · removed: {_e(removed)}</p>"
-        f"<table><tbody>{''.join(rows)}</tbody></table>"
-    )
+    found["added"] = ", ".join(diff.added) or "none"
+    found["removed"] = ", ".join(diff.removed) or "none"
+    return found
 
 
 # ----- the contact sheet -----------------------------------------------------------------------
@@ -359,7 +340,7 @@ def build_gallery(
     page = page or spec.output / "gallery.html"
     grids = layout(requests, lock.entries, rows, cols)
     if changed:  # just the changed requests, old beside new
-        text, shown = render_page(spec, [], page, changes_html(spec, changed, page))
+        text, shown = render_page(spec, [], page, changes(spec, changed, page))
     else:
         text, shown = render_page(spec, grids, page)
     write_atomic(page, text.encode())
