@@ -13,6 +13,7 @@ from pathlib import Path
 from click.testing import CliRunner, Result
 
 from flux_pipeline.cli import cli
+from flux_pipeline.emulator import EmulatorServer
 
 
 def build_file_tree(root: Path, files: dict[str, str | bytes]) -> Path:
@@ -57,3 +58,30 @@ def wait_for_lock(lock_path: Path, entries: int, timeout: float = 30) -> None:
         if lock_path.exists() and len(json.loads(lock_path.read_text())["requests"]) >= entries:
             return
         time.sleep(0.01)
+
+
+KEY = {"AIMLAPI_KEY": "test-key"}
+GRID = """
+    version: 1
+    name: grid
+    defaults: {{output_format: png, image_size: {{width: 256, height: 256}}}}
+    jobs:
+      - name: "{{{{ product }}}}-{{{{ style }}}}"
+        prompt: {prompt}
+        matrix:
+          product: [kettle, toaster]
+          style: {styles}
+"""
+
+
+def grid(
+    root: Path, prompt: str = "A {{ style }} {{ product }}", styles: str = "[minimal, retro]"
+) -> Path:
+    """A product x style grid spec of 256x256 PNGs."""
+    return write_spec(root, GRID.format(prompt=prompt, styles=styles))
+
+
+def run_ok(server: EmulatorServer, spec: Path, *args: str) -> None:
+    """`run SPEC` against the emulator, which must succeed."""
+    result = invoke("run", "--base-url", server.url, *args, str(spec), env=KEY)
+    assert result.exit_code == 0, result.stdout + result.stderr

@@ -1,5 +1,5 @@
 """A sentinel key never appears in stdout, stderr, the lock, the journal or a --debug
-traceback, on the success, 401, 500 and timeout paths."""
+traceback, on the success, 401, 403, 500 and timeout paths."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ SENTINEL = "sk-SENTINEL-SECRET-9f8e7d6c"
 PATHS: dict[str, tuple[dict[str, Any], tuple[str, ...], int]] = {
     "success": ({}, (), 0),
     "401": ({"api_key": "another-key"}, (), 3),
+    "403": ({"credits": 0}, (), 3),
     "500": ({"fail_rate": 1.0}, ("--retries", "1"), 3),
     "timeout": ({"latency": (1.0, 1.0)}, ("--timeout", "0.2", "--retries", "0"), 3),
 }

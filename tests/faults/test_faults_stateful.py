@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from flux_pipeline import load_spec
+from flux_pipeline.atomic import sha256_file
 from flux_pipeline.bodies import body_hash
 from flux_pipeline.client import make_http_client
 from flux_pipeline.compare import check
@@ -65,6 +66,10 @@ class Pipeline(RuleBasedStateMachine):
         self.paid_before = Counter(SERVER.emulator.counters.paid_bodies)
         self.allowed: Counter[str] = Counter()  # extra payments a user's action justifies
         self.stops = 0
+        self.touched: set[Path] = set()  # images the user damaged since the last run
+        # False after an interrupted run: an image being replaced may be on disk before its
+        # new entry is in the lock (it is in the write-ahead record; the next run adopts it).
+        self.settled = True
 
     def teardown(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
@@ -76,6 +81,8 @@ class Pipeline(RuleBasedStateMachine):
             api_key="k",
             options=RunOptions(concurrency=CONCURRENCY, retries=0),
         )
+        self.touched.clear()  # a whole run puts back what the user damaged
+        self.settled = True
 
     @rule()
     def run_spec(self) -> None:
@@ -112,6 +119,7 @@ class Pipeline(RuleBasedStateMachine):
         with contextlib.suppress(asyncio.CancelledError):
             asyncio.run(go())
         self.stops += 1
+        self.settled = False
 
     @rule(
         styles=st.lists(st.sampled_from(STYLES), min_size=1, max_size=4, unique=True),
@@ -135,6 +143,7 @@ class Pipeline(RuleBasedStateMachine):
         for entry in lock.values():
             if any(self.folder / o["path"] == image for o in entry["outputs"]):
                 self.allowed[entry["body_sha256"]] += 1
+        self.touched.add(image)
         if damage:
             image.write_bytes(image.read_bytes()[:-10] + b"0123456789")
         else:
@@ -142,11 +151,17 @@ class Pipeline(RuleBasedStateMachine):
 
     @invariant()
     def lock_names_only_sound_files(self) -> None:
+        """Every entry of the lock is whole, and every file it names is on disk with its
+        recorded hash once a run has completed (but those the user damaged since)."""
         path = self.spec.with_name("spec.lock.json")
         if not path.exists():
             return
         for entry in json.loads(path.read_text())["requests"].values():
             assert entry["body_sha256"] == body_hash(entry["body"])
+            for output in entry["outputs"]:
+                image = self.folder / output["path"]
+                if self.settled and image not in self.touched:
+                    assert sha256_file(image) == output["sha256"], output["path"]
 
     def check_final(self) -> None:
         self._run()
