@@ -28,6 +28,10 @@ FOLDER = ".flux-cache"
 
 
 class OutputCache:
+    """The cache of earlier outputs of one output folder: a store with two verbs, `save` (an
+    image by its hash) and `restore` (a request's images by its body hash), plus `remember`
+    (note what the lock holds) and `has`."""
+
     def __init__(self, output: Path) -> None:
         self.root = output / FOLDER
         self.objects = self.root / "objects"

@@ -93,7 +93,8 @@ class _NoCookies(httpx.Cookies):
 
 class CookielessClient(httpx.AsyncClient):
     """httpx's client, keeping no cookies: nothing the API sets travels on to image hosts,
-    and answers are not parsed for them (8% of the client's CPU per request)."""
+    and answers are not parsed for them (a measurable share of the client's CPU per request:
+    docs/benchmarks.md)."""
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)

@@ -31,6 +31,8 @@ MISSING = "—"
 
 @dataclass(frozen=True, slots=True)
 class Cell:
+    """A request in the grid, with its lock entry if it has one."""
+
     request: Request
     entry: Entry | None
 
@@ -53,6 +55,8 @@ class Grid:
 
 @dataclass(frozen=True, slots=True)
 class GalleryResult:
+    """What `build_gallery` wrote: the page, the contact sheet, the grids and images shown."""
+
     page: Path
     sheet: Path | None
     grids: tuple[Grid, ...]

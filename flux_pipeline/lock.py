@@ -69,6 +69,8 @@ class Entry:
 
 @dataclass(frozen=True, slots=True)
 class Lock:
+    """A lock file's content: the spec's name and an entry per request id."""
+
     spec: str
     entries: Mapping[str, Entry]
 

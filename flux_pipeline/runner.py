@@ -315,8 +315,8 @@ def _run_handling_signals(
 
 
 def run_event_loop(main: Coroutine[Any, Any, T]) -> T:
-    """Run on uvloop where it exists: its socket handling halves the client's CPU per
-    request (bench/runner.py)."""
+    """Run on uvloop where it exists: its socket handling costs the client less CPU per
+    request (figures in docs/benchmarks.md)."""
     try:
         import uvloop
     except ImportError:
