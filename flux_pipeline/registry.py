@@ -175,8 +175,8 @@ def _validator(name: str) -> Draft7Validator:
 
 @functools.cache
 def _fast_check(name: str) -> Callable[[Any], Any]:
-    """A compiled validator (fastjsonschema, much faster: docs/benchmarks.md) that only answers yes or no;
-    jsonschema explains the rare no. Both are built once per model."""
+    """A compiled validator (fastjsonschema, much faster: docs/benchmarks.md) that only
+    answers yes or no; jsonschema explains the rare no. Both are built once per model."""
     import fastjsonschema
 
     return fastjsonschema.compile(
