@@ -34,6 +34,9 @@ class RequestState(str, Enum):
     CORRUPT = "corrupt"
     UP_TO_DATE = "up to date"
 
+    def __str__(self) -> str:
+        return self.value
+
 
 @dataclass(frozen=True, slots=True)
 class State:

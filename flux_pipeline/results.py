@@ -18,6 +18,9 @@ class Status(str, Enum):
     FAILED = "failed"
     NOT_SENT = "not sent"
 
+    def __str__(self) -> str:
+        return self.value
+
 
 @dataclass(frozen=True, slots=True)
 class RequestResult:

@@ -391,3 +391,12 @@ def test_invalid_spec_sends_nothing_and_exits_1(tmp_path: Path, emulator: Emulat
     assert result.exit_code == 1
     assert "seed: 0 is less than the minimum of 1" in result.stderr
     assert requests_seen(emulator) == 0
+
+
+def test_progress_lines_name_each_result_in_words(tmp_path: Path, emulator: EmulatorServer) -> None:
+    spec = write_spec(tmp_path, "version: 1\njobs: [{name: a, prompt: p}, {name: b, prompt: q}]\n")
+    result = run_cli(emulator, str(spec))
+    assert result.exit_code == 0
+    counts, words = zip(*(line.split(" ", 1) for line in result.stderr.splitlines()), strict=True)
+    assert counts == ("[1/2]", "[2/2]")
+    assert sorted(words) == ["done: a", "done: b"]

@@ -3,6 +3,7 @@ latencies, and the arguments and options several commands share."""
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,36 +30,32 @@ else:
     _ParamType = click.ParamType
 
 
-class RateType(_ParamType):
+class _Parsed(_ParamType):
+    """A value parsed by a class's `parse` (imported only when an option is given, to keep
+    `--help` fast); its ConfigError becomes click's usage error (exit 2)."""
+
+    def __init__(self, name: str, module: str, kind: str) -> None:
+        self.name = name
+        self._module, self._kind = module, kind
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        kind = getattr(importlib.import_module(self._module, __package__), self._kind)
+        if isinstance(value, kind):
+            return value
+        try:
+            return kind.parse(str(value))
+        except ConfigError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+def RateType() -> _Parsed:  # noqa: N802  (used as a type, like click's own)
     """`10/s` or `100/m`, as a `pacing.Rate`."""
-
-    name = "RATE"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        from ..pacing import Rate
-
-        if isinstance(value, Rate):
-            return value
-        try:
-            return Rate.parse(str(value))
-        except ConfigError as exc:
-            self.fail(str(exc), param, ctx)
+    return _Parsed("RATE", "..pacing", "Rate")
 
 
-class ShardType(_ParamType):
+def ShardType() -> _Parsed:  # noqa: N802
     """`K/N` with 1 <= K <= N, as a `shards.Shard`."""
-
-    name = "K/N"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        from ..shards import Shard
-
-        if isinstance(value, Shard):
-            return value
-        try:
-            return Shard.parse(str(value))
-        except ConfigError as exc:
-            self.fail(str(exc), param, ctx)
+    return _Parsed("K/N", "..shards", "Shard")
 
 
 class SecondsRangeType(_ParamType):
