@@ -78,9 +78,9 @@ def known(spec: Path, output: Path) -> set[str]:
             event = json.loads(line)
         except ValueError:
             continue
-        if event["kind"] == "done":
-            ids.add(event["entry"]["id"])
-        elif not any(image["inline"] for image in event["generation"]["images"]):
+        if event["kind"] == "done" or not any(
+            image["inline"] for image in event["generation"]["images"]
+        ):
             ids.add(event["id"])
     return ids
 

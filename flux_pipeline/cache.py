@@ -16,15 +16,26 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from .atomic import sha256_file, temp_name, write_atomic
 from .images import EXTENSIONS
-from .lock import Entry, Output
+from .lock import Output
 
 FOLDER = ".flux-cache"
+
+
+class Recorded(Protocol):
+    """What the cache keeps of a finished request (a lock `Entry`, or a recorded result)."""
+
+    @property
+    def body_sha256(self) -> str: ...
+    @property
+    def outputs(self) -> Sequence[Output]: ...
+    @property
+    def response(self) -> Mapping[str, Any]: ...
 
 
 class OutputCache:
@@ -66,7 +77,7 @@ class OutputCache:
             with contextlib.suppress(OSError):
                 shutil.copyfile(path, target)
 
-    def remember(self, entries: Iterable[Entry]) -> None:
+    def remember(self, entries: Iterable[Recorded]) -> None:
         """Note requests the cache does not know yet (a few lines appended)."""
         index = self._load()
         lines = []
@@ -75,16 +86,7 @@ class OutputCache:
                 continue
             record = {
                 "body_sha256": entry.body_sha256,
-                "outputs": [
-                    {
-                        "sha256": o.sha256,
-                        "bytes": o.bytes,
-                        "width": o.width,
-                        "height": o.height,
-                        "format": o.format,
-                    }
-                    for o in entry.outputs
-                ],
+                "outputs": [o.as_json() for o in entry.outputs],
                 "response": dict(entry.response),
             }
             index[entry.body_sha256] = record
@@ -118,7 +120,8 @@ class OutputCache:
         for stem, source, output in zip(stems, sources, record["outputs"], strict=True):
             target = stem.with_name(stem.name + EXTENSIONS[output["format"]])
             _place(source, target)
-            outputs.append(Output(path=lock_path(target), **output))
+            fields = {k: v for k, v in output.items() if k != "path"}  # where it was then
+            outputs.append(Output(**{**fields, "path": lock_path(target)}))
         return outputs, dict(record["response"])
 
 

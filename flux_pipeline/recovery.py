@@ -7,13 +7,16 @@
   leaves it here, and the next run fetches the images from those URLs without a new request.
   Inline (base64) images are not copied here: they are decoded and stored within
   milliseconds, and an answer cut off in that window is asked for again.
-- `done`: the request's lock entry, once its images are stored. These are fsynced in groups
-  (one fsync for every result that finished meanwhile) before the run reports them done, so a
-  result reported done survives a kill or a power loss even if the lock was not saved yet.
+- `done`: the request's result once its images are stored: its outputs and the API's answer
+  (the rest of its lock entry is the request's, found again by its body hash). These are
+  fsynced in groups (one fsync for every result that finished meanwhile) before the run
+  reports them done, so a result reported done survives a kill or a power loss even if the
+  lock was not saved yet.
 
-The next writer of the folder (`recover`, holding the folder lock) adopts every `done` entry
-whose files still have their recorded hashes into the lock, and keeps the answers still to
-fetch. A run that ends keeps only the answers it did not finish.
+The next writer of the folder (holding the folder lock) takes every `done` result whose
+request is still the same and whose files still have their recorded hashes into the lock
+(`Run.adopt`), and fetches the answers still to fetch. A run that ends keeps only the answers
+it did not finish.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from typing import Any
 
 from .atomic import sha256_file, write_atomic
 from .client import Delivery, Generation
-from .lock import Entry, entry_from_json, entry_json
+from .lock import Entry, Output
 
 FILE_NAME = "pending.jsonl"
 
@@ -69,11 +72,22 @@ def generation_from_json(raw: Mapping[str, Any]) -> Generation | None:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class Result:
+    """A stored result as the record keeps it: its lock entry is `Entry.of` the request with
+    this body hash, these outputs and this answer."""
+
+    id: str
+    body_sha256: str
+    outputs: tuple[Output, ...]
+    response: Mapping[str, Any]
+
+
 @dataclass
 class Recovered:
-    """What a killed run left: entries to adopt, answers whose images are still to fetch."""
+    """What a killed run left: results to adopt, answers whose images are still to fetch."""
 
-    entries: dict[str, Entry] = field(default_factory=dict)
+    results: dict[str, Result] = field(default_factory=dict)
     # body sha256 -> (request id, the answer as `generation_json` wrote it)
     answers: dict[str, tuple[str, dict[str, Any]]] = field(default_factory=dict)
 
@@ -91,20 +105,23 @@ def read_pending(path: Path) -> Recovered:
             if record["kind"] == "answer":
                 found.answers[record["body_sha256"]] = (record["id"], record["generation"])
             elif record["kind"] == "done":
-                entry = entry_from_json(record["entry"])
-                found.entries[entry.id] = entry
-                found.answers.pop(entry.body_sha256, None)
+                result = Result(
+                    id=str(record["id"]),
+                    body_sha256=str(record["body_sha256"]),
+                    outputs=tuple(Output(**o) for o in record["outputs"]),
+                    response=dict(record["response"]),
+                )
+                found.results[result.id] = result
+                found.answers.pop(result.body_sha256, None)
         except (ValueError, KeyError, TypeError, AttributeError):
             continue
     return found
 
 
-def sound(entry: Entry, lock_folder: Path) -> bool:
-    """Whether every file of an entry is on disk with its recorded hash."""
+def sound(outputs: Iterable[Output], lock_folder: Path) -> bool:
+    """Whether every file is on disk with its recorded hash."""
     try:
-        return all(
-            sha256_file(lock_folder / output.path) == output.sha256 for output in entry.outputs
-        )
+        return all(sha256_file(lock_folder / output.path) == output.sha256 for output in outputs)
     except OSError:
         return False
 
@@ -120,7 +137,13 @@ def answer_line(request_id: str, body_sha256: str, generation: Generation) -> by
 
 
 def done_line(entry: Entry) -> bytes:
-    record = {"kind": "done", "entry": entry_json(entry)}
+    record = {
+        "kind": "done",
+        "id": entry.id,
+        "body_sha256": entry.body_sha256,
+        "outputs": [o.as_json() for o in entry.outputs],
+        "response": dict(entry.response),
+    }
     return (json.dumps(record, ensure_ascii=False, allow_nan=False) + "\n").encode()
 
 
@@ -168,10 +191,13 @@ class WriteAhead:
         """Return once record `number` has been fsynced."""
         while self._synced < number:
             if self._syncing is None or self._syncing.done():
-                self._syncing = asyncio.ensure_future(self._sync(self._appended))
+                self._syncing = asyncio.ensure_future(self._sync())
             await asyncio.shield(self._syncing)
 
-    async def _sync(self, upto: int) -> None:
+    async def _sync(self) -> None:
+        # What it covers is read when it starts, not when it was asked for: the records
+        # appended meanwhile (in the same turn of the event loop) share this fsync.
+        upto = self._appended
         await asyncio.to_thread(os.fsync, self._fd)
         self._synced = max(self._synced, upto)
 

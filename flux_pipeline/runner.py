@@ -201,7 +201,7 @@ async def run_async(
             on_start(state)
         for item in scope.skipped:
             state.finish(RequestResult(item.request.id, Status.SKIPPED))
-        work = state.adopt(scope.work, files.found.entries)
+        work = state.adopt(scope.work, files.found.results)
         saver = asyncio.ensure_future(state.keeper.keep_saved())
         try:
             await state.work(work)
@@ -233,7 +233,7 @@ async def _close(state: Run, saver: asyncio.Future[None], files: _Files) -> None
                 f"{files.record.path} keep the work, and the next run takes it in"
             ) from None
         with contextlib.suppress(OSError):  # a cache, best effort
-            state.cache.remember([*keeper.entries.values(), *files.found.entries.values()])
+            state.cache.remember([*keeper.entries.values(), *files.found.results.values()])
         with contextlib.suppress(OSError):
             rewrite(files.record.path, state.answers.rows())
 

@@ -35,6 +35,7 @@ from .output_folder import OutputFolder
 from .pacing import Pacer
 from .planning import PlanItem
 from .recovery import (
+    Result,
     WriteAhead,
     answer_line,
     done_line,
@@ -333,22 +334,21 @@ class Run:
         while self.deliveries:
             await asyncio.gather(*list(self.deliveries))
 
-    def adopt(self, items: Sequence[PlanItem], found: dict[str, Entry]) -> list[PlanItem]:
-        """Take into the lock the results an interrupted run finished but did not save in
-        the lock (still sound on disk); the items left to do."""
+    def adopt(self, items: Sequence[PlanItem], found: Mapping[str, Result]) -> list[PlanItem]:
+        """Take into the lock the results an interrupted run stored but did not save in the
+        lock (the same request, its files still sound); the items left to do."""
         left = []
         for item in items:
-            entry = found.get(item.request.id)
+            result = found.get(item.request.id)
             if (
-                entry is not None
+                result is not None
                 and not self.options.force
-                and entry.body_sha256 == item.request.body_sha256
-                and sound(entry, self.spec.lock_path.parent)
+                and result.body_sha256 == item.request.body_sha256
+                and sound(result.outputs, self.spec.lock_path.parent)
             ):
-                self.keeper.record(entry)
-                self.finish(
-                    RequestResult(item.request.id, Status.RESTORED, "from an interrupted run")
-                )
+                self.keeper.record(Entry.of(item.request, result.outputs, result.response))
+                reason = "from an interrupted run"
+                self.finish(RequestResult(item.request.id, Status.RESTORED, reason))
             else:
                 left.append(item)
         return left

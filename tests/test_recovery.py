@@ -47,10 +47,10 @@ def test_a_done_record_supersedes_the_answer_and_a_torn_line_is_skipped(tmp_path
         answer_line("a", "b-a", ANSWER)
         + answer_line("b", "b-b", ANSWER)
         + done_line(entry("a"))
-        + b'{"kind": "done", "entry": {"id": "c"'  # cut by a kill
+        + b'{"kind": "done", "id": "c", "outp'  # cut by a kill
     )
     found = read_pending(path)
-    assert set(found.entries) == {"a"}
+    assert set(found.results) == {"a"}
     assert set(found.answers) == {"b-b"}
     request_id, answer = found.answers["b-b"]
     assert request_id == "b"
@@ -68,7 +68,7 @@ def test_rewrite_keeps_only_the_answers_given_or_removes_the_record(tmp_path: Pa
     path = tmp_path / "pending.jsonl"
     path.write_bytes(done_line(entry("a")) + answer_line("b", "b-b", ANSWER))
     rewrite(path, [("b", "b-b", json.loads(answer_line("b", "b-b", ANSWER))["generation"])])
-    assert set(read_pending(path).answers) == {"b-b"} and not read_pending(path).entries
+    assert set(read_pending(path).answers) == {"b-b"} and not read_pending(path).results
     rewrite(path, [])
     assert not path.exists()
 
@@ -90,7 +90,7 @@ def test_records_appended_while_an_fsync_runs_share_the_next_one(
         record.close()
 
     asyncio.run(main())
-    assert len(read_pending(tmp_path / "pending.jsonl").entries) == 10
+    assert len(read_pending(tmp_path / "pending.jsonl").results) == 10
 
 
 def test_an_entry_is_sound_only_with_every_file_at_its_hash(tmp_path: Path) -> None:
@@ -98,9 +98,9 @@ def test_an_entry_is_sound_only_with_every_file_at_its_hash(tmp_path: Path) -> N
     image.parent.mkdir()
     image.write_bytes(b"x")
     x_hash = "2d711642b726b04401627ca9fbac32f5c8530fb1903cc4db02258717921a4881"
-    assert sound(entry("a", x_hash), tmp_path)
-    assert not sound(entry("a", "f" * 64), tmp_path)
-    assert not sound(entry("a", x_hash, "out/missing.png"), tmp_path)
+    assert sound(entry("a", x_hash).outputs, tmp_path)
+    assert not sound(entry("a", "f" * 64).outputs, tmp_path)
+    assert not sound(entry("a", x_hash, "out/missing.png").outputs, tmp_path)
 
 
 def test_the_keeper_saves_what_it_records_and_reports_a_save_that_fails(tmp_path: Path) -> None:

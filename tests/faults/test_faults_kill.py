@@ -103,9 +103,9 @@ def recorded_answers(output: Path) -> set[str]:
     known = set()
     for line in record.read_text().splitlines() if record.exists() else []:
         event = json.loads(line)
-        if event["kind"] == "done":
-            known.add(event["entry"]["id"])
-        elif not any(image["inline"] for image in event["generation"]["images"]):
+        if event["kind"] == "done" or not any(
+            image["inline"] for image in event["generation"]["images"]
+        ):
             known.add(event["id"])
     return known
 

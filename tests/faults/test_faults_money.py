@@ -100,9 +100,9 @@ def known_answers(output: Path) -> set[str]:
             event = json.loads(line)
         except ValueError:
             continue  # a line torn by the kill
-        if event["kind"] == "done":
-            known.add(event["entry"]["id"])
-        elif not any(image["inline"] for image in event["generation"]["images"]):
+        if event["kind"] == "done" or not any(
+            image["inline"] for image in event["generation"]["images"]
+        ):
             known.add(event["id"])
     return known
 
