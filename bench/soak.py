@@ -35,6 +35,7 @@ from _common import matrix_spec, report
 
 from flux_pipeline import load_spec, validate
 from flux_pipeline.emulator import EmulatorConfig, EmulatorServer
+from flux_pipeline.recovery import FILE_NAME, generation_from_json, read_pending
 
 
 def start(url: str, spec: Path, concurrency: int, *extra: str) -> subprocess.Popen[str]:
@@ -72,17 +73,9 @@ def known(spec: Path, output: Path) -> set[str]:
     lock = spec.with_name(spec.stem + ".lock.json")
     if lock.exists():
         ids |= set(json.loads(lock.read_text())["requests"])
-    record = output / ".flux-cache" / "pending.jsonl"
-    for line in record.read_text().splitlines() if record.exists() else []:
-        try:
-            event = json.loads(line)
-        except ValueError:
-            continue
-        if event["kind"] == "done" or not any(
-            image["inline"] for image in event["generation"]["images"]
-        ):
-            ids.add(event["id"])
-    return ids
+    found = read_pending(output / ".flux-cache" / FILE_NAME)
+    ids |= set(found.results)
+    return ids | {i for i, answer in found.answers.values() if generation_from_json(answer)}
 
 
 def paid_twice(counts: Counter[str]) -> int:

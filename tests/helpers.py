@@ -85,3 +85,19 @@ def run_ok(server: EmulatorServer, spec: Path, *args: str) -> None:
     """`run SPEC` against the emulator, which must succeed."""
     result = invoke("run", "--base-url", server.url, *args, str(spec), env=KEY)
     assert result.exit_code == 0, result.stdout + result.stderr
+
+
+def known_answers(output: Path) -> set[str]:
+    """The requests a run's write-ahead record holds a stored result or a fetchable answer of
+    (read here independently of the code under test)."""
+    record = output / ".flux-cache" / "pending.jsonl"
+    known = set()
+    for line in record.read_text().splitlines() if record.exists() else []:
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue  # a line torn by a kill
+        images = event.get("generation", {}).get("images", [])
+        if event["kind"] == "done" or not any(image["inline"] for image in images):
+            known.add(event["id"])
+    return known

@@ -13,7 +13,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from helpers import invoke, write_spec
+from helpers import invoke, known_answers, write_spec
 
 from flux_pipeline.atomic import TEMP_PREFIX, sha256_file
 from flux_pipeline.emulator import EmulatorServer
@@ -97,19 +97,6 @@ SIGNALS = {"SIGINT": 130, "SIGTERM": 143, "SIGKILL": -signal.SIGKILL}
 REQUESTS = 8
 
 
-def recorded_answers(output: Path) -> set[str]:
-    """The requests a run's write-ahead record knows the answer of (fetchable or stored)."""
-    record = output / ".flux-cache" / "pending.jsonl"
-    known = set()
-    for line in record.read_text().splitlines() if record.exists() else []:
-        event = json.loads(line)
-        if event["kind"] == "done" or not any(
-            image["inline"] for image in event["generation"]["images"]
-        ):
-            known.add(event["id"])
-    return known
-
-
 @pytest.mark.parametrize("signame", sorted(SIGNALS))
 @pytest.mark.parametrize("point", POINTS)
 def test_a_run_killed_at_any_point_loses_nothing_finished(
@@ -158,7 +145,7 @@ def test_a_run_killed_at_any_point_loses_nothing_finished(
 
     # What the killed run knew it had paid for: its lock, and its write-ahead record (the
     # answers whose images can still be fetched, the results not yet in the lock).
-    known = set(finished) | recorded_answers(tmp_path / "out" / "spec")
+    known = set(finished) | known_answers(tmp_path / "out" / "spec")
     if signame != "SIGKILL":
         assert known == set(finished)  # the drain stored everything it was answered
 

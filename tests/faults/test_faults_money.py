@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import Result
-from helpers import invoke, write_spec
+from helpers import invoke, known_answers, write_spec
 
 from flux_pipeline import atomic
 from flux_pipeline.atomic import TEMP_PREFIX, sweep_temp_files, temp_name
@@ -89,22 +89,6 @@ def paid_twice(counts: Counter[str]) -> int:
 def lock_ids(spec: Path) -> set[str]:
     lock = spec.with_name(spec.stem + ".lock.json")
     return set(json.loads(lock.read_text())["requests"]) if lock.exists() else set()
-
-
-def known_answers(output: Path) -> set[str]:
-    """Requests the write-ahead record holds a result or a fetchable answer of."""
-    record = output / ".flux-cache" / "pending.jsonl"
-    known = set()
-    for line in record.read_text().splitlines() if record.exists() else []:
-        try:
-            event = json.loads(line)
-        except ValueError:
-            continue  # a line torn by the kill
-        if event["kind"] == "done" or not any(
-            image["inline"] for image in event["generation"]["images"]
-        ):
-            known.add(event["id"])
-    return known
 
 
 # ----- one writer per output folder --------------------------------------------------------
