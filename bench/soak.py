@@ -9,9 +9,10 @@ drained; the next run adopts what the write-ahead record holds). After the round
 completes the spec. Then two runs of one spec are started at once, and two specs that share
 a folder.
 
-For each round it records what the emulator had billed, and how many of those requests the
-killed run did not know the answer of (not in the lock, not in the write-ahead record):
-only those can be paid twice. Printed per signal: rounds, paid twice, and the bound.
+For each round it records which requests the emulator billed during it and, of those, how
+many the interrupted run did not know the answer of (not in the lock, not in the write-ahead
+record): only those are paid again. Printed per signal: rounds and requests lost so (0 for a
+drain); for all rounds, what was paid twice by the emulator's count against that sum.
 
     python bench/soak.py [--interruptions 30] [--requests 300] [-j 16] [--latency 0.5]
                          [--signals SIGINT,SIGTERM,SIGKILL] [--seed 1]
@@ -117,19 +118,20 @@ def interruptions(args: argparse.Namespace, server: EmulatorServer, folder: Path
         sig = rng.choice(signals)
         # Anywhere in the first waves: most of a run is still to come when the signal lands.
         after = rng.randint(1, max(1, min(left - 1, 3 * args.concurrency)))
+        before = Counter(counters.paid_bodies)
         process = start(server.url, spec, args.concurrency)
         until_progress(process, after)
         process.send_signal(sig)
         process.communicate(timeout=args.drain + 60)
-        bodies = set(body_of.values())
-        paid_bodies = {b for b, n in counters.paid_bodies.items() if n and b in bodies}
         now_known = {body_of[i] for i in known(spec, output) if i in body_of}
+        paid_now = Counter(counters.paid_bodies) - before
         rounds.append(
             {
                 "signal": signal.Signals(sig).name,
                 "after": after,
                 "exit": process.returncode,
-                "unknown_paid": len(paid_bodies - now_known),  # answers that had not arrived
+                # requests this round paid for whose answer it does not know: paid again later
+                "lost": sum(1 for body in paid_now if body not in now_known),
             }
         )
     for spec, _, _ in specs[len(finals) :]:
@@ -192,7 +194,7 @@ def main() -> None:
 
     by_signal: dict[str, list[int]] = defaultdict(list)
     for entry in rounds:
-        by_signal[entry["signal"]].append(entry["unknown_paid"])
+        by_signal[entry["signal"]].append(entry["lost"])
     rows = [
         [name, len(values), sum(values), "0" if name != "SIGKILL" else "answers not arrived"]
         for name, values in sorted(by_signal.items())

@@ -14,6 +14,7 @@ import asyncio
 import email.utils
 import json
 import random
+import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -23,19 +24,24 @@ from typing import Any
 import httpx
 
 from .errors import BadResponse, RequestFailed, RunStopped
+from .limits import Throttle
 from .registry import API_PATH
 
 RETRYABLE = frozenset({408, 409, 429, 500, 502, 503, 504})
+# A 429 that will not pass by waiting, and a 503 that is about load (from their messages).
+QUOTA = re.compile(r"quota|balance|insufficient|credits? (?:exhausted|exceeded|left)|billing", re.I)
+OVERLOADED = re.compile(r"overload|capacity|too many|busy", re.I)
 
 
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
     """Exponential backoff with full jitter, honouring the server's Retry-After up to a cap."""
 
-    retries: int = 3
+    retries: int = 3  # attempts after failures (not after 429s: see max_wait)
     base: float = 0.5
     max_backoff: float = 30.0
     max_retry_after: float = 120.0
+    max_wait: float = 600.0  # seconds a request may spend being told 429 before it fails
 
     def backoff(self, attempt: int, rng: random.Random) -> float:
         return rng.uniform(0, min(self.max_backoff, self.base * 2**attempt))
@@ -222,7 +228,8 @@ class Attempt:
 class Action(Enum):
     """What the run does after an answer that is not a success."""
 
-    RETRY = "retry"  # the same request again, after a wait
+    RETRY = "retry"  # the same request again, after a wait (counts against --retries)
+    THROTTLE = "throttle"  # the provider's limit: slow every worker down, then send again
     FAIL = "fail"  # this request has failed for good; the run goes on with the others
     STOP = "stop"  # the API refuses all further work: no request is sent any more
 
@@ -239,13 +246,18 @@ class Verdict:
 
 def classify(status: int, headers: Mapping[str, str], body: bytes, policy: RetryPolicy) -> Verdict:
     """What to do with an answer of the generation endpoint other than 200 (a pure function:
-    tested by table). 401 and 403 stop the run; 408, 409, 429 and 5xx are retried, honouring
-    the server's wait up to the policy's cap; any other status fails the request."""
-    reason = f"HTTP {status}: {_api_message(body)}"
+    tested by table). 401, 403 and a 429 that says the quota or balance is spent stop the
+    run; other 429s, and 503s that say the service is overloaded, throttle it; 408, 409 and
+    5xx are retried; the server's wait is honoured up to the policy's cap; any other status
+    fails the request."""
+    message = _api_message(body)
+    reason = f"HTTP {status}: {message}"
     if status == 401:
         return Verdict(Action.STOP, f"the API refused the key (401): {reason}. Check AIMLAPI_KEY.")
     if status == 403:
         return Verdict(Action.STOP, f"the API refused further work (403): {reason}")
+    if status == 429 and QUOTA.search(message):
+        return Verdict(Action.STOP, f"the API's quota is spent (429): {reason}")
     if status not in RETRYABLE:
         return Verdict(Action.FAIL, reason)
     wait = retry_after(headers)
@@ -255,6 +267,8 @@ def classify(status: int, headers: Mapping[str, str], body: bytes, policy: Retry
             f"{reason}; the server asks to retry after {wait:.0f} s, more than the "
             f"{policy.max_retry_after:.0f} s this run waits",
         )
+    if status == 429 or (status == 503 and OVERLOADED.search(message)):
+        return Verdict(Action.THROTTLE, reason, wait)
     return Verdict(Action.RETRY, reason, wait)
 
 
@@ -263,7 +277,8 @@ class ApiClient:
     """Generation requests against one base URL, with the run's retry policy.
 
     `before_send` is awaited before every attempt: the runner uses it for pacing and to stop
-    sending once the run must stop. `sleep` and `rng` are the client's clock and randomness.
+    sending once the run must stop; `throttle` is the run's shared answer to 429s. `sleep`,
+    `clock` and `rng` are the client's time and randomness.
     """
 
     http: httpx.AsyncClient
@@ -271,7 +286,9 @@ class ApiClient:
     api_key: str
     policy: RetryPolicy = field(default_factory=RetryPolicy)
     before_send: Callable[[], Awaitable[None]] | None = None
+    throttle: Throttle = field(default_factory=lambda: Throttle(1 << 16))
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+    clock: Callable[[], float] = time.monotonic
     rng: random.Random = field(default_factory=random.Random)
     _api_url: httpx.URL = field(init=False, repr=False)
 
@@ -279,44 +296,74 @@ class ApiClient:
         self._api_url = httpx.URL(self.base_url.rstrip("/") + API_PATH)  # parsed once
 
     def redact(self, text: str) -> str:
-        return text.replace(self.api_key, "[redacted]") if self.api_key else text
+        # A key of a few characters (a test's "k") would garble every word it is part of;
+        # real keys are long. (The CLI's redactor draws the same line.)
+        return text.replace(self.api_key, "[redacted]") if len(self.api_key) >= 4 else text
 
     async def generate(
         self, request_id: str, body: Mapping[str, Any], attempts: list[Attempt]
     ) -> Generation:
-        """POST one body, retrying as the policy allows. Raises RequestFailed or RunStopped."""
-        url = self._api_url
-        headers = {"Authorization": f"Bearer {self.api_key}", "Content-Type": "application/json"}
+        """POST one body, retrying as the policy allows. Raises RequestFailed or RunStopped.
+
+        Failures (408, 409, 5xx, timeouts) count against `retries`; 429s do not: they slow
+        the whole run down (`throttle`), and the request fails only after `max_wait` seconds
+        of them."""
         content = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
-        for attempt in range(self.policy.retries + 1):
-            if self.before_send is not None:
-                await self.before_send()
-            started = time.monotonic()
-            wait: float | None = None
+        failures = 0
+        throttled_since: float | None = None
+        while True:
+            verdict = await self._attempt(request_id, content, attempts)
+            if isinstance(verdict, Generation):
+                return replace(verdict, attempts=len(attempts))
+            if verdict.action is Action.STOP:
+                raise RunStopped(attempts[-1].status or 0, verdict.reason)
+            if verdict.action is Action.FAIL:
+                raise RequestFailed(request_id, verdict.reason, attempts[-1].status)
+            if verdict.action is Action.THROTTLE:
+                now = self.clock()
+                throttled_since = now if throttled_since is None else throttled_since
+                if now - throttled_since > self.policy.max_wait:
+                    waited = f"{now - throttled_since:.0f} s"
+                    raise RequestFailed(request_id, f"{verdict.reason} for {waited} (--max-wait)")
+                continue  # the throttle's pause is the wait
+            if failures == self.policy.retries:
+                raise RequestFailed(request_id, f"{verdict.reason} (after {failures + 1} attempts)")
+            wait = verdict.wait
+            await self.sleep(wait if wait is not None else self.policy.backoff(failures, self.rng))
+            failures += 1
+
+    async def _attempt(
+        self, request_id: str, content: bytes, attempts: list[Attempt]
+    ) -> Generation | Verdict:
+        """One POST, holding a slot of the throttle; the answer, or what to do about it."""
+        headers = {"Authorization": f"Bearer {self.api_key}", "Content-Type": "application/json"}
+        if self.before_send is not None:
+            await self.before_send()
+        slot = await self.throttle.acquire()
+        outcome, wait = "other", None
+        started = time.monotonic()
+        try:
             try:
-                response = await self.http.post(url, content=content, headers=headers)
+                response = await self.http.post(self._api_url, content=content, headers=headers)
                 raw = response.content
             except httpx.TimeoutException as exc:
                 reason = f"timed out ({type(exc).__name__})"
                 attempts.append(Attempt(None, time.monotonic() - started, reason))
+                return Verdict(Action.RETRY, reason)
             except httpx.TransportError as exc:
                 reason = self.redact(f"connection error: {type(exc).__name__}: {exc}")
                 attempts.append(Attempt(None, time.monotonic() - started, reason))
-            else:
-                status = response.status_code
-                elapsed = time.monotonic() - started
-                if status == 200:
-                    attempts.append(Attempt(status, elapsed))
-                    return replace(parse_generation(request_id, raw), attempts=attempt + 1)
-                verdict = classify(status, response.headers, raw, self.policy)
-                reason = self.redact(verdict.reason)
-                attempts.append(Attempt(status, elapsed, reason))
-                if verdict.action is Action.STOP:
-                    raise RunStopped(status, reason)
-                if verdict.action is Action.FAIL:
-                    raise RequestFailed(request_id, reason, status)
-                wait = verdict.wait
-            if attempt == self.policy.retries:
-                break
-            await self.sleep(wait if wait is not None else self.policy.backoff(attempt, self.rng))
-        raise RequestFailed(request_id, f"{reason} (after {self.policy.retries + 1} attempts)")
+                return Verdict(Action.RETRY, reason)
+            status, elapsed = response.status_code, time.monotonic() - started
+            if status == 200:
+                outcome = "ok"
+                attempts.append(Attempt(status, elapsed))
+                return parse_generation(request_id, raw)
+            verdict = classify(status, response.headers, raw, self.policy)
+            verdict = replace(verdict, reason=self.redact(verdict.reason))
+            attempts.append(Attempt(status, elapsed, verdict.reason))
+            if verdict.action is Action.THROTTLE:
+                outcome, wait = "overloaded", verdict.wait
+            return verdict
+        finally:
+            self.throttle.release(slot, outcome=outcome, wait=wait)

@@ -25,3 +25,4 @@ class RunOptions:
     shard: Shard | None = None  # do shard K of N, into a partial lock
     wait: float = 0.0  # seconds to wait for another writer of the output folder
     drain_timeout: float = 120.0  # seconds the requests in flight may take after a signal
+    max_wait: float = 600.0  # seconds a request may be told 429 before it fails

@@ -32,6 +32,7 @@ class RequestResult:
     credits: float | None = None
     attempts: int = 0
     seconds: float = 0.0
+    limited: str = ""  # "8 of 64": requests in flight allowed, when a 429 lowered it
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +44,8 @@ class RunResult:
     seconds: float
     stopped: str | None = None  # why the run stopped sending, if it did
     interrupted: int | None = None  # the signal that stopped it (the requests in flight ended)
+    overloads: int = 0  # 429s (and overloaded 503s) the provider answered
+    limit: float | None = None  # the in-flight limit the run settled at, if it had to adapt
 
     def count(self, status: Status) -> int:
         return sum(1 for r in self.results if r.status == status)

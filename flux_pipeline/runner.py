@@ -209,8 +209,20 @@ async def run_async(
             await _close(state, saver, files)
     finally:
         files.close()
-    seconds = time.monotonic() - started
-    return RunResult(spec, tuple(state.results), seconds, state.stopped, state.interrupted)
+    return _result(state, time.monotonic() - started)
+
+
+def _result(state: Run, seconds: float) -> RunResult:
+    throttle = state.throttle
+    return RunResult(
+        state.spec,
+        tuple(state.results),
+        seconds,
+        state.stopped,
+        state.interrupted,
+        throttle.overloads,
+        throttle.limit if throttle.overloads else None,
+    )
 
 
 async def _close(state: Run, saver: asyncio.Future[None], files: _Files) -> None:

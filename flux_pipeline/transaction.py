@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import errno
 import signal
 import time
@@ -29,6 +30,7 @@ from .errors import RequestFailed, RunStopped, SendingStopped
 from .fetcher import ImageFetcher, StoredImage
 from .journal import Journal
 from .keeper import LockKeeper
+from .limits import Throttle
 from .lock import Entry, Output
 from .options import RunOptions
 from .output_folder import OutputFolder
@@ -97,8 +99,11 @@ class Run:
         self.notify = notify
         self.folder = OutputFolder(spec.output, spec.lock_path.parent)
         self.pacer = Pacer(options.rate)
-        policy = RetryPolicy(retries=options.retries)
-        self.client = ApiClient(http, base_url, api_key, policy, before_send=self._before_send)
+        policy = RetryPolicy(retries=options.retries, max_wait=options.max_wait)
+        self.throttle = Throttle(options.concurrency)
+        self.client = ApiClient(
+            http, base_url, api_key, policy, before_send=self._before_send, throttle=self.throttle
+        )
         self.fetcher = ImageFetcher(
             http, policy, redact=self.client.redact, download_timeout=options.timeout
         )
@@ -150,6 +155,9 @@ class Run:
     # -- results --
 
     def finish(self, result: RequestResult, attempts: Sequence[Attempt] = ()) -> None:
+        if self.throttle.slots < self.throttle.ceiling:
+            limited = f"{self.throttle.slots} of {self.throttle.ceiling}"
+            result = dataclasses.replace(result, limited=limited)
         self.results.append(result)
         if self.listener:
             self.listener(result)

@@ -17,6 +17,7 @@ from flux_pipeline.atomic import sha256_file
 from flux_pipeline.client import ApiClient, RetryPolicy
 from flux_pipeline.emulator import EmulatorServer
 from flux_pipeline.errors import RequestFailed
+from flux_pipeline.limits import Throttle
 
 EXAMPLES = Path(__file__).parents[1] / "examples"
 SENTINEL = "sk-SENTINEL-0123456789abcdef"
@@ -289,26 +290,41 @@ def test_flaky_and_rate_limited_api_still_completes(
     assert attempts == snap["requests"]
 
 
-def test_retry_after_is_honoured_and_backoff_used_otherwise(emulator: EmulatorServer) -> None:
+def test_a_429s_retry_after_pauses_sending_until_max_wait(emulator: EmulatorServer) -> None:
+    """429s slow the run down (the server's Retry-After, shared by every worker) and do not
+    use up --retries: a request told 429 fails only once --max-wait has passed."""
+    now = [0.0]
     waits: list[float] = []
 
     async def sleep(seconds: float) -> None:
         waits.append(seconds)
+        now[0] += seconds
 
     async def go() -> None:
         async with httpx.AsyncClient() as http:
-            client = ApiClient(http, emulator.url, "k", RetryPolicy(retries=2), sleep=sleep)
+            policy = RetryPolicy(retries=0, max_wait=5)
+            throttle = Throttle(4, clock=lambda: now[0], sleep=sleep)
+            client = ApiClient(
+                http,
+                emulator.url,
+                "k",
+                policy,
+                throttle=throttle,
+                sleep=sleep,
+                clock=lambda: now[0],
+            )
             emulator.emulator.configure(rate_limit=0.001, retry_after="2")
             client_attempts: list[Any] = []
             # the first call spends the bucket's only token; the rest are answered 429
             await client.generate("a", {"model": "flux-pro", "prompt": "p"}, client_attempts)
             with pytest.raises(RequestFailed) as info:
                 await client.generate("b", {"model": "flux-pro", "prompt": "p"}, client_attempts)
-            assert "HTTP 429" in info.value.reason and "after 3 attempts" in info.value.reason
+            assert "HTTP 429" in info.value.reason and "for 6 s (--max-wait)" in info.value.reason
+            assert throttle.overloads == 4
 
     asyncio.run(go())
-    assert waits == [2.0, 2.0]
-    assert requests_seen(emulator) == 4
+    assert waits == [2.0, 2.0, 2.0]
+    assert requests_seen(emulator) == 5
 
 
 def test_400_is_not_retried(emulator: EmulatorServer) -> None:

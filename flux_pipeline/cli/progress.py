@@ -68,9 +68,13 @@ class Progress:
                 f"done {self.counts[Status.DONE]}, skipped {self.counts[Status.SKIPPED]}, "
                 f"failed {self.counts[Status.FAILED]}, {rate:.1f}/s"
             )
+            if result.limited:
+                detail += f", in flight {result.limited} (429s)"
             self._bar.update(self._task, advance=1, detail=detail)
         elif result.status != Status.SKIPPED:
             line = f"[{sum(self.counts.values())}/{self.total}] {result.status}: {result.id}"
             if result.reason:
                 line += f" ({result.reason})"
+            if result.limited:
+                line += f" [in flight: {result.limited}]"
             print(line, file=self.stream, flush=True)

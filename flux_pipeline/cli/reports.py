@@ -108,6 +108,12 @@ def run_summary(result: RunResult) -> str:
         + ", ".join(parts)
         + f"; credits {result.credits:g}; {result.seconds:.1f} s"
     ]
+    if result.overloads:
+        settled = f"{result.limit:.0f}" if result.limit is not None else "?"
+        lines.append(
+            f"  the provider answered 429 (too many requests) {result.overloads} "
+            f"time{'s' if result.overloads != 1 else ''}; requests in flight settled at {settled}"
+        )
     for failure in (r for r in result.results if r.status is Status.FAILED):
         lines.append(f"  failed {failure.id}: {failure.reason}")
     unsent = Counter(r.reason for r in result.results if r.status is Status.NOT_SENT)

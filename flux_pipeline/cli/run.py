@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     default=4,
     show_default=True,
     type=click.IntRange(1, 1024),
-    help="Requests in flight at once.",
+    help="Requests in flight at most; fewer while the provider answers 429 (the run adapts).",
 )
 @click.option(
     "--rate",
@@ -89,6 +89,15 @@ if TYPE_CHECKING:
     default="aiohttp",
     show_default=True,
     help="HTTP transport under httpx.",
+)
+@click.option(
+    "--max-wait",
+    default=600.0,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    metavar="SECONDS",
+    help="How long one request may be answered 429 (too many requests) before it fails; "
+    "429s slow the whole run down and do not count against --retries.",
 )
 @WAIT
 @click.option(
@@ -210,6 +219,19 @@ def _run_all(loaded: Sequence[tuple[Any, Any]], base_url: str, key: str, options
     "--rate-limit",
     type=RateType(),
     help="Generations per second before 429 with Retry-After: 5/s.",
+)
+@click.option(
+    "--max-in-flight",
+    type=click.IntRange(min=1),
+    help="Generations at once before 429, like a provider's cap on active tasks.",
+)
+@click.option(
+    "--no-retry-after",
+    "send_retry_after",
+    is_flag=True,
+    default=True,
+    flag_value=False,
+    help="Send 429s without Retry-After (clients must back off on their own).",
 )
 @click.option(
     "--truncate-rate",

@@ -48,6 +48,7 @@ class Emulator:
         self._random = random.Random(self.config.seed)
         self._files: dict[str, Picture] = {}
         self._spent = 0.0
+        self._in_flight = 0  # billed generations not yet answered
         self._tokens = max(self.config.rate_limit or 0.0, 1.0)
         self._refilled = time.monotonic()
         self.app = Starlette(
@@ -102,20 +103,9 @@ class Emulator:
         with self.counters.lock:
             self.counters.requests += 1
             self.counters.authorizations.append(request.headers.get("authorization", ""))
-        auth = request.headers.get("authorization", "")
-        key = auth[7:].strip() if auth.startswith("Bearer ") else ""
-        if not key or (config.api_key is not None and key != config.api_key):
-            return self._answer(401, "Unauthorized: missing or invalid API key", path)
-        if config.redirect_to:
-            with self.counters.lock:
-                self.counters.statuses[307] += 1
-            return Response(status_code=307, headers={"Location": config.redirect_to + path})
-        wait = self._take_token()
-        if wait:
-            headers = {"Retry-After": config.retry_after or str(max(1, math.ceil(wait)))}
-            if config.retry_after is None:  # the precise wait, as some providers send it
-                headers["retry-after-ms"] = str(math.ceil(wait * 1000))
-            return self._answer(429, "Too many requests", path, headers=headers)
+        refused = self._refusal(request)
+        if refused is not None:
+            return refused
         try:
             body = json.loads(await request.body())
         except ValueError:
@@ -130,9 +120,13 @@ class Emulator:
         paid = None if failing else self._bill(body)
         if isinstance(paid, Response):
             return paid  # out of credits
-        low, high = config.latency
-        if high > 0:
-            await asyncio.sleep(self._random.uniform(low, high))
+        self._in_flight += 1
+        try:
+            low, high = config.latency
+            if high > 0:
+                await asyncio.sleep(self._random.uniform(low, high))
+        finally:
+            self._in_flight -= 1
         if paid is None:
             status = self._random.choice(FAULT_STATUSES)
             return self._answer(status, "Internal server error (emulated)", path)
@@ -140,6 +134,33 @@ class Emulator:
         with self.counters.lock:
             self.counters.delivered += 1
         return answer
+
+    def _refusal(self, request: Request) -> Response | None:
+        """The answer to a request refused before its body is read: no key (401), a
+        redirect, or a limit (429: the rate, or the generations in flight)."""
+        config, path = self.config, request.url.path
+        auth = request.headers.get("authorization", "")
+        key = auth[7:].strip() if auth.startswith("Bearer ") else ""
+        if not key or (config.api_key is not None and key != config.api_key):
+            return self._answer(401, "Unauthorized: missing or invalid API key", path)
+        if config.redirect_to:
+            with self.counters.lock:
+                self.counters.statuses[307] += 1
+            return Response(status_code=307, headers={"Location": config.redirect_to + path})
+        if config.quota_exhausted:
+            return self._answer(429, "Quota exceeded: insufficient balance", path)
+        if config.max_in_flight is not None and self._in_flight >= config.max_in_flight:
+            message = f"Too many requests: at most {config.max_in_flight} tasks at once"
+            return self._answer(429, message, path)
+        wait = self._take_token()
+        if not wait:
+            return None
+        headers = {}
+        if config.send_retry_after:
+            headers["Retry-After"] = config.retry_after or str(max(1, math.ceil(wait)))
+            if config.retry_after is None:  # the precise wait, as some providers send it
+                headers["retry-after-ms"] = str(math.ceil(wait * 1000))
+        return self._answer(429, "Too many requests", path, headers=headers)
 
     def _bill(self, body: dict[str, Any]) -> int | Response:
         """Charge a received body: its cost, or a 403 once the balance is spent."""

@@ -34,6 +34,9 @@ class EmulatorConfig:
     fail_rate: float = 0.0  # share of generations answered with 500/502/503/504
     rate_limit: float | None = None  # generations per second before 429
     retry_after: str | None = None  # Retry-After sent with 429 (default: seconds to next slot)
+    send_retry_after: bool = True  # False: a 429 says nothing of when to come back
+    max_in_flight: int | None = None  # generations at once before 429 (BFL's active task cap)
+    quota_exhausted: bool = False  # every generation answered 429 "quota exceeded"
     truncate_rate: float = 0.0  # share of downloads cut short under a full Content-Length
     slow_download: float = 0.0  # seconds over which each download trickles
     credits: float | None = None  # balance; 403 "out of credits" once spent

@@ -1,0 +1,155 @@
+"""At a provider's limit the run adapts instead of failing: a cap on requests in flight, a
+rate limit with and without Retry-After, a quota that is spent, a wait too long to honour.
+(The full figures, 200 requests at -j 64 with 0.5 s latency, are bench/limits.py's.)"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from helpers import invoke, write_spec
+
+from flux_pipeline import load_spec
+from flux_pipeline.emulator import EmulatorServer
+from flux_pipeline.limits import Throttle
+from flux_pipeline.runner import RunOptions, Status, run
+
+KEY = {"AIMLAPI_KEY": "k"}
+
+
+def spec_of(root: Path, count: int) -> Path:
+    values = ", ".join(map(str, range(count)))
+    return write_spec(
+        root,
+        f"""
+        version: 1
+        model: flux/schnell
+        defaults: {{image_size: {{width: 64, height: 64}}}}
+        jobs: [{{name: "n{{{{ i }}}}", prompt: "p {{{{ i }}}}", matrix: {{i: [{values}]}}}}]
+        """,
+    )
+
+
+def test_a_run_settles_under_a_cap_on_requests_in_flight(
+    tmp_path: Path, emulator: EmulatorServer
+) -> None:
+    emulator.emulator.configure(max_in_flight=4, latency=(0.1, 0.1))
+    spec = load_spec(spec_of(tmp_path, 60))
+    result = run(spec, base_url=emulator.url, api_key="k", options=RunOptions(concurrency=64))
+    assert result.count(Status.DONE) == 60 and result.ok
+    assert result.overloads == emulator.emulator.counters.snapshot()["statuses"][429]
+    assert result.limit is not None and 2.5 <= result.limit <= 6
+    assert result.overloads <= 30  # a few per probe, not one per request
+
+
+@pytest.mark.parametrize("retry_after", [True, False], ids=["Retry-After", "no Retry-After"])
+def test_a_run_at_a_rate_limit_completes(
+    tmp_path: Path, emulator: EmulatorServer, retry_after: bool
+) -> None:
+    emulator.emulator.configure(rate_limit=20, send_retry_after=retry_after, latency=(0.05, 0.1))
+    spec = spec_of(tmp_path, 60)
+    result = invoke(
+        "run", "--base-url", emulator.url, "-j", "16", str(spec), env={"AIMLAPI_KEY": "k"}
+    )
+    assert result.exit_code == 0, result.stdout
+    assert "60 done" in result.stdout
+    if emulator.emulator.counters.snapshot()["statuses"].get(429):
+        assert "the provider answered 429 (too many requests)" in result.stdout
+
+
+def test_a_spent_quota_stops_the_run_after_the_first_429(
+    tmp_path: Path, emulator: EmulatorServer
+) -> None:
+    emulator.emulator.configure(quota_exhausted=True)
+    spec = spec_of(tmp_path, 5)
+    result = invoke(
+        "run", "--base-url", emulator.url, "-j", "1", str(spec), env={"AIMLAPI_KEY": "k"}
+    )
+    assert result.exit_code == 3
+    assert "stopped: the API's quota is spent (429): HTTP 429: Quota exceeded" in result.stdout
+    assert emulator.emulator.counters.snapshot()["requests"] == 1
+
+
+def test_a_429_asking_for_an_hour_fails_that_request_at_once(
+    tmp_path: Path, emulator: EmulatorServer
+) -> None:
+    emulator.emulator.configure(rate_limit=0.001, retry_after="3600")
+    spec = spec_of(tmp_path, 2)
+    result = invoke(
+        "run", "--base-url", emulator.url, "-j", "1", str(spec), env={"AIMLAPI_KEY": "k"}
+    )
+    assert result.exit_code == 3
+    assert "the server asks to retry after 3600 s, more than the 120 s this run waits" in (
+        result.stdout
+    )
+    assert emulator.emulator.counters.snapshot()["requests"] == 2
+
+
+# ----- the throttle, unit by unit ------------------------------------------------------------
+
+
+class FakeTime:
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.slept: list[float] = []
+
+    def clock(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+
+
+def test_an_overload_cuts_the_limit_to_what_was_in_flight() -> None:
+    time = FakeTime()
+    throttle = Throttle(64, decrease=0.9, clock=time.clock, sleep=time.sleep)
+
+    async def go() -> None:
+        slots = [await throttle.acquire() for _ in range(10)]
+        throttle.release(slots[0], outcome="overloaded", wait=1.0)  # 10 were in flight
+        assert throttle.limit == pytest.approx(9.0)
+        assert throttle.slots == 9
+        throttle.release(slots[1], outcome="overloaded", wait=1.0)  # 9 in flight now
+        assert throttle.limit == pytest.approx(8.1)
+        for slot in slots[2:]:
+            throttle.release(slot, outcome="ok")
+        assert throttle.limit == pytest.approx(8.1)  # nobody waited for a slot: no growth
+
+    asyncio.run(go())
+    assert throttle.overloads == 2
+
+
+def test_the_limit_grows_by_one_after_a_window_of_successes_while_requests_wait() -> None:
+    time = FakeTime()
+    throttle = Throttle(8, decrease=0.5, window=3, clock=time.clock, sleep=time.sleep)
+
+    async def go() -> None:
+        first = await throttle.acquire()
+        throttle.release(first, outcome="overloaded", wait=0.0)
+        assert throttle.slots == 1
+        held = await throttle.acquire()
+        for _ in range(3):
+            waiter = asyncio.ensure_future(throttle.acquire())
+            await asyncio.sleep(0)  # it waits for the one slot
+            throttle.release(held, outcome="ok")
+            held = await waiter
+        assert throttle.slots == 2
+
+    asyncio.run(go())
+
+
+def test_a_retry_after_pauses_every_sender_until_then() -> None:
+    time = FakeTime()
+    throttle = Throttle(4, clock=time.clock, sleep=time.sleep)
+
+    async def go() -> None:
+        slots = [await throttle.acquire() for _ in range(4)]
+        throttle.release(slots[0], outcome="overloaded", wait=3.0)  # the limit becomes 3
+        throttle.release(slots[1], outcome="other")
+        throttle.release(slots[2], outcome="other")
+        await asyncio.gather(throttle.acquire(), throttle.acquire())
+
+    asyncio.run(go())
+    assert time.now == 3.0 and time.slept == [3.0]  # one pause, shared
