@@ -15,6 +15,8 @@ import email.utils
 import json
 import random
 import re
+import socket
+import ssl
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -23,9 +25,10 @@ from typing import Any
 
 import httpx
 
-from .errors import BadResponse, RequestFailed, RunStopped
+from .errors import RequestFailed, RunStopped
 from .limits import Throttle
 from .registry import API_PATH
+from .responses import Generation, api_message, parse_generation
 
 RETRYABLE = frozenset({408, 409, 429, 500, 502, 503, 504})
 # A 429 that will not pass by waiting, and a 503 that is about load (from their messages).
@@ -115,104 +118,6 @@ class CookielessClient(httpx.AsyncClient):
         pass
 
 
-# ----- responses ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Delivery:
-    """One image as the API delivers it: a URL or inline base64, and what it says about it."""
-
-    url: str | None = None
-    b64: str | None = None
-    width: int | None = None
-    height: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Generation:
-    """A successful answer of the generation endpoint, in either documented shape."""
-
-    images: tuple[Delivery, ...]
-    seed: int | None = None
-    credits: float | None = None
-    nsfw: tuple[bool, ...] | None = None
-    attempts: int = 1
-
-    def summary(self) -> dict[str, Any]:
-        return {
-            "seed": self.seed,
-            "credits": self.credits,
-            "nsfw": list(self.nsfw) if self.nsfw is not None else None,
-        }
-
-
-def _first_bytes(raw: bytes, limit: int = 200) -> str:
-    text = raw[:limit].decode("utf-8", "replace")
-    return repr(text) + ("..." if len(raw) > limit else "")
-
-
-def parse_generation(request_id: str, raw: bytes) -> Generation:
-    """Read a 200 answer: `data: [{url | b64_json}]` + `meta.usage`, or `images: [{url, ...}]`
-    + `seed` + `has_nsfw_concepts`; credits as `credits_used` or `tokens_used`."""
-    try:
-        data = json.loads(raw)
-    except ValueError:
-        raise BadResponse(request_id, f"the answer is not JSON: {_first_bytes(raw)}") from None
-    if not isinstance(data, dict):
-        raise BadResponse(request_id, f"the answer is not a JSON object: {_first_bytes(raw)}")
-    items = data.get("data") or data.get("images")
-    deliveries = [d for d in map(_delivery, items) if d] if isinstance(items, list) else []
-    if not deliveries or len(deliveries) != len(items or ()):
-        raise BadResponse(
-            request_id,
-            f"the answer holds no usable images (data[] or images[]): {_first_bytes(raw)}",
-        )
-    meta = data.get("meta")
-    usage = meta.get("usage") if isinstance(meta, dict) else None
-    credits = None
-    if isinstance(usage, dict):
-        credits = usage.get("credits_used", usage.get("tokens_used"))
-    nsfw = data.get("has_nsfw_concepts")
-    seed = data.get("seed")
-    return Generation(
-        images=tuple(deliveries),
-        seed=seed if isinstance(seed, int) and not isinstance(seed, bool) else None,
-        credits=credits
-        if isinstance(credits, int | float) and not isinstance(credits, bool)
-        else None,
-        nsfw=tuple(bool(x) for x in nsfw) if isinstance(nsfw, list) else None,
-    )
-
-
-def _delivery(item: Any) -> Delivery | None:
-    """One entry of `data[]` (`url` or `b64_json`) or `images[]` (`url`, `width`, `height`)."""
-    if not isinstance(item, dict):
-        return None
-    url, b64 = item.get("url"), item.get("b64_json")
-    width, height = item.get("width"), item.get("height")
-    width = width if isinstance(width, int) else None
-    height = height if isinstance(height, int) else None
-    if isinstance(url, str) and url:
-        return Delivery(url=url, width=width, height=height)
-    if isinstance(b64, str) and b64:
-        return Delivery(b64=b64, width=width, height=height)
-    return None
-
-
-def _api_message(raw: bytes) -> str:
-    """The API's own error message, from its `{message, ...}` body when it has one."""
-    try:
-        data = json.loads(raw)
-    except ValueError:
-        return _first_bytes(raw)
-    if isinstance(data, dict) and isinstance(data.get("message"), str):
-        details = data.get("details")
-        if isinstance(details, list) and details:
-            return f"{data['message']}: " + "; ".join(map(str, details))
-        return str(data["message"])
-    return _first_bytes(raw)
-
-
 # ----- the client --------------------------------------------------------------------------
 
 
@@ -223,6 +128,28 @@ class Attempt:
     status: int | None
     seconds: float
     error: str | None = None
+
+
+def network_error(exc: BaseException, url: httpx.URL) -> str:
+    """What the network did, in words, from an exception and the ones under it (transports
+    wrap the system's: aiohttp's refused connection arrives as httpx's ConnectTimeout)."""
+    where = f"{url.host}:{url.port or (443 if url.scheme == 'https' else 80)}"
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            break
+        if isinstance(seen, ConnectionRefusedError):
+            return f"connection refused by {where} (is the server running there?)"
+        if isinstance(seen, socket.gaierror):
+            return f"cannot resolve the host {url.host} (DNS: {seen.strerror or seen})"
+        if isinstance(seen, ssl.SSLError):
+            return f"TLS failure with {where}: {getattr(seen, 'reason', None) or seen}"
+        seen = seen.__cause__ or seen.__context__
+    if isinstance(exc, httpx.ReadTimeout):
+        return "read timed out: no answer within --timeout"
+    if isinstance(exc, httpx.TimeoutException):
+        return f"timed out ({type(exc).__name__}) connecting to {where}"
+    return f"connection error: {type(exc).__name__}: {exc}"
 
 
 class Action(Enum):
@@ -250,7 +177,7 @@ def classify(status: int, headers: Mapping[str, str], body: bytes, policy: Retry
     run; other 429s, and 503s that say the service is overloaded, throttle it; 408, 409 and
     5xx are retried; the server's wait is honoured up to the policy's cap; any other status
     fails the request."""
-    message = _api_message(body)
+    message = api_message(body)
     reason = f"HTTP {status}: {message}"
     if status == 401:
         return Verdict(Action.STOP, f"the API refused the key (401): {reason}. Check AIMLAPI_KEY.")
@@ -258,6 +185,14 @@ def classify(status: int, headers: Mapping[str, str], body: bytes, policy: Retry
         return Verdict(Action.STOP, f"the API refused further work (403): {reason}")
     if status == 429 and QUOTA.search(message):
         return Verdict(Action.STOP, f"the API's quota is spent (429): {reason}")
+    if 300 <= status < 400:
+        location = headers.get("location", "(no Location)")
+        hint = "; use https" if location.startswith("https://") else ""
+        return Verdict(
+            Action.FAIL,
+            f"HTTP {status}: the API redirects the request to {location}; a POST is not "
+            f"followed (its body would be sent where it was not meant to go){hint}",
+        )
     if status not in RETRYABLE:
         return Verdict(Action.FAIL, reason)
     wait = retry_after(headers)
@@ -346,12 +281,8 @@ class ApiClient:
             try:
                 response = await self.http.post(self._api_url, content=content, headers=headers)
                 raw = response.content
-            except httpx.TimeoutException as exc:
-                reason = f"timed out ({type(exc).__name__})"
-                attempts.append(Attempt(None, time.monotonic() - started, reason))
-                return Verdict(Action.RETRY, reason)
             except httpx.TransportError as exc:
-                reason = self.redact(f"connection error: {type(exc).__name__}: {exc}")
+                reason = self.redact(network_error(exc, self._api_url))
                 attempts.append(Attempt(None, time.monotonic() - started, reason))
                 return Verdict(Action.RETRY, reason)
             status, elapsed = response.status_code, time.monotonic() - started

@@ -21,9 +21,10 @@ from typing import Any
 import httpx
 
 from .atomic import Spool
-from .client import RETRYABLE, Delivery, RetryPolicy
+from .client import RETRYABLE, RetryPolicy
 from .errors import BadImage
 from .images import EXTENSIONS, probe
+from .responses import Delivery
 
 MAX_IMAGE_BYTES = 64 * 1024 * 1024
 SPOOL_BYTES = 256 * 1024  # an image smaller than this is held in memory until it is checked

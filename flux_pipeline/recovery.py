@@ -31,8 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from .atomic import sha256_file, write_atomic
-from .client import Delivery, Generation
 from .lock import Entry, Output
+from .responses import Delivery, Generation
 
 FILE_NAME = "pending.jsonl"
 

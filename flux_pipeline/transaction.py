@@ -25,7 +25,7 @@ from typing import Any
 import httpx
 
 from .cache import OutputCache
-from .client import ApiClient, Attempt, Generation, RetryPolicy
+from .client import ApiClient, Attempt, RetryPolicy
 from .errors import RequestFailed, RunStopped, SendingStopped
 from .fetcher import ImageFetcher, StoredImage
 from .journal import Journal
@@ -46,6 +46,7 @@ from .recovery import (
     sound,
 )
 from .registry import get_model
+from .responses import Generation
 from .results import Listener, Notify, RequestResult, Status
 from .spec import Spec
 from .validation import output_stems

@@ -18,12 +18,12 @@ from flux_pipeline.client import (
     CookielessClient,
     RetryPolicy,
     classify,
-    parse_generation,
     retry_after,
 )
 from flux_pipeline.emulator import EmulatorServer
 from flux_pipeline.errors import BadImage, BadResponse
 from flux_pipeline.fetcher import ImageFetcher
+from flux_pipeline.responses import parse_generation
 
 
 def test_data_shape_with_url_or_base64_and_credits() -> None:
@@ -175,7 +175,7 @@ def test_the_run_keeps_no_cookies() -> None:
         (
             429,
             {},
-            b'{"error": {"message": "x"}, "message": "Insufficient balance"}',
+            b'{"error": {"message": "Insufficient balance"}}',
             Action.STOP,
             "quota",
             None,

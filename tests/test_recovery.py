@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from flux_pipeline.client import Delivery, Generation
 from flux_pipeline.keeper import LockKeeper
 from flux_pipeline.lock import Entry, Output, read_lock
 from flux_pipeline.recovery import (
@@ -24,6 +23,7 @@ from flux_pipeline.recovery import (
     rewrite,
     sound,
 )
+from flux_pipeline.responses import Delivery, Generation
 from flux_pipeline.writer_lock import OutputFolderBusy, hold_output_folder
 
 ANSWER = Generation(images=(Delivery(url="https://cdn.example/a.png", width=64, height=64),))

@@ -153,3 +153,62 @@ def test_a_retry_after_pauses_every_sender_until_then() -> None:
 
     asyncio.run(go())
     assert time.now == 3.0 and time.slept == [3.0]  # one pause, shared
+
+
+# ----- what the network did, in words --------------------------------------------------------
+
+
+@pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
+@pytest.mark.parametrize(
+    ("base_url", "words"),
+    [
+        ("http://127.0.0.1:9", "connection refused by 127.0.0.1:9 (is the server running there?)"),
+        ("http://no-such-host.invalid", "cannot resolve the host no-such-host.invalid (DNS"),
+    ],
+    ids=["refused", "unresolvable"],
+)
+def test_network_failures_are_named_on_one_line(
+    tmp_path: Path, transport: str, base_url: str, words: str
+) -> None:
+    spec = spec_of(tmp_path, 1)
+    result = invoke(
+        "run",
+        "--base-url",
+        base_url,
+        "--retries",
+        "0",
+        "--transport",
+        transport,
+        str(spec),
+        env=KEY,
+    )
+    assert result.exit_code == 3
+    assert f"failed n0: {words}" in result.stdout
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_a_redirected_post_names_where_it_was_sent(
+    tmp_path: Path, emulator: EmulatorServer
+) -> None:
+    emulator.emulator.configure(redirect_to="https://api.example")
+    result = invoke("run", "--base-url", emulator.url, str(spec_of(tmp_path, 1)), env=KEY)
+    assert result.exit_code == 3
+    assert (
+        "HTTP 307: the API redirects the request to https://api.example/v1/images/generations; "
+        "a POST is not followed"
+    ) in result.stdout
+    assert "; use https" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"message": "Bad\\n  thing", "statusCode": 422}',
+        b'{"error": {"message": "Bad thing", "type": "invalid_request_error"}}',
+    ],
+    ids=["message", "error.message"],
+)
+def test_both_error_body_shapes_show_their_message(body: bytes) -> None:
+    from flux_pipeline.client import RetryPolicy, classify
+
+    assert classify(422, {}, body, RetryPolicy()).reason == "HTTP 422: Bad thing"

@@ -50,7 +50,7 @@ def test_read_timeout_is_retried_then_reported(tmp_path: Path, emulator: Emulato
     emulator.emulator.configure(latency=(1.0, 1.0))
     result = run(emulator, tmp_path, "--timeout", "0.2", "--retries", "1", "-j", "4")
     assert result.exit_code == 3
-    assert result.stdout.count("timed out (ReadTimeout) (after 2 attempts)") == 4
+    assert result.stdout.count("read timed out: no answer within --timeout (after 2 attempts)") == 4
     assert emulator.emulator.counters.snapshot()["requests"] == 8
 
 
