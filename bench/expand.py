@@ -82,7 +82,7 @@ def main() -> None:
         problems += check_requests(spec, requests)
         t3 = time.perf_counter()
     assert not problems and len(requests) == args.requests, problems[:3]
-    sample = [dict(r.combo) for r in requests[:NAIVE_SAMPLE]]
+    sample = [dict(r.vars) for r in requests[:NAIVE_SAMPLE]]
     naive_per_request = naive(sample)
     total = t3 - t0
     rate = len(requests) / total

@@ -39,7 +39,7 @@ class Request:
 
     id: str
     job: str
-    combo: Mapping[str, Any]
+    vars: Mapping[str, Any]  # the combination's values (the lock's `vars`)
     body: Mapping[str, Any]
     seed: int
     line: int
@@ -251,7 +251,7 @@ def _render_job(
             yield Request(
                 id=name,
                 job=job.name,
-                combo=shown,
+                vars=shown,
                 body=body,
                 seed=seed if isinstance(seed, int) else 0,
                 line=job.line,

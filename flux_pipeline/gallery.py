@@ -73,12 +73,12 @@ def _value(combo: Mapping[str, Any], var: str | None) -> Any:
 def _axes(members: Sequence[Request]) -> list[str]:
     """The variables every request of a job has and that take more than one value, in the
     order the spec gives them (an include's extra variable is a detail, not an axis)."""
-    names = dict.fromkeys(k for r in members for k in r.combo)
+    names = dict.fromkeys(k for r in members for k in r.vars)
     return [
         name
         for name in names
-        if all(name in r.combo for r in members)
-        and len({_value(r.combo, name) for r in members}) > 1
+        if all(name in r.vars for r in members)
+        and len({_value(r.vars, name) for r in members}) > 1
     ]
 
 
@@ -100,19 +100,19 @@ def layout(
         rest = [a for a in axes if a != col_var]
         row_var = rows if rows in rest else (rest[0] if rest else None)
         others = [a for a in axes if a not in (col_var, row_var)]
-        if len({tuple(_value(r.combo, a) for a in others) for r in members}) * 2 > len(members):
+        if len({tuple(_value(r.vars, a) for a in others) for r in members}) * 2 > len(members):
             others = []
         sections: dict[tuple[Any, ...], list[Request]] = {}
         for request in members:
-            key = tuple(_value(request.combo, a) for a in others)
+            key = tuple(_value(request.vars, a) for a in others)
             sections.setdefault(key, []).append(request)
         for key, section in sections.items():
             title = job + "".join(f"  ·  {a} = {v}" for a, v in zip(others, key, strict=True))
-            row_values = tuple(dict.fromkeys(_value(r.combo, row_var) for r in section))
-            col_values = tuple(dict.fromkeys(_value(r.combo, col_var) for r in section))
+            row_values = tuple(dict.fromkeys(_value(r.vars, row_var) for r in section))
+            col_values = tuple(dict.fromkeys(_value(r.vars, col_var) for r in section))
             cells: dict[tuple[Any, Any], tuple[Cell, ...]] = {}
             for r in section:
-                at = (_value(r.combo, row_var), _value(r.combo, col_var))
+                at = (_value(r.vars, row_var), _value(r.vars, col_var))
                 cells[at] = (*cells.get(at, ()), Cell(r, entries.get(r.id)))
             grids.append(Grid(title, row_var, col_var, row_values, col_values, cells))
     return grids

@@ -58,7 +58,7 @@ class Entry:
         return cls(
             id=request.id,
             job=request.job,
-            vars=dict(request.combo),
+            vars=dict(request.vars),
             body=dict(request.body),
             body_sha256=request.body_sha256,
             seed=request.seed,

@@ -95,7 +95,7 @@ class PlanItem:
         return {
             "id": self.request.id,
             "job": self.request.job,
-            "vars": dict(self.request.combo),
+            "vars": dict(self.request.vars),
             "model": self.request.model,
             "width": self.width,
             "height": self.height,

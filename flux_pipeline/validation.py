@@ -65,7 +65,7 @@ def check_requests(spec: Spec, requests: Sequence[Request]) -> list[Problem]:
                     file,
                     request.line_of(error.path),
                     request.job,
-                    request.combo,
+                    request.vars,
                     error.path,
                 )
             )
@@ -77,7 +77,7 @@ def check_requests(spec: Spec, requests: Sequence[Request]) -> list[Problem]:
                     file,
                     request.line,
                     request.job,
-                    request.combo,
+                    request.vars,
                     "name",
                 )
             )
@@ -96,7 +96,7 @@ def _clashes(file: str, owners: Iterable[tuple[str, list[Request]]]) -> list[Pro
         if len(users) < 2:
             continue
         first = users[0]
-        listed = "; ".join(f'job "{r.job}" {format_combo(r.combo)}' for r in users)
+        listed = "; ".join(f'job "{r.job}" {format_combo(r.vars)}' for r in users)
         problems.append(
             Problem(
                 f"{len(users)} requests write the file {stem!r}: {listed}",
