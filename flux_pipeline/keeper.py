@@ -73,7 +73,10 @@ class LockKeeper:
 
     @property
     def saved(self) -> bool:
-        """Whether every entry recorded so far is in the lock file."""
+        """Whether every entry recorded so far is in the lock file (a run that recorded
+        nothing where there was no lock has nothing to save: no empty lock is written)."""
+        if not self.entries and not self.path.exists():
+            return True
         return not self._changed and self._version <= self._written
 
     def save(self) -> None:
@@ -88,7 +91,7 @@ class LockKeeper:
         while True:
             await self._dirty.wait()
             self._dirty.clear()
-            if self._changed:
+            if not self.saved:
                 started = time.monotonic()
                 try:
                     await asyncio.to_thread(self._write, *self._snapshot())

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -19,6 +20,7 @@ EXIT_INVALID = 1
 EXIT_USAGE = 2
 EXIT_FAILED = 3
 EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, as a shell reports a reader that went away
 
 
 def _err(message: str) -> None:
@@ -58,6 +60,11 @@ class _Group(click.Group):
             raise click.exceptions.Exit(EXIT_FAILED) from None
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
             raise  # click's own ways out (--help, usage errors)
+        except BrokenPipeError:
+            # The reader went away (`plan | head`): stop quietly, as `git log | head` does.
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            raise click.exceptions.Exit(EXIT_BROKEN_PIPE) from None
         except OSError as exc:  # a full disk, a folder that vanished, a permission
             _err(_redact(f"error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": ")))
             raise click.exceptions.Exit(EXIT_FAILED) from None

@@ -5,6 +5,8 @@ rate limit with and without Retry-After, a quota that is spent, a wait too long 
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -212,3 +214,27 @@ def test_both_error_body_shapes_show_their_message(body: bytes) -> None:
     from flux_pipeline.client import RetryPolicy, classify
 
     assert classify(422, {}, body, RetryPolicy()).reason == "HTTP 422: Bad thing"
+
+
+def test_a_run_whose_requests_all_failed_writes_no_empty_lock(
+    tmp_path: Path, emulator: EmulatorServer
+) -> None:
+    emulator.emulator.configure(fail_rate=1.0)
+    spec = spec_of(tmp_path, 3)
+    result = invoke("run", "--base-url", emulator.url, "--retries", "0", str(spec), env=KEY)
+    assert result.exit_code == 3
+    assert not spec.with_name("spec.lock.json").exists()
+
+
+def test_a_reader_that_goes_away_ends_the_output_quietly(tmp_path: Path) -> None:
+    spec = spec_of(tmp_path, 2000)
+    piped = subprocess.run(
+        f"{sys.executable} -m flux_pipeline run --dry-run --emulator {spec} | head -n 1",
+        shell=True,
+        capture_output=True,
+        text=True,
+        executable="/bin/bash",
+        timeout=120,
+    )
+    assert piped.stdout.startswith('{"id": "n0"')
+    assert piped.stderr == ""
