@@ -77,8 +77,7 @@ def _axes(members: Sequence[Request]) -> list[str]:
     return [
         name
         for name in names
-        if all(name in r.vars for r in members)
-        and len({_value(r.vars, name) for r in members}) > 1
+        if all(name in r.vars for r in members) and len({_value(r.vars, name) for r in members}) > 1
     ]
 
 

@@ -90,7 +90,12 @@ class Run:
         self.options = options
         # A lock that cannot be saved stops the run: what it pays for would not be recorded.
         self.keeper = LockKeeper(
-            spec.name, lock_path, entries, changed=lock_changed, on_failure=self.stop
+            spec.name,
+            lock_path,
+            entries,
+            changed=lock_changed,
+            on_failure=self.stop,
+            write_empty=bool(options.shard),
         )
         self.journal = journal
         self.record = record
