@@ -23,6 +23,7 @@ from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Any
 
+import aiohttp
 import httpx
 
 from .errors import RequestFailed, RunStopped
@@ -31,6 +32,9 @@ from .registry import API_PATH
 from .responses import Generation, api_message, parse_generation
 
 RETRYABLE = frozenset({408, 409, 429, 500, 502, 503, 504})
+# What a transport may raise for a broken exchange: httpx's own, and aiohttp's that
+# httpx-aiohttp passes through unmapped (a response it cannot parse, for one).
+TRANSPORT_ERRORS: tuple[type[Exception], ...] = (httpx.TransportError, aiohttp.ClientError)
 # A 429 that will not pass by waiting, and a 503 that is about load (from their messages).
 QUOTA = re.compile(r"quota|balance|insufficient|credits? (?:exhausted|exceeded|left)|billing", re.I)
 OVERLOADED = re.compile(r"overload|capacity|too many|busy", re.I)
@@ -281,7 +285,7 @@ class ApiClient:
             try:
                 response = await self.http.post(self._api_url, content=content, headers=headers)
                 raw = response.content
-            except httpx.TransportError as exc:
+            except TRANSPORT_ERRORS as exc:
                 reason = self.redact(network_error(exc, self._api_url))
                 attempts.append(Attempt(None, time.monotonic() - started, reason))
                 return Verdict(Action.RETRY, reason)

@@ -21,12 +21,13 @@ from typing import Any
 import httpx
 
 from .atomic import Spool
-from .client import RETRYABLE, RetryPolicy
+from .client import RETRYABLE, TRANSPORT_ERRORS, RetryPolicy
 from .errors import BadImage
 from .images import EXTENSIONS, probe
 from .responses import Delivery
 
 MAX_IMAGE_BYTES = 64 * 1024 * 1024
+DOWNLOAD_ERRORS: tuple[type[Exception], ...] = (httpx.HTTPError, *TRANSPORT_ERRORS)
 SPOOL_BYTES = 256 * 1024  # an image smaller than this is held in memory until it is checked
 
 
@@ -207,7 +208,7 @@ class ImageFetcher:
                     )
         except httpx.TimeoutException:
             raise _Interrupted("downloading the image timed out") from None
-        except httpx.HTTPError as exc:
+        except DOWNLOAD_ERRORS as exc:
             raise _Interrupted(
                 f"downloading the image failed: {type(exc).__name__}: {self.redact(str(exc))}"
             ) from None

@@ -5,8 +5,11 @@ rate limit with and without Retry-After, a quota that is spent, a wait too long 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -238,3 +241,42 @@ def test_a_reader_that_goes_away_ends_the_output_quietly(tmp_path: Path) -> None
     )
     assert piped.stdout.startswith('{"id": "n0"')
     assert piped.stderr == ""
+
+
+@pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
+def test_an_answer_no_transport_can_parse_fails_that_request_clearly(
+    tmp_path: Path, transport: str
+) -> None:
+    """Two Content-Length headers that disagree: httpx raises its own error, aiohttp one
+    that httpx-aiohttp passes through; both are a failed request, not an internal error."""
+    answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 9\r\n\r\n{}"
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+
+        def serve() -> None:
+            server.settimeout(30)
+            with contextlib.suppress(OSError):
+                while True:
+                    connection, _ = server.accept()
+                    with connection:
+                        connection.recv(65536)
+                        connection.sendall(answer)
+
+        threading.Thread(target=serve, daemon=True).start()
+        result = invoke(
+            "run",
+            "--base-url",
+            f"http://127.0.0.1:{port}",
+            "--retries",
+            "0",
+            "--transport",
+            transport,
+            str(spec_of(tmp_path, 1)),
+            env=KEY,
+        )
+    assert result.exit_code == 3, result.stdout + result.stderr
+    assert "internal error" not in result.stderr and "Traceback" not in result.stderr
+    failed = [line for line in result.stdout.splitlines() if "failed n0:" in line]
+    assert len(failed) == 1 and "(after 1 attempts)" in failed[0]
