@@ -31,14 +31,23 @@ CASES = {
 }
 
 
+@pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
 @pytest.mark.parametrize("mangle", sorted(CASES))
 def test_bad_answers_fail_clearly_and_leave_nothing(
-    tmp_path: Path, emulator: EmulatorServer, mangle: str
+    tmp_path: Path, emulator: EmulatorServer, mangle: str, transport: str
 ) -> None:
     delivery, reason = CASES[mangle]
     emulator.emulator.configure(mangle=mangle, delivery=delivery)
     spec = write_spec(tmp_path, SPEC)
-    result = invoke("run", "--base-url", emulator.url, str(spec), env={"AIMLAPI_KEY": "k"})
+    result = invoke(
+        "run",
+        "--base-url",
+        emulator.url,
+        "--transport",
+        transport,
+        str(spec),
+        env={"AIMLAPI_KEY": "k"},
+    )
     assert result.exit_code == 3
     assert "Traceback" not in result.stdout + result.stderr
     failed = [line.strip() for line in result.stdout.splitlines() if "failed n0" in line]
