@@ -2,8 +2,8 @@
 quick example in a loop.
 
 The emulator runs in its own process with a fixed latency; every request is a real POST plus
-a real download of a 64x64 PNG (flux/schnell's smallest size, so that drawing images never
-makes the emulator the bottleneck), checked, hashed, stored and recorded in the lock.
+a real download of a 64x64 PNG (flux/schnell's smallest size; `--size 256` for 256x256: the
+emulator's PNGs cost it the same at any size), checked, hashed, stored and recorded in the lock.
 The ideal is N / C x latency. The sequential loop is the quick example of the provider's page
 (POST, then fetch the image, then write it), one request at a time.
 
@@ -11,6 +11,7 @@ The ideal is N / C x latency. The sequential loop is the quick example of the pr
 stored or recorded, at the same concurrency.
 
     python bench/runner.py [--requests 2000] [--latency 0.1] [--concurrency 16,64,256]
+                           [--size 64|256|1024x768]
                            [--transports aiohttp,httpx] [--loop 100] [--dir /dev/shm]
 """
 
@@ -31,15 +32,11 @@ from flux_pipeline import load_spec, plan
 from flux_pipeline.client import make_http_client
 from flux_pipeline.runner import RunOptions, Status, run_async, run_event_loop
 
+SIZE = {"width": 64, "height": 64}  # the image asked for (--size)
+
 
 def write_spec(folder: Path, count: int) -> Path:
-    return matrix_spec(
-        folder,
-        "bench",
-        count,
-        model="flux/schnell",
-        defaults={"image_size": {"width": 64, "height": 64}},
-    )
+    return matrix_spec(folder, "bench", count, model="flux/schnell", defaults={"image_size": SIZE})
 
 
 def cpu() -> float:
@@ -83,7 +80,7 @@ def quick_example_loop(url: str, count: int, folder: Path) -> float:
                 json={
                     "prompt": f"loop {i}",
                     "model": "flux/schnell",
-                    "image_size": {"width": 64, "height": 64},
+                    "image_size": SIZE,
                 },
             )
             data = response.json()
@@ -109,7 +106,7 @@ def bare_aiohttp(url: str, count: int, concurrency: int) -> float:
                     body = {
                         "prompt": f"floor {pending.pop()}",
                         "model": "flux/schnell",
-                        "image_size": {"width": 64, "height": 64},
+                        "image_size": SIZE,
                     }
                     async with session.post(
                         url + "/v1/images/generations",
@@ -135,7 +132,10 @@ def main() -> None:
     parser.add_argument("--transports", default="aiohttp,httpx")
     parser.add_argument("--loop", type=int, default=100, help="requests of the sequential loop")
     parser.add_argument("--dir", help="where the outputs go (default: the system's temp folder)")
+    parser.add_argument("--size", default="64", help="images of N x N, or W x H (1024x768) pixels")
     args = parser.parse_args()
+    width, _, height = args.size.partition("x")
+    SIZE.update(width=int(width), height=int(height or width))
     levels = [int(c) for c in args.concurrency.split(",")]
     transports = args.transports.split(",")
 
