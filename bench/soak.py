@@ -83,17 +83,19 @@ def paid_twice(counts: Counter[str]) -> int:
     return sum(n - 1 for n in counts.values() if n > 1)
 
 
+def soak_spec(folder: Path, name: str, count: int) -> Path:
+    """A spec of `count` requests of small PNGs."""
+    image_size = {"width": 256, "height": 256}
+    return matrix_spec(
+        folder, name, count, model="flux/schnell", defaults={"image_size": image_size}
+    )
+
+
 def campaign(
     args: argparse.Namespace, folder: Path, number: int
 ) -> tuple[Path, Path, dict[str, str]]:
     """A fresh spec of N requests (its own names, so its own bodies)."""
-    spec = matrix_spec(
-        folder,
-        f"soak{number}",
-        args.requests,
-        model="flux/schnell",
-        defaults={"image_size": {"width": 256, "height": 256}},
-    )
+    spec = soak_spec(folder, f"soak{number}", args.requests)
     loaded = load_spec(spec)
     return spec, loaded.output, {r.id: r.body_sha256 for r in validate(loaded)}
 
@@ -146,20 +148,8 @@ def interruptions(args: argparse.Namespace, server: EmulatorServer, folder: Path
 def concurrent(args: argparse.Namespace, server: EmulatorServer, folder: Path) -> list[Any]:
     """Two runs of one spec at once (the second waits), and two specs in one folder."""
     before = Counter(server.emulator.counters.paid_bodies)
-    one = matrix_spec(
-        folder,
-        "same",
-        args.requests // 2,
-        model="flux/schnell",
-        defaults={"image_size": {"width": 256, "height": 256}},
-    )
-    other = matrix_spec(
-        folder,
-        "other",
-        args.requests // 2,
-        model="flux/schnell",
-        defaults={"image_size": {"width": 256, "height": 256}},
-    )
+    one = soak_spec(folder, "same", args.requests // 2)
+    other = soak_spec(folder, "other", args.requests // 2)
     processes = [
         start(server.url, spec, args.concurrency, "--wait", "600") for spec in (one, one, other)
     ]
