@@ -64,10 +64,12 @@ def test_read_only_output_folder(tmp_path: Path, tmpfs: Path, emulator: Emulator
 def test_full_disk_stops_paying_and_keeps_what_fit(
     tmp_path: Path, tmpfs: Path, emulator: EmulatorServer
 ) -> None:
-    mount(tmpfs, "size=160k")
-    spec = write_spec(tmp_path, SPEC.format(output=tmpfs))
+    # JPEGs: the emulator draws them (12 KB at 512x512), where its PNGs are a few KB at any
+    # size; sixteen of them do not fit in 64 KB.
+    mount(tmpfs, "size=64k")
+    spec = write_spec(tmp_path, SPEC.format(output=tmpfs).replace("png", "jpeg"))
     result = run(emulator, spec)
-    assert result.exit_code == 3  # type: ignore[attr-defined]
+    assert result.exit_code == 3, result.stdout  # type: ignore[attr-defined]
     out = result.stdout  # type: ignore[attr-defined]
     assert (
         "stopped: the output folder cannot take more images: cannot write the image: "
