@@ -126,13 +126,9 @@ def sound(outputs: Iterable[Output], lock_folder: Path) -> bool:
         return False
 
 
-def answer_line(request_id: str, body_sha256: str, generation: Generation) -> bytes:
-    record = {
-        "kind": "answer",
-        "id": request_id,
-        "body_sha256": body_sha256,
-        "generation": generation_json(generation),
-    }
+def answer_line(request_id: str, body_sha256: str, answer: Mapping[str, Any]) -> bytes:
+    """An answer's record (`answer` as `generation_json` gives it)."""
+    record = {"kind": "answer", "id": request_id, "body_sha256": body_sha256, "generation": answer}
     return (json.dumps(record, allow_nan=False) + "\n").encode()
 
 
@@ -149,15 +145,9 @@ def done_line(entry: Entry) -> bytes:
 
 def rewrite(path: Path, answers: Iterable[tuple[str, str, Mapping[str, Any]]]) -> None:
     """Leave only these answers (id, body hash, answer) in the record, or no record."""
-    lines = [
-        json.dumps(
-            {"kind": "answer", "id": i, "body_sha256": b, "generation": dict(g)}, allow_nan=False
-        )
-        + "\n"
-        for i, b, g in answers
-    ]
+    lines = b"".join(answer_line(i, b, g) for i, b, g in answers)
     if lines:
-        write_atomic(path, "".join(lines).encode())
+        write_atomic(path, lines)
     else:
         path.unlink(missing_ok=True)
 

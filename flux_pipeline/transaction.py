@@ -235,7 +235,7 @@ class Run:
         answer = generation_json(generation)
         self.answers.pending[request.body_sha256] = (request.id, answer)
         with contextlib.suppress(OSError):  # a safety net: the images are fetched anyway
-            self.record.append(answer_line(request.id, request.body_sha256, generation))
+            self.record.append(answer_line(request.id, request.body_sha256, answer))
         return generation
 
     async def restore(self, item: PlanItem, stems: list[Path], started: float) -> bool:

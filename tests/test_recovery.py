@@ -19,6 +19,7 @@ from flux_pipeline.recovery import (
     answer_line,
     done_line,
     generation_from_json,
+    generation_json,
     read_pending,
     rewrite,
     sound,
@@ -44,8 +45,8 @@ def entry(request_id: str, sha256: str = "0" * 64, path: str = "out/a.png") -> E
 def test_a_done_record_supersedes_the_answer_and_a_torn_line_is_skipped(tmp_path: Path) -> None:
     path = tmp_path / "pending.jsonl"
     path.write_bytes(
-        answer_line("a", "b-a", ANSWER)
-        + answer_line("b", "b-b", ANSWER)
+        answer_line("a", "b-a", generation_json(ANSWER))
+        + answer_line("b", "b-b", generation_json(ANSWER))
         + done_line(entry("a"))
         + b'{"kind": "done", "id": "c", "outp'  # cut by a kill
     )
@@ -59,15 +60,18 @@ def test_a_done_record_supersedes_the_answer_and_a_torn_line_is_skipped(tmp_path
 
 def test_an_inline_answer_is_recorded_but_not_fetchable() -> None:
     inline = Generation(images=(Delivery(b64="aGVsbG8=", width=64, height=64),))
-    record = json.loads(answer_line("a", "b-a", inline))
+    record = json.loads(answer_line("a", "b-a", generation_json(inline)))
     assert "aGVsbG8=" not in json.dumps(record)  # images are not copied into the record
     assert generation_from_json(record["generation"]) is None
 
 
 def test_rewrite_keeps_only_the_answers_given_or_removes_the_record(tmp_path: Path) -> None:
     path = tmp_path / "pending.jsonl"
-    path.write_bytes(done_line(entry("a")) + answer_line("b", "b-b", ANSWER))
-    rewrite(path, [("b", "b-b", json.loads(answer_line("b", "b-b", ANSWER))["generation"])])
+    path.write_bytes(done_line(entry("a")) + answer_line("b", "b-b", generation_json(ANSWER)))
+    rewrite(
+        path,
+        [("b", "b-b", json.loads(answer_line("b", "b-b", generation_json(ANSWER)))["generation"])],
+    )
     assert set(read_pending(path).answers) == {"b-b"} and not read_pending(path).results
     rewrite(path, [])
     assert not path.exists()

@@ -94,7 +94,7 @@ def indexed_png(width: int, height: int, digest: bytes, caption: str) -> bytes:
     return (
         PNG_SIGNATURE
         + _png_chunk(b"IHDR", header)
-        + _png_chunk(b"PLTE", palette)
+        + _png_chunk(b"PLTE", bytes(palette))
         + _png_chunk(b"tEXt", b"Description\x00" + caption.encode("latin-1", "replace"))
         + _indexed_pixels(width, height)
         + _png_chunk(b"IEND", b"")
