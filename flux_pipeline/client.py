@@ -138,17 +138,20 @@ def network_error(exc: BaseException, url: httpx.URL) -> str:
     """What the network did, in words, from an exception and the ones under it (transports
     wrap the system's: aiohttp's refused connection arrives as httpx's ConnectTimeout)."""
     where = f"{url.host}:{url.port or (443 if url.scheme == 'https' else 80)}"
+    causes: list[BaseException] = []
     seen: BaseException | None = exc
-    for _ in range(8):
-        if seen is None:
-            break
-        if isinstance(seen, ConnectionRefusedError):
+    while seen is not None and len(causes) < 8:
+        causes.append(seen)
+        seen = seen.__cause__ or seen.__context__ or getattr(seen, "certificate_error", None)
+    for cause in causes:
+        if isinstance(cause, ConnectionRefusedError):
             return f"connection refused by {where} (is the server running there?)"
-        if isinstance(seen, socket.gaierror):
-            return f"cannot resolve the host {url.host} (DNS: {seen.strerror or seen})"
-        if isinstance(seen, ssl.SSLError):
-            return f"TLS failure with {where}: {getattr(seen, 'reason', None) or seen}"
-        seen = seen.__cause__ or seen.__context__
+        if isinstance(cause, socket.gaierror):
+            return f"cannot resolve the host {url.host} (DNS: {cause.strerror or cause})"
+    tls = [c for c in causes if isinstance(c, ssl.SSLError)]
+    if tls:  # the innermost says it best (CERTIFICATE_VERIFY_FAILED)
+        reason = getattr(tls[-1], "verify_message", None) or getattr(tls[-1], "reason", None)
+        return f"TLS failure with {where}: {reason or tls[-1]}"
     if isinstance(exc, httpx.ReadTimeout):
         return "read timed out: no answer within --timeout"
     if isinstance(exc, httpx.TimeoutException):

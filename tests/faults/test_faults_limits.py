@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -283,3 +284,38 @@ def test_an_answer_no_transport_can_parse_fails_that_request_clearly(
     assert "internal error" not in result.stderr and "Traceback" not in result.stderr
     failed = [line for line in result.stdout.splitlines() if "failed n0:" in line]
     assert len(failed) == 1 and "(after 1 attempts)" in failed[0]
+
+
+@pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
+def test_a_tls_failure_is_named_as_such(tmp_path: Path, transport: str) -> None:
+    """A server whose certificate does not verify (self-signed, tests/data)."""
+    data = Path(__file__).parents[1] / "data"
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(data / "selfsigned.pem", data / "selfsigned.key")
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+
+        def serve() -> None:
+            server.settimeout(30)
+            with contextlib.suppress(OSError):
+                while True:
+                    connection, _ = server.accept()
+                    with connection, contextlib.suppress(OSError):
+                        context.wrap_socket(connection, server_side=True).recv(1)
+
+        threading.Thread(target=serve, daemon=True).start()
+        result = invoke(
+            "run",
+            "--base-url",
+            f"https://127.0.0.1:{port}",
+            "--retries",
+            "0",
+            "--transport",
+            transport,
+            str(spec_of(tmp_path, 1)),
+            env=KEY,
+        )
+    assert result.exit_code == 3
+    assert f"failed n0: TLS failure with 127.0.0.1:{port}: self-signed certificate" in result.stdout
