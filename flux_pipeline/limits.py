@@ -5,14 +5,14 @@ second) and answer 429 above it. `Throttle` keeps the run just under the cap:
 
 - **An adaptive limit of generation requests in flight** (AIMD, as TCP's congestion window,
   promptfoo's scheduler or Netflix's concurrency-limits): it starts at `--concurrency`, the
-  ceiling; an overload (a 429, or a 503 that says so) cuts it to `decrease` times what was
-  in flight when the server said no; a window of
-  successes (as many as the limit) grows it by one, and only while requests are waiting for
-  a slot. Requests sent before a cut do not cut it again when their own 429 comes back: one
-  overload, one cut.
+  ceiling; an overload (a 429, or a 503 that says so) cuts it to `decrease` (0.9) times what
+  was in flight when the server said no, so a burst of refusals to one wave settles where
+  the server is instead of halving again and again; a window of successes (at least
+  `window`, and as many as the limit) grows it by one, and only while requests are waiting
+  for a slot.
 - **A shared pause.** A 429 pauses new sends for every worker: until the server's
   `Retry-After` when it gives one, else for an exponential backoff with full jitter whose
-  level rises with each cut and falls back on success.
+  level rises with each wave of overloads and falls back on success.
 
 Time and randomness come in as `clock`, `sleep` and `rng`, so tests can drive it.
 """
