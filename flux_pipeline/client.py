@@ -233,9 +233,14 @@ class ApiClient:
     clock: Callable[[], float] = time.monotonic
     rng: random.Random = field(default_factory=random.Random)
     _api_url: httpx.URL = field(init=False, repr=False)
+    _headers: dict[str, str] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self._api_url = httpx.URL(self.base_url.rstrip("/") + API_PATH)  # parsed once
+        self._headers = {
+            "Authorization": f"Bearer {self.api_key}",
+            "Content-Type": "application/json",
+        }
 
     def redact(self, text: str) -> str:
         # A key of a few characters (a test's "k") would garble every word it is part of;
@@ -278,7 +283,6 @@ class ApiClient:
         self, request_id: str, content: bytes, attempts: list[Attempt]
     ) -> Generation | Verdict:
         """One POST, holding a slot of the throttle; the answer, or what to do about it."""
-        headers = {"Authorization": f"Bearer {self.api_key}", "Content-Type": "application/json"}
         if self.before_send is not None:
             await self.before_send()
         slot = await self.throttle.acquire()
@@ -286,7 +290,9 @@ class ApiClient:
         started = time.monotonic()
         try:
             try:
-                response = await self.http.post(self._api_url, content=content, headers=headers)
+                response = await self.http.post(
+                    self._api_url, content=content, headers=self._headers
+                )
                 raw = response.content
             except TRANSPORT_ERRORS as exc:
                 reason = self.redact(network_error(exc, self._api_url))

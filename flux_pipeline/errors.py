@@ -4,11 +4,13 @@
     ├── SpecInvalid            the spec (or its requests) cannot be used; carries every Problem
     ├── LockError              the lock file is unreadable or has the wrong shape
     ├── ConfigError            missing key, bad option value, unusable output folder
+    │   └── OutputFolderBusy   another process holds the output folder's writer lock
     ├── Terminated             the run was stopped by a signal (SIGTERM); the lock is saved
     └── RunError               something went wrong while talking to the API
         ├── RequestFailed      one request failed for good (the run goes on with the others)
         │   ├── BadResponse    the API answered something that is not a usable result
         │   └── BadImage       a downloaded image is not what was promised
+        ├── SaveFailed         the lock could not be saved (the write-ahead record keeps the work)
         ├── RunStopped         the API refuses all further work (401 bad key, 403 out of credits)
         └── SendingStopped     the run stops sending (interrupted, a budget, a failure): raised
                                before a request or a retry is sent
@@ -84,6 +86,10 @@ class ConfigError(FluxPipelineError):
     """A setting is missing or unusable (no API key, bad --rate, unwritable folder)."""
 
 
+class OutputFolderBusy(ConfigError):
+    """Another process is writing to the output folder (exit 2, like any unusable setting)."""
+
+
 class Terminated(FluxPipelineError):
     """A signal ended the run after the lock was saved; the exit code is 128 + the signal."""
 
@@ -94,6 +100,10 @@ class Terminated(FluxPipelineError):
 
 class RunError(FluxPipelineError):
     """Something went wrong while generating images."""
+
+
+class SaveFailed(RunError):
+    """The lock could not be saved; the images and the write-ahead record keep the work."""
 
 
 class RequestFailed(RunError):

@@ -32,7 +32,6 @@ class LockKeeper:
         changed: bool,
         on_failure: Callable[[str], None] = lambda reason: None,
         interval: float = 0.05,
-        write_empty: bool = False,
     ) -> None:
         self._spec_name = spec_name
         self.path = path
@@ -45,7 +44,6 @@ class LockKeeper:
         self._version = self._written = 0
         self._write_lock = threading.Lock()
         self._on_failure = on_failure
-        self._write_empty = write_empty  # a shard's partial lock says the shard ran, even empty
 
     def record(self, entry: Entry) -> None:
         if entry.id not in self.entries:
@@ -75,10 +73,7 @@ class LockKeeper:
 
     @property
     def saved(self) -> bool:
-        """Whether every entry recorded so far is in the lock file (a run that recorded
-        nothing where there was no lock has nothing to save: no empty lock is written)."""
-        if not self.entries and not self._write_empty and not self.path.exists():
-            return True
+        """Whether every entry recorded so far is in the lock file."""
         return not self._changed and self._version <= self._written
 
     def save(self) -> None:

@@ -35,7 +35,7 @@ import httpx
 from .atomic import sweep_temp_files
 from .cache import OutputCache
 from .client import make_http_client
-from .errors import ConfigError, RunError, Terminated
+from .errors import ConfigError, SaveFailed, Terminated
 from .expansion import Request
 from .journal import Journal
 from .lock import Entry, Lock
@@ -54,10 +54,6 @@ __all__ = ["Rate", "RequestResult", "RunOptions", "RunResult", "Status", "run", 
 JOURNAL = ".journal.jsonl"
 DEFAULTS = RunOptions()
 T = TypeVar("T")
-
-
-class SaveFailed(RunError):
-    """The lock could not be saved; the images and the write-ahead record keep the work."""
 
 
 # ----- planning a run ----------------------------------------------------------------------
@@ -111,7 +107,10 @@ def _scope(spec: Spec, the_plan: Plan, old: Lock | None, options: RunOptions) ->
     wanted = {item.request.id for item in items}
     # Requests gone from the spec leave the lock; the others keep their entry until redone.
     entries = {k: v for k, v in (old.entries if old else {}).items() if k in wanted}
-    changed = old is None or len(entries) != len(old.entries) or bool(options.shard)
+    # The lock changes when it drops entries; a shard's partial lock is written even empty
+    # (merge must see that the shard ran). Without a lock, the first result writes one:
+    # a run whose requests all failed leaves no empty lock behind.
+    changed = bool(options.shard) or (old is not None and len(entries) != len(old.entries))
     work = select(items, options)
     chosen = {item.request.id for item in work}
     skipped = [i for i in items if i.request.id not in chosen]

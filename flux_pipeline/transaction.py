@@ -95,7 +95,6 @@ class Run:
             entries,
             changed=lock_changed,
             on_failure=self.stop,
-            write_empty=bool(options.shard),
         )
         self.journal = journal
         self.record = record

@@ -21,15 +21,11 @@ from pathlib import Path
 import filelock
 
 from .atomic import write_atomic
-from .errors import ConfigError
+from .errors import OutputFolderBusy
 
 FOLDER = ".flux-cache"
 LOCK_FILE = "writer.lock"
 HOLDER_FILE = "writer.json"  # who holds the lock: beside it, as filelock truncates its file
-
-
-class OutputFolderBusy(ConfigError):
-    """Another process is writing to the output folder (exit 2, like any unusable setting)."""
 
 
 def _holder(root: Path) -> str:

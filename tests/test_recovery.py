@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from flux_pipeline.errors import OutputFolderBusy
 from flux_pipeline.keeper import LockKeeper
 from flux_pipeline.lock import Entry, Output, read_lock
 from flux_pipeline.recovery import (
@@ -25,7 +26,7 @@ from flux_pipeline.recovery import (
     sound,
 )
 from flux_pipeline.responses import Delivery, Generation
-from flux_pipeline.writer_lock import OutputFolderBusy, hold_output_folder
+from flux_pipeline.writer_lock import hold_output_folder
 
 ANSWER = Generation(images=(Delivery(url="https://cdn.example/a.png", width=64, height=64),))
 

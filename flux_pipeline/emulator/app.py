@@ -11,7 +11,7 @@ import random
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from typing import Any
 
@@ -22,7 +22,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from ..bodies import body_hash
-from ..registry import API_PATH, check_body, get_model
+from ..registry import API_PATH, Model, check_body, get_model
 from .config import CHUNK, FAULT_STATUSES, Counters, EmulatorConfig, credits_for
 from .images import Picture
 
@@ -37,6 +37,25 @@ def error_body(status: int, message: str, path: str, **extra: Any) -> dict[str, 
         "timestamp": datetime.now(timezone.utc).isoformat(),
         **extra,
     }
+
+
+@dataclass(frozen=True, slots=True)
+class _Order:
+    """What a valid body asks for, worked out once: its model, size, images and cost."""
+
+    model: Model
+    width: int
+    height: int
+    count: int
+    cost: int
+
+    @classmethod
+    def of(cls, body: dict[str, Any]) -> _Order:
+        model = get_model(body["model"])
+        assert model is not None  # check_body passed
+        width, height = model.size(body)
+        count = model.num_images(body)
+        return cls(model, width, height, count, count * credits_for(width, height))
 
 
 class Emulator:
@@ -116,10 +135,11 @@ class Emulator:
         if problems:
             details = [f"{p.path}: {p.message}" for p in problems]
             return self._answer(400, "Body validation error", path, details=details)
+        order = _Order.of(body)
         failing = bool(config.fail_rate) and self._random.random() < config.fail_rate
-        paid = None if failing else self._bill(body)
-        if isinstance(paid, Response):
-            return paid  # out of credits
+        refused = None if failing else self._bill(body, order)
+        if refused is not None:
+            return refused  # out of credits
         self._in_flight += 1
         try:
             low, high = config.latency
@@ -127,10 +147,10 @@ class Emulator:
                 await asyncio.sleep(self._random.uniform(low, high))
         finally:
             self._in_flight -= 1
-        if paid is None:
+        if failing:
             status = self._random.choice(FAULT_STATUSES)
             return self._answer(status, "Internal server error (emulated)", path)
-        answer = self._answer_generation(request, body, paid)
+        answer = self._answer_generation(request, body, order)
         with self.counters.lock:
             self.counters.delivered += 1
         return answer
@@ -162,28 +182,26 @@ class Emulator:
                 headers["retry-after-ms"] = str(math.ceil(wait * 1000))
         return self._answer(429, "Too many requests", path, headers=headers)
 
-    def _bill(self, body: dict[str, Any]) -> int | Response:
-        """Charge a received body: its cost, or a 403 once the balance is spent."""
-        model = get_model(body["model"])
-        assert model is not None  # check_body passed
-        width, height = model.size(body)
-        count = model.num_images(body)
-        cost = count * credits_for(width, height)
-        if self.config.credits is not None and self._spent + cost > self.config.credits:
+    def _bill(self, body: dict[str, Any], order: _Order) -> Response | None:
+        """Charge a received body; a 403 once the balance is spent, else None."""
+        if self.config.credits is not None and self._spent + order.cost > self.config.credits:
             return self._answer(403, "Forbidden: out of credits", API_PATH)
-        self._spent += cost
+        self._spent += order.cost
         with self.counters.lock:
             self.counters.paid += 1
-            self.counters.generated += count
+            self.counters.generated += order.count
             self.counters.paid_bodies[body_hash(body)] += 1  # as the lock records it
-        return cost
+        return None
 
-    def _answer_generation(self, request: Request, body: dict[str, Any], cost: int) -> Response:
+    def _answer_generation(self, request: Request, body: dict[str, Any], order: _Order) -> Response:
         config = self.config
-        model = get_model(body["model"])
-        assert model is not None  # check_body passed
-        width, height = model.size(body)
-        count = model.num_images(body)
+        model, width, height, count, cost = (
+            order.model,
+            order.width,
+            order.height,
+            order.count,
+            order.cost,
+        )
         seed = body.get("seed") or self._random.randint(1, 2**31 - 1)
         fmt = model.output_format(body) or "png"
         images = [

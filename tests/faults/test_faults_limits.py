@@ -11,9 +11,11 @@ import ssl
 import subprocess
 import sys
 import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from click.testing import Result
 from helpers import invoke, write_spec
 
 from flux_pipeline import load_spec
@@ -164,6 +166,34 @@ def test_a_retry_after_pauses_every_sender_until_then() -> None:
     assert time.now == 3.0 and time.slept == [3.0]  # one pause, shared
 
 
+def run_once_at(base_url: str, transport: str, root: Path) -> Result:
+    """One request, no retry, against `base_url` on `transport`."""
+    return invoke(
+        "run", "--base-url", base_url, "--retries", "0", "--transport", transport,
+        str(spec_of(root, 1)), env=KEY,
+    )  # fmt: skip
+
+
+@contextlib.contextmanager
+def loopback_server(handle: Callable[[socket.socket], None]) -> Iterator[int]:
+    """A TCP server on a free loopback port that hands each connection to `handle`; its
+    port. It serves from a thread until the block ends."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        server.settimeout(30)
+
+        def serve() -> None:
+            with contextlib.suppress(OSError):
+                while True:
+                    connection, _ = server.accept()
+                    with connection, contextlib.suppress(OSError):
+                        handle(connection)
+
+        threading.Thread(target=serve, daemon=True).start()
+        yield server.getsockname()[1]
+
+
 # ----- what the network did, in words --------------------------------------------------------
 
 
@@ -179,18 +209,7 @@ def test_a_retry_after_pauses_every_sender_until_then() -> None:
 def test_network_failures_are_named_on_one_line(
     tmp_path: Path, transport: str, base_url: str, words: str
 ) -> None:
-    spec = spec_of(tmp_path, 1)
-    result = invoke(
-        "run",
-        "--base-url",
-        base_url,
-        "--retries",
-        "0",
-        "--transport",
-        transport,
-        str(spec),
-        env=KEY,
-    )
+    result = run_once_at(base_url, transport, tmp_path)
     assert result.exit_code == 3
     assert f"failed n0: {words}" in result.stdout
     assert "Traceback" not in result.stderr + result.stdout
@@ -254,32 +273,13 @@ def test_an_answer_no_transport_can_parse_fails_that_request_clearly(
     """Two Content-Length headers that disagree: httpx raises its own error, aiohttp one
     that httpx-aiohttp passes through; both are a failed request, not an internal error."""
     answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 9\r\n\r\n{}"
-    with socket.socket() as server:
-        server.bind(("127.0.0.1", 0))
-        server.listen()
-        port = server.getsockname()[1]
 
-        def serve() -> None:
-            server.settimeout(30)
-            with contextlib.suppress(OSError):
-                while True:
-                    connection, _ = server.accept()
-                    with connection:
-                        connection.recv(65536)
-                        connection.sendall(answer)
+    def reply(connection: socket.socket) -> None:
+        connection.recv(65536)
+        connection.sendall(answer)
 
-        threading.Thread(target=serve, daemon=True).start()
-        result = invoke(
-            "run",
-            "--base-url",
-            f"http://127.0.0.1:{port}",
-            "--retries",
-            "0",
-            "--transport",
-            transport,
-            str(spec_of(tmp_path, 1)),
-            env=KEY,
-        )
+    with loopback_server(reply) as port:
+        result = run_once_at(f"http://127.0.0.1:{port}", transport, tmp_path)
     assert result.exit_code == 3, result.stdout + result.stderr
     assert "internal error" not in result.stderr and "Traceback" not in result.stderr
     failed = [line for line in result.stdout.splitlines() if "failed n0:" in line]
@@ -292,30 +292,11 @@ def test_a_tls_failure_is_named_as_such(tmp_path: Path, transport: str) -> None:
     data = Path(__file__).parents[1] / "data"
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(data / "selfsigned.pem", data / "selfsigned.key")
-    with socket.socket() as server:
-        server.bind(("127.0.0.1", 0))
-        server.listen()
-        port = server.getsockname()[1]
 
-        def serve() -> None:
-            server.settimeout(30)
-            with contextlib.suppress(OSError):
-                while True:
-                    connection, _ = server.accept()
-                    with connection, contextlib.suppress(OSError):
-                        context.wrap_socket(connection, server_side=True).recv(1)
+    def handshake(connection: socket.socket) -> None:
+        context.wrap_socket(connection, server_side=True).recv(1)
 
-        threading.Thread(target=serve, daemon=True).start()
-        result = invoke(
-            "run",
-            "--base-url",
-            f"https://127.0.0.1:{port}",
-            "--retries",
-            "0",
-            "--transport",
-            transport,
-            str(spec_of(tmp_path, 1)),
-            env=KEY,
-        )
+    with loopback_server(handshake) as port:
+        result = run_once_at(f"https://127.0.0.1:{port}", transport, tmp_path)
     assert result.exit_code == 3
     assert f"failed n0: TLS failure with 127.0.0.1:{port}: self-signed certificate" in result.stdout
