@@ -117,7 +117,18 @@ class RequestFailed(RunError):
 
 
 class BadResponse(RequestFailed):
-    """The API's answer is not a result this tool understands."""
+    """The API's answer is not a result this tool understands (`credits`: what it said the
+    request cost, if it said: an answer without a usable image may still be billed)."""
+
+    def __init__(
+        self,
+        request_id: str,
+        message: str,
+        status: int | None = None,
+        credits: float | None = None,
+    ) -> None:
+        super().__init__(request_id, message, status)
+        self.credits = credits
 
 
 class BadImage(RequestFailed):

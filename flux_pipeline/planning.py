@@ -1,14 +1,15 @@
 """The plan: every request of a spec with its size, seed, image count and state against the lock.
 
-Credits are estimated only from what the lock recorded for the same model and size; where it
-recorded nothing comparable, the estimate is unknown rather than a guess. Images are compared
+Credits are estimated from the price table (`budget.estimate`), scaled by what the lock
+recorded for the same model (`budget.learned_ratios`); an estimate no recorded answer backs is
+marked as the table's. Images are compared
 with their recorded hashes through the output folder's `HashIndex`, which planning keeps
 current (as `git status` refreshes git's index), so an unchanged image is not read again.
 """
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
@@ -17,6 +18,7 @@ from typing import Any
 
 from .atomic import sha256_file
 from .bodies import body_hash, changed_fields
+from .budget import estimate, learned_ratios
 from .cache import HashIndex, OutputCache
 from .expansion import Request
 from .lock import Entry, Lock, read_lock
@@ -88,8 +90,9 @@ class PlanItem:
     width: int
     height: int
     images: int
-    credits: float | None
+    credits: float
     cached: bool = False  # its images are in the cache of earlier outputs: no request needed
+    from_table: bool = False  # the credits are the price table's: no answer of the model yet
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -104,6 +107,7 @@ class PlanItem:
             "state": self.state.kind.value,
             "reason": self.state.reason,
             "credits": self.credits,
+            "credits_from_table": self.from_table,
             "cached": self.cached,
             "body": dict(self.request.body),
         }
@@ -135,12 +139,14 @@ class Plan:
         return sum(i.images for i in self.items)
 
     @property
-    def credits(self) -> float | None:
-        """Estimated credits of the requests still to do; None when any of them is unknown."""
-        estimates = [i.credits for i in self.todo]
-        if any(c is None for c in estimates):
-            return None
-        return sum(c for c in estimates if c is not None)
+    def credits(self) -> float:
+        """Estimated credits of the requests still to do."""
+        return sum(i.credits for i in self.todo)
+
+    @property
+    def from_table(self) -> tuple[str, ...]:
+        """Models whose requests to do are estimated from the price table alone."""
+        return tuple(sorted({i.request.model for i in self.todo if i.from_table and i.credits}))
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -153,22 +159,10 @@ class Plan:
                 "images": self.images,
                 "states": self.counts,
                 "credits": self.credits,
+                "credits_from_table": list(self.from_table),
                 "cached": self.cached,
             },
         }
-
-
-def _credit_table(lock: Lock | None) -> dict[tuple[str, int, int], float]:
-    """Average credits per image recorded in the lock, by (model, width, height)."""
-    sums: dict[tuple[str, int, int], list[float]] = defaultdict(list)
-    for entry in lock.entries.values() if lock else ():
-        credits = entry.response.get("credits")
-        if not isinstance(credits, int | float) or not entry.outputs:
-            continue
-        first = entry.outputs[0]
-        key = (str(entry.body.get("model")), first.width, first.height)
-        sums[key].append(credits / len(entry.outputs))
-    return {k: sum(v) / len(v) for k, v in sums.items()}
 
 
 def plan(spec: Spec, requests: Sequence[Request] | None = None, lock: Lock | None = None) -> Plan:
@@ -178,7 +172,7 @@ def plan(spec: Spec, requests: Sequence[Request] | None = None, lock: Lock | Non
     if lock is None:
         lock = read_lock(spec.lock_path)
     entries = lock.entries if lock else {}
-    per_image = _credit_table(lock)
+    ratios = learned_ratios(entries.values())
     folder = spec.lock_path.parent
     cache = OutputCache(spec.output)  # read only if some request is not up to date
     hashes = HashIndex(cache.root / "hashes.json")
@@ -188,7 +182,8 @@ def plan(spec: Spec, requests: Sequence[Request] | None = None, lock: Lock | Non
         assert model is not None  # validated
         width, height = model.size(request.body)
         images = model.num_images(request.body)
-        rate = per_image.get((request.model, width, height))
+        ratio = ratios.get(request.model)
+        credits = estimate(request.model, width, height, images) * (ratio or 1.0)
         state = state_of(request, entries.get(request.id), folder, hashes)
         cached = not state.up_to_date and cache.has(request.body_sha256)
         items.append(
@@ -198,8 +193,9 @@ def plan(spec: Spec, requests: Sequence[Request] | None = None, lock: Lock | Non
                 width=width,
                 height=height,
                 images=images,
-                credits=0.0 if cached else None if rate is None else rate * images,
+                credits=0.0 if cached else credits,
                 cached=cached,
+                from_table=ratio is None,
             )
         )
     hashes.save()

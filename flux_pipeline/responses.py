@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,28 +52,35 @@ def parse_generation(request_id: str, raw: bytes) -> Generation:
         raise BadResponse(request_id, f"the answer is not JSON: {_first_bytes(raw)}") from None
     if not isinstance(data, dict):
         raise BadResponse(request_id, f"the answer is not a JSON object: {_first_bytes(raw)}")
+    credits = _credits(data)
     items = data.get("data") or data.get("images")
     deliveries = [d for d in map(_delivery, items) if d] if isinstance(items, list) else []
     if not deliveries or len(deliveries) != len(items or ()):
         raise BadResponse(
             request_id,
             f"the answer holds no usable images (data[] or images[]): {_first_bytes(raw)}",
+            credits=credits,
         )
-    meta = data.get("meta")
-    usage = meta.get("usage") if isinstance(meta, dict) else None
-    credits = None
-    if isinstance(usage, dict):
-        credits = usage.get("credits_used", usage.get("tokens_used"))
     nsfw = data.get("has_nsfw_concepts")
     seed = data.get("seed")
     return Generation(
         images=tuple(deliveries),
         seed=seed if isinstance(seed, int) and not isinstance(seed, bool) else None,
-        credits=credits
-        if isinstance(credits, int | float) and not isinstance(credits, bool)
-        else None,
+        credits=credits,
         nsfw=tuple(bool(x) for x in nsfw) if isinstance(nsfw, list) else None,
     )
+
+
+def _credits(data: dict[str, Any]) -> float | None:
+    """What an answer says it cost (`meta.usage.credits_used` or `tokens_used`), if it says."""
+    meta = data.get("meta")
+    usage = meta.get("usage") if isinstance(meta, dict) else None
+    if not isinstance(usage, dict):
+        return None
+    credits = usage.get("credits_used", usage.get("tokens_used"))
+    if isinstance(credits, int | float) and not isinstance(credits, bool) and credits >= 0:
+        return float(credits) if math.isfinite(credits) else None
+    return None
 
 
 def _delivery(item: Any) -> Delivery | None:

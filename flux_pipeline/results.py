@@ -46,13 +46,11 @@ class RunResult:
     interrupted: int | None = None  # the signal that stopped it (the requests in flight ended)
     overloads: int = 0  # 429s (and overloaded 503s) the provider answered
     limit: float | None = None  # the in-flight limit the run settled at, if it had to adapt
+    credits: float = 0.0  # charged: what answers reported, else their estimate
+    estimated: float = 0.0  # of which estimated: answers that reported no usage
 
     def count(self, status: Status) -> int:
         return sum(1 for r in self.results if r.status == status)
-
-    @property
-    def credits(self) -> float:
-        return sum(r.credits or 0 for r in self.results)
 
     @property
     def ok(self) -> bool:

@@ -33,6 +33,7 @@ from typing import Any, TypeVar
 import httpx
 
 from .atomic import sweep_temp_files
+from .budget import learned_ratios
 from .cache import OutputCache
 from .client import make_http_client
 from .errors import ConfigError, SaveFailed, Terminated
@@ -134,6 +135,7 @@ class _Files:
     record: WriteAhead
     cache: OutputCache
     found: Recovered
+    ratios: dict[str, float]  # what each model has cost, relative to the price table
 
     def close(self) -> None:
         self.record.close()
@@ -147,11 +149,13 @@ def _open(spec: Spec, lock_path: Path, old: Lock | None) -> _Files:
     sweep_temp_files(lock_path.parent, below=False)  # a lock write cut short
     record_path = spec.output / FOLDER / FILE_NAME
     found = read_pending(record_path)
+    entries = old.entries.values() if old else ()
+    ratios = learned_ratios(entries, spec.output / JOURNAL)
     journal = Journal(spec.output / JOURNAL)  # fails early on a read-only folder
     cache = OutputCache(spec.output)
     with contextlib.suppress(OSError):
-        cache.remember(old.entries.values() if old else ())
-    return _Files(journal, WriteAhead(record_path), cache, found)
+        cache.remember(entries)
+    return _Files(journal, WriteAhead(record_path), cache, found, ratios)
 
 
 async def run_async(
@@ -191,6 +195,7 @@ async def run_async(
         record=files.record,
         answers=Answers(dict(files.found.answers)),
         cache=files.cache,
+        ratios=files.ratios,
         listener=listener,
         notify=notify,
     )
@@ -221,6 +226,8 @@ def _result(state: Run, seconds: float) -> RunResult:
         state.interrupted,
         throttle.overloads,
         throttle.limit if throttle.overloads else None,
+        state.budget.spent,
+        state.estimated,
     )
 
 

@@ -24,9 +24,10 @@ from typing import Any
 
 import httpx
 
+from .budget import Budget, Cost, Reservation
 from .cache import OutputCache
 from .client import ApiClient, Attempt, RetryPolicy
-from .errors import RequestFailed, RunStopped, SendingStopped
+from .errors import BadResponse, RequestFailed, RunStopped, SendingStopped
 from .fetcher import ImageFetcher, StoredImage
 from .journal import Journal
 from .keeper import LockKeeper
@@ -83,6 +84,7 @@ class Run:
         record: WriteAhead,
         answers: Answers,
         cache: OutputCache,
+        ratios: Mapping[str, float] | None = None,
         listener: Listener | None = None,
         notify: Notify | None = None,
     ) -> None:
@@ -113,11 +115,11 @@ class Run:
             http, policy, redact=self.client.redact, download_timeout=options.timeout
         )
         self.delivery_slots = asyncio.Semaphore(2 * max(1, options.concurrency))
+        self.budget = Budget(options.max_credits, options.max_requests, ratios)
         self.stopped: str | None = None
         self.interrupted: int | None = None
-        self.sent = 0
         self.posting = 0  # generation requests on the wire
-        self.credits = 0.0
+        self.estimated = 0.0  # credits charged at their estimate: answers without usage
         self.results: list[RequestResult] = []
         self.deliveries: set[asyncio.Future[None]] = set()
 
@@ -127,6 +129,7 @@ class Run:
         """Send nothing more (the first reason given is the one reported)."""
         if self.stopped is None:
             self.stopped = reason
+        self.budget.wake()  # requests waiting for a reservation give up
 
     def interrupt(self, signum: int) -> None:
         """The first signal: stop sending, let what is paid for finish."""
@@ -145,17 +148,26 @@ class Run:
             raise SendingStopped(self.stopped)
         await self.pacer.wait()
 
-    def may_start(self) -> str | None:
-        """Why no new request may start now, or None if one may."""
-        if self.stopped:
-            return self.stopped
-        limit = self.options.max_requests
-        if limit is not None and self.sent >= limit:
-            return f"--max-requests {limit} reached"
-        budget = self.options.max_credits
-        if budget is not None and self.credits >= budget:
-            return f"--max-credits {budget:g} reached"
-        return None
+    async def reserve(self, item: PlanItem) -> Reservation | str:
+        """Set aside what the request is expected to cost, waiting while requests in flight
+        may settle below theirs; the reservation, or why the request is not sent."""
+        cost = Cost.of(item.request.model, item.width, item.height, item.images)
+        while not self.stopped:
+            taken = self.budget.take(cost)
+            if taken is not None:
+                return taken
+            await self.budget.changed()
+        return self.stopped
+
+    def settle(self, reservation: Reservation, *, billed: bool, reported: float | None) -> None:
+        """Charge a request's outcome to the budget; an answer's reported cost is journaled
+        (a later run's budget learns from it)."""
+        self.budget.settle(reservation, billed=billed, reported=reported)
+        if billed and reported is None:
+            self.estimated += reservation.credits
+        if reported is not None:
+            cost = reservation.cost
+            self.journal.event(event="cost", model=cost.model, credits=reported, table=cost.table)
 
     # -- results --
 
@@ -198,9 +210,8 @@ class Run:
         await asyncio.sleep(delay)
         while queue:
             item = queue.popleft()
-            reason = self.may_start()
-            if reason:
-                self.finish(RequestResult(item.request.id, Status.NOT_SENT, reason))
+            if self.stopped:
+                self.finish(RequestResult(item.request.id, Status.NOT_SENT, self.stopped))
                 continue
             attempts: list[Attempt] = []
             started = time.monotonic()
@@ -212,7 +223,11 @@ class Run:
                     or await self.fetch_recorded_answer(item, started)
                 ):
                     continue
-                generation = await self.post(item, attempts)
+                reservation = await self.reserve(item)
+                if isinstance(reservation, str):
+                    self.finish(RequestResult(item.request.id, Status.NOT_SENT, reservation))
+                    continue
+                generation = await self.post(item, attempts, reservation)
             except (RunStopped, SendingStopped, RequestFailed) as exc:
                 self.failed(item, exc, attempts, started)
                 continue
@@ -221,16 +236,21 @@ class Run:
             self.deliveries.add(task)
             task.add_done_callback(self.deliveries.discard)
 
-    async def post(self, item: PlanItem, attempts: list[Attempt]) -> Generation:
-        """Send one generation; its answer goes to the record before anything else."""
+    async def post(
+        self, item: PlanItem, attempts: list[Attempt], reservation: Reservation
+    ) -> Generation:
+        """Send one generation, charging its reservation with the outcome; its answer goes to
+        the record before anything else."""
         request = item.request
-        self.sent += 1
         self.posting += 1
         try:
             generation = await self.client.generate(request.id, request.body, attempts)
+        except BaseException as exc:
+            self.settle(reservation, billed=billed(exc, attempts), reported=reported(exc))
+            raise
         finally:
             self.posting -= 1
-        self.credits += generation.credits or 0
+        self.settle(reservation, billed=True, reported=generation.credits)
         answer = generation_json(generation)
         self.answers.pending[request.body_sha256] = (request.id, answer)
         with contextlib.suppress(OSError):  # a safety net: the images are fetched anyway
@@ -365,3 +385,15 @@ class Run:
             else:
                 left.append(item)
         return left
+
+
+def billed(exc: BaseException, attempts: Sequence[Attempt]) -> bool:
+    """Whether a request that ended in `exc` may have been billed: an answer that was not
+    usable was (a 200), and so may any attempt without an answer (the connection may have
+    broken after the body was sent); refusals (4xx, 5xx) and requests never sent were not."""
+    return isinstance(exc, BadResponse) or any(a.status is None for a in attempts)
+
+
+def reported(exc: BaseException) -> float | None:
+    """What an unusable answer said it cost, if it said."""
+    return exc.credits if isinstance(exc, BadResponse) else None

@@ -318,7 +318,7 @@ def test_slow_downloads_trickle(fresh: EmulatorServer, http: httpx.Client) -> No
 
 
 def test_credits_run_out_with_403(fresh: EmulatorServer, http: httpx.Client) -> None:
-    per_image = credits_for(512, 512)
+    per_image = credits_for("flux-pro", 512, 512)
     fresh.emulator.configure(credits=3 * per_image)
     statuses = [post(http, fresh, BODY).status_code for _ in range(5)]
     assert statuses == [200, 200, 200, 403, 403]

@@ -7,6 +7,7 @@ import json
 from collections import Counter
 from collections.abc import Iterable, Sequence
 
+from ..budget import price_table
 from ..compare import CheckReport, LockDiff
 from ..planning import Plan, PlanItem
 from ..results import RunResult, Status
@@ -25,8 +26,10 @@ def table(rows: Sequence[Sequence[str]], right: frozenset[int] = frozenset()) ->
     return "\n".join(lines)
 
 
-def credits_text(value: float | None) -> str:
-    return "unknown" if value is None else f"{value:g}"
+def credits_text(item: PlanItem) -> str:
+    if item.cached:
+        return "0 (cache)"
+    return f"{item.credits:g}" + (" (estimate)" if item.from_table else "")
 
 
 def plan_table(plan: Plan) -> str:
@@ -40,14 +43,19 @@ def plan_table(plan: Plan) -> str:
                 f"{item.width}x{item.height}",
                 str(item.request.seed),
                 str(item.images),
-                "0 (cache)" if item.cached else credits_text(item.credits),
+                credits_text(item),
             ]
         )
     counts = ", ".join(f"{n} {state}" for state, n in sorted(plan.counts.items()))
     summary = (
         f"{plan.spec.path}: {len(plan.items)} requests, {plan.images} images ({counts}); "
-        f"to do: {len(plan.todo)}, estimated credits: {credits_text(plan.credits)}"
+        f"to do: {len(plan.todo)}, estimated credits: {plan.credits:g}"
     )
+    if plan.from_table:
+        summary += (
+            f" (price table of {price_table()['date']} for {', '.join(plan.from_table)}; "
+            "the first answers will show the real cost)"
+        )
     reasons = [f"  {i.request.id}: {i.state.reason}" for i in plan.items if i.state.reason]
     if plan.cached:
         summary += f" ({plan.cached} restored from the cache of earlier outputs)"
@@ -103,11 +111,10 @@ def run_summary(result: RunResult) -> str:
         parts.insert(1, f"{sum(restored.values())} taken from an interrupted run")
     if result.count(Status.NOT_SENT):
         parts.append(f"{result.count(Status.NOT_SENT)} not sent")
-    lines = [
-        f"{result.spec.path}: "
-        + ", ".join(parts)
-        + f"; credits {result.credits:g}; {result.seconds:.1f} s"
-    ]
+    credits = f"credits {result.credits:g}"
+    if result.estimated:
+        credits += f" ({result.estimated:g} estimated: the answers did not say)"
+    lines = [f"{result.spec.path}: " + ", ".join(parts) + f"; {credits}; {result.seconds:.1f} s"]
     if result.overloads:
         settled = f"{result.limit:.0f}" if result.limit is not None else "?"
         lines.append(

@@ -61,9 +61,14 @@ if TYPE_CHECKING:
 @click.option(
     "--max-credits",
     type=click.FloatRange(min=0),
-    help="Stop sending once this many credits are spent.",
+    help="Spend at most this many credits: each request's expected cost is reserved before "
+    "it is sent, so requests in flight count (see the README's budget rule).",
 )
-@click.option("--max-requests", type=click.IntRange(min=0), help="Send at most this many requests.")
+@click.option(
+    "--max-requests",
+    type=click.IntRange(min=0),
+    help="Send at most this many requests (those in flight count).",
+)
 @click.option("--dry-run", is_flag=True, help="Print the bodies that would be sent, send nothing.")
 @click.option(
     "--emulator",
@@ -248,7 +253,15 @@ def _run_all(loaded: Sequence[tuple[Any, Any]], base_url: str, key: str, options
 @click.option(
     "--credits",
     type=click.FloatRange(min=0),
-    help="Credit balance; 403 out of credits once spent (1 credit per megapixel).",
+    help="Credit balance; 403 out of credits once spent.",
+)
+@click.option(
+    "--price-factor",
+    default=1.0,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="Charge this times the price table's figure (1 credit per started megapixel), "
+    "like a provider whose prices are not the table's.",
 )
 @click.option("--seed", default=0, show_default=True, help="Seed of the fault random source.")
 @click.option("--access-log", is_flag=True, help="Log every request (slows the emulator).")

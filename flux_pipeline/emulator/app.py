@@ -47,15 +47,16 @@ class _Order:
     width: int
     height: int
     count: int
-    cost: int
+    cost: float
 
     @classmethod
-    def of(cls, body: dict[str, Any]) -> _Order:
+    def of(cls, body: dict[str, Any], price_factor: float) -> _Order:
         model = get_model(body["model"])
         assert model is not None  # check_body passed
         width, height = model.size(body)
         count = model.num_images(body)
-        return cls(model, width, height, count, count * credits_for(width, height))
+        cost = count * credits_for(model.name, width, height, price_factor)
+        return cls(model, width, height, count, cost)
 
 
 class Emulator:
@@ -135,7 +136,7 @@ class Emulator:
         if problems:
             details = [f"{p.path}: {p.message}" for p in problems]
             return self._answer(400, "Body validation error", path, details=details)
-        order = _Order.of(body)
+        order = _Order.of(body, config.price_factor)
         failing = bool(config.fail_rate) and self._random.random() < config.fail_rate
         refused = None if failing else self._bill(body, order)
         if refused is not None:
@@ -189,6 +190,7 @@ class Emulator:
         self._spent += order.cost
         with self.counters.lock:
             self.counters.paid += 1
+            self.counters.credits += order.cost
             self.counters.generated += order.count
             self.counters.paid_bodies[body_hash(body)] += 1  # as the lock records it
         return None
@@ -252,7 +254,7 @@ class Emulator:
         )
 
     @staticmethod
-    def _mangled(mangle: str | None, cost: int) -> Response | None:
+    def _mangled(mangle: str | None, cost: float) -> Response | None:
         """A paid generation's answer, broken as `mangle` says (None: answer normally)."""
         usage = {"meta": {"usage": {"credits_used": cost}}}
         if mangle == "html":

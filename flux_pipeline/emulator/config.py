@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import math
 import threading
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
+
+from ..budget import estimate
 
 FAULT_STATUSES = (500, 502, 503, 504)
 MANGLES = (
@@ -40,6 +41,7 @@ class EmulatorConfig:
     truncate_rate: float = 0.0  # share of downloads cut short under a full Content-Length
     slow_download: float = 0.0  # seconds over which each download trickles
     credits: float | None = None  # balance; 403 "out of credits" once spent
+    price_factor: float = 1.0  # charge this times the price table's figure
     api_key: str | None = None  # the only key accepted (401 for others); None: any key
     # Misbehaviour on cue, for fault tests: answer a paid generation with "html", "no-images",
     # "empty", "bad-b64", or deliver an image that is "not-image", "wrong-size",
@@ -67,6 +69,7 @@ class Counters:
     statuses: Counter[int] = field(default_factory=Counter)  # generation answers by status
     generated: int = 0  # images generated and paid for
     paid: int = 0  # generations billed: at receipt of the body, before any latency
+    credits: float = 0.0  # credits billed
     delivered: int = 0  # billed generations whose answer was written back
     paid_bodies: Counter[str] = field(default_factory=Counter)  # sha256 of bodies that were paid
     downloads: Counter[str] = field(default_factory=Counter)  # "ok", "truncated", "missing"
@@ -79,11 +82,13 @@ class Counters:
                 "statuses": dict(self.statuses),
                 "generated": self.generated,
                 "paid": self.paid,
+                "credits": self.credits,
                 "delivered": self.delivered,
                 "downloads": dict(self.downloads),
             }
 
 
-def credits_for(width: int, height: int) -> int:
-    """What the emulator charges for one image: one credit per started megapixel."""
-    return max(1, math.ceil(width * height / 1_000_000))
+def credits_for(model: str, width: int, height: int, price_factor: float = 1.0) -> float:
+    """What the emulator charges for one image: the price table's figure (one credit per
+    started megapixel) times `price_factor` (a provider whose prices are not the table's)."""
+    return estimate(model, width, height, 1) * price_factor

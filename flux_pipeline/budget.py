@@ -1,0 +1,183 @@
+"""Budgets as reservations: `--max-credits` and `--max-requests` count requests in flight.
+
+A request is billed when the provider receives it, so a cap that counts only answered
+requests overspends by everything in flight (16 requests at `-j 16`). Before a request is
+sent, the run reserves what it is expected to cost; it never sends when spent + reserved +
+next would pass the cap, and waits while requests in flight may still settle below their
+reservation.
+
+What a request is expected to cost: the price table's estimate (`data/prices.json`) times
+the most this model has cost relative to the table — in this spec's lock, in its journal, or
+in this run's answers so far. An answer that reports usage is charged what it reports (image
+or not); one that does not is charged the expectation. While a model's cost is only the
+table's estimate, a run under `--max-credits` keeps one request of that model in flight: its
+answer shows the cost, so a wrong table cannot overspend the cap by more than one request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from .lock import Entry
+
+
+@functools.cache
+def price_table() -> dict[str, Any]:
+    """The price table as shipped: unit, date, source, default and per-model rates."""
+    text = resources.files("flux_pipeline").joinpath("data/prices.json").read_text("utf-8")
+    table: dict[str, Any] = json.loads(text)
+    return table
+
+
+def estimate(model: str, width: int, height: int, images: int) -> float:
+    """The price table's estimate of a request: per image, or per started megapixel."""
+    table = price_table()
+    rate = table["models"].get(model, table["default"])
+    if "per_image" in rate:
+        each = float(rate["per_image"])
+    else:
+        each = float(rate["per_megapixel"]) * max(1, math.ceil(width * height / 1_000_000))
+    return each * images
+
+
+@dataclass(frozen=True, slots=True)
+class Cost:
+    """What one request is expected to cost: its model and the table's estimate of it."""
+
+    model: str
+    table: float
+
+    @classmethod
+    def of(cls, model: str, width: int, height: int, images: int) -> Cost:
+        return cls(model, estimate(model, width, height, images))
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    """Credits set aside for a request in flight, until its answer settles them."""
+
+    cost: Cost
+    credits: float
+
+
+class Budget:
+    """Credits spent and reserved by one run, against its caps.
+
+    `ratios` are what each model has cost relative to the table (learned from the lock and
+    the journal before the run, and from each answer during it); a model that has one is
+    known, and its requests may be in flight together."""
+
+    def __init__(
+        self,
+        max_credits: float | None = None,
+        max_requests: int | None = None,
+        ratios: Mapping[str, float] | None = None,
+    ) -> None:
+        self.max_credits = max_credits
+        self.max_requests = max_requests
+        self.ratios = dict(ratios or {})
+        self.spent = 0.0  # charged: reported by the API, or the expectation where it did not
+        self.reserved = 0.0
+        self.sent = 0  # requests reserved, including those in flight
+        self._in_flight: dict[str, int] = {}  # reservations by model
+        self._changed = asyncio.Event()
+
+    def expected(self, cost: Cost) -> float:
+        """What the request is expected to cost: the table's estimate, scaled by the most
+        the model has cost relative to it."""
+        return cost.table * self.ratios.get(cost.model, 1.0)
+
+    def take(self, cost: Cost) -> Reservation | str | None:
+        """Reserve for one request: a reservation, the reason none will ever be given, or
+        None if one may be given once a request in flight settles."""
+        if self.max_requests is not None and self.sent >= self.max_requests:
+            return f"--max-requests {self.max_requests} reached"
+        credits = self.expected(cost)
+        if self.max_credits is not None:
+            in_flight = sum(self._in_flight.values())
+            if self.spent + self.reserved + credits > self.max_credits + 1e-9:
+                if in_flight:
+                    return None  # they may cost less than reserved
+                return (
+                    f"--max-credits {self.max_credits:g} reached "
+                    f"(spent {self.spent:g}, the next request would cost {credits:g})"
+                )
+            if cost.model not in self.ratios and self._in_flight.get(cost.model):
+                return None  # one answer first, to learn what this model costs
+        self.sent += 1
+        self.reserved += credits
+        self._in_flight[cost.model] = self._in_flight.get(cost.model, 0) + 1
+        return Reservation(cost, credits)
+
+    def settle(self, reservation: Reservation, *, billed: bool, reported: float | None) -> None:
+        """A request's outcome: charged what the API reported, or the expectation if it
+        billed without saying; released if it never reached the API."""
+        self.reserved = max(0.0, self.reserved - reservation.credits)
+        model = reservation.cost.model
+        self._in_flight[model] -= 1
+        if not billed:
+            self.sent -= 1
+        else:
+            self.spent += reservation.credits if reported is None else reported
+            known = self.ratios.get(model, 0.0)
+            if reported is not None and reservation.cost.table > 0:
+                self.ratios[model] = max(known, reported / reservation.cost.table)
+            else:
+                self.ratios.setdefault(model, 1.0)  # answered: nothing more will be learned
+        self.wake()
+
+    def wake(self) -> None:
+        """Let every request waiting for a reservation look again."""
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def changed(self) -> None:
+        await self._changed.wait()
+
+
+def learned_ratios(entries: Iterable[Entry], journal: Path | None = None) -> dict[str, float]:
+    """The most each model has cost relative to the table: from the lock's entries (what
+    their answers reported) and the journal's `cost` events (answers of any run, kept or not)."""
+    ratios: dict[str, float] = {}
+
+    def learn(model: Any, credits: Any, table: Any) -> None:
+        numbers = (credits, table)
+        if (
+            isinstance(model, str)
+            and all(
+                isinstance(n, int | float) and not isinstance(n, bool) and math.isfinite(n)
+                for n in numbers
+            )
+            and credits >= 0
+            and table > 0
+        ):
+            ratios[model] = max(ratios.get(model, 0.0), credits / table)
+
+    for entry in entries:
+        if entry.outputs:
+            first = entry.outputs[0]
+            model = str(entry.body.get("model"))
+            table = estimate(model, first.width, first.height, len(entry.outputs))
+            learn(model, entry.response.get("credits"), table)
+    if journal is not None:
+        with (
+            contextlib.suppress(OSError),
+            journal.open(encoding="utf-8", errors="replace") as lines,
+        ):
+            for line in lines:
+                if '"cost"' not in line:
+                    continue
+                with contextlib.suppress(ValueError, AttributeError):
+                    event = json.loads(line)
+                    if event.get("event") == "cost":
+                        learn(event.get("model"), event.get("credits"), event.get("table"))
+    return ratios
