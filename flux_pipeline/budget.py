@@ -21,13 +21,17 @@ import contextlib
 import functools
 import json
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from .errors import BadResponse
 from .lock import Entry
+
+if TYPE_CHECKING:
+    from .client import Attempt
 
 
 @functools.cache
@@ -142,6 +146,16 @@ class Budget:
 
     async def changed(self) -> None:
         await self._changed.wait()
+
+
+def charge_of_failure(exc: BaseException, attempts: Sequence[Attempt]) -> dict[str, Any]:
+    """How a request that ended in `exc` is charged (`Budget.settle`'s keywords). An answer
+    that was not usable was billed (a 200), at what it reported if it did; so may have been
+    any attempt without an answer (the connection may have broken after the body was sent);
+    refusals (4xx, 5xx) and requests never sent were not."""
+    if isinstance(exc, BadResponse):
+        return {"billed": True, "reported": exc.credits}
+    return {"billed": any(a.status is None for a in attempts), "reported": None}
 
 
 def learned_ratios(entries: Iterable[Entry], journal: Path | None = None) -> dict[str, float]:

@@ -1,12 +1,17 @@
 """Earlier outputs, kept by request body, so that no request is ever paid for twice.
 
-Every image a run stores is also linked (a hard link: no copy, no extra space) under
-`OUTPUT/.flux-cache/objects/` by its sha256, and every request the lock has held is noted in
-`OUTPUT/.flux-cache/bodies.jsonl` by the sha256 of its body. When a request comes back — a
-prompt reworded and then restored, an axis value removed and added again, an image deleted —
-its images are restored from there instead of generated again. An object is used only if it
-still has its recorded hash (an image damaged in place damages its link too). `run --force`
-bypasses the cache; deleting the folder only costs money.
+Every image a run stores is also kept under `OUTPUT/.flux-cache/objects/` by its sha256, and
+every request the lock has held is noted in `OUTPUT/.flux-cache/bodies.jsonl` by the sha256
+of its body. When a request comes back — a prompt reworded and then restored, an axis value
+removed and added again, an image deleted or damaged — its images are restored from there
+instead of generated again.
+
+The kept object is a real copy, as DVC's cache is by default: a reflink where the file system
+can share blocks copy-on-write (Btrfs, XFS, APFS-like), else a plain copy. An image damaged in
+place therefore leaves its cached copy sound. Hard links (no extra space, but an image edited
+in place edits its cached copy too) only when asked: `FLUX_PIPELINE_CACHE_LINK=hardlink`.
+An object is used only if it still has its recorded hash. `run --force` bypasses the cache;
+deleting the folder only costs money.
 """
 
 from __future__ import annotations
@@ -15,16 +20,21 @@ import contextlib
 import json
 import os
 import shutil
+import sys
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
 from .atomic import sha256_file, temp_name, write_atomic
+from .errors import ConfigError
 from .images import EXTENSIONS
 from .lock import Output
 
 FOLDER = ".flux-cache"
+LINK_ENV = "FLUX_PIPELINE_CACHE_LINK"
+LINKS = ("copy", "hardlink")  # copy: a reflink where possible
+FICLONE = 0x40049409  # Linux's ioctl that shares a file's blocks copy-on-write
 
 
 class Recorded(Protocol):
@@ -48,6 +58,10 @@ class OutputCache:
         self.objects = self.root / "objects"
         self.index_path = self.root / "bodies.jsonl"
         self._index: dict[str, dict[str, Any]] | None = None
+        link = os.environ.get(LINK_ENV, "copy") or "copy"
+        if link not in LINKS:
+            raise ConfigError(f"{LINK_ENV}={link!r}: use one of {', '.join(LINKS)}")
+        self.hardlink = link == "hardlink"
 
     def _load(self) -> dict[str, dict[str, Any]]:
         if self._index is None:
@@ -63,19 +77,13 @@ class OutputCache:
         return self.objects / f"{sha256}{EXTENSIONS[fmt]}"
 
     def save(self, path: Path, sha256: str, fmt: str) -> None:
-        """Link a stored image into the cache (copy it where links are not possible)."""
+        """Keep a copy of a stored image in the cache (best effort: a cache is a saving)."""
         target = self.object_path(sha256, fmt)
-        try:
-            try:
-                os.link(path, target)  # one system call when all is well
-            except FileNotFoundError:
-                self.objects.mkdir(parents=True, exist_ok=True)
-                os.link(path, target)
-        except FileExistsError:
-            pass
-        except OSError:
-            with contextlib.suppress(OSError):
-                shutil.copyfile(path, target)
+        if target.exists():
+            return
+        with contextlib.suppress(OSError):
+            self.objects.mkdir(parents=True, exist_ok=True)
+            _place(path, target, self.hardlink)
 
     def remember(self, entries: Iterable[Recorded]) -> None:
         """Note requests the cache does not know yet (a few lines appended)."""
@@ -99,6 +107,20 @@ class OutputCache:
     def has(self, body_sha256: str) -> bool:
         return body_sha256 in self._load()
 
+    def restorable(self, body_sha256: str, sha256: Callable[[Path], str] = sha256_file) -> bool:
+        """Whether `restore` would put the request's images back: every object is there
+        with its recorded hash (read through `sha256`: a `HashIndex`'s, to read each once)."""
+        record = self._load().get(body_sha256)
+        if record is None:
+            return False
+        try:
+            return all(
+                sha256(self.object_path(o["sha256"], o["format"])) == o["sha256"]
+                for o in record["outputs"]
+            )
+        except OSError:
+            return False
+
     def restore(
         self, body_sha256: str, stems: Sequence[Path], lock_path: Any
     ) -> tuple[list[Output], dict[str, Any]] | None:
@@ -119,23 +141,50 @@ class OutputCache:
         outputs = []
         for stem, source, output in zip(stems, sources, record["outputs"], strict=True):
             target = stem.with_name(stem.name + EXTENSIONS[output["format"]])
-            _place(source, target)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            _place(source, target, self.hardlink)
             fields = {k: v for k, v in output.items() if k != "path"}  # where it was then
             outputs.append(Output(**{**fields, "path": lock_path(target)}))
         return outputs, dict(record["response"])
 
 
-def _place(source: Path, target: Path) -> None:
-    """Link (or copy) `source` to `target` in one rename, replacing what is there."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temp = target.with_name(temp_name("-restore"))
+def _place(source: Path, target: Path, hardlink: bool) -> None:
+    """Copy `source` to `target` (a reflink where the file system can; a hard link if asked)
+    in one rename, replacing what is there."""
+    temp = target.with_name(temp_name("-cache"))
     with contextlib.suppress(FileNotFoundError):
         temp.unlink()
     try:
-        os.link(source, temp)
-    except OSError:
-        shutil.copyfile(source, temp)
-    os.replace(temp, target)
+        if hardlink:
+            try:
+                os.link(source, temp)
+            except OSError:
+                shutil.copyfile(source, temp)
+        else:
+            _copy(source, temp)
+        os.replace(temp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            temp.unlink()
+        raise
+
+
+_reflinks = {"possible": sys.platform.startswith("linux")}  # until one is refused
+
+
+def _copy(source: Path, target: Path) -> None:
+    """A real copy: a reflink (shared blocks, copy-on-write) if the file system has them,
+    else the bytes (`copyfile` uses the kernel's copy where it can)."""
+    if _reflinks["possible"]:
+        import fcntl
+
+        with source.open("rb") as src, target.open("wb") as dst:
+            try:
+                fcntl.ioctl(dst.fileno(), FICLONE, src.fileno())
+                return
+            except OSError:
+                _reflinks["possible"] = False  # this file system (or kernel) cannot
+    shutil.copyfile(source, target)
 
 
 class HashIndex:

@@ -17,6 +17,7 @@ from .planning import RequestState, plan
 from .spec import Spec
 
 REMOVED = "removed"
+MISMATCH = "mismatch"
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,7 +25,7 @@ class Finding:
     """One request that is not up to date, and why."""
 
     id: str
-    state: str  # new, changed, missing, corrupt, removed
+    state: str  # new, changed, missing, corrupt, removed; mismatch (with --strict)
     reason: str
 
 
@@ -33,6 +34,8 @@ class CheckReport:
     spec: Spec
     requests: int
     findings: tuple[Finding, ...]
+    # Up-to-date requests whose images are not as asked (kept: paid for); findings if strict.
+    mismatches: tuple[Finding, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -50,12 +53,16 @@ class CheckReport:
             "up_to_date": self.ok,
             "requests": self.requests,
             "stale": [{"id": f.id, "state": f.state, "reason": f.reason} for f in self.findings],
+            "mismatches": [{"id": f.id, "reason": f.reason} for f in self.mismatches],
         }
 
 
-def check(spec: Spec, requests: Sequence[Request] | None = None) -> CheckReport:
+def check(
+    spec: Spec, requests: Sequence[Request] | None = None, *, strict: bool = False
+) -> CheckReport:
     """Whether every request of the spec is in the lock with the same body and every output
-    is on disk with its recorded hash; what is stale otherwise. No network."""
+    is on disk with its recorded hash; what is stale otherwise. No network. An image the API
+    delivered other than asked (recorded in the lock) passes, unless `strict`."""
     lock = read_lock(spec.lock_path)
     the_plan = plan(spec, requests, lock)
     findings = [
@@ -70,7 +77,16 @@ def check(spec: Spec, requests: Sequence[Request] | None = None) -> CheckReport:
     findings += [
         Finding(key, REMOVED, "in the lock but no longer in the spec") for key in the_plan.gone
     ]
-    return CheckReport(spec, len(the_plan.items), tuple(findings))
+    entries = lock.entries if lock else {}
+    mismatches = []
+    for item in the_plan.items:
+        outputs = entries[item.request.id].outputs if item.state.up_to_date else ()
+        differences = "; ".join(o.mismatch for o in outputs if o.mismatch)
+        if differences:
+            mismatches.append(Finding(item.request.id, MISMATCH, differences))
+    if strict:
+        findings += mismatches
+    return CheckReport(spec, len(the_plan.items), tuple(findings), tuple(mismatches))
 
 
 def _why(kind: RequestState) -> str:

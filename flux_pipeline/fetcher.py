@@ -29,6 +29,7 @@ from .responses import Delivery
 MAX_IMAGE_BYTES = 64 * 1024 * 1024
 DOWNLOAD_ERRORS: tuple[type[Exception], ...] = (httpx.HTTPError, *TRANSPORT_ERRORS)
 SPOOL_BYTES = 256 * 1024  # an image smaller than this is held in memory until it is checked
+IDENTITY = {"Accept-Encoding": "identity"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +42,7 @@ class StoredImage:
     width: int
     height: int
     format: str
+    mismatch: str = ""  # how it differs from what was asked (it is kept all the same)
 
 
 @dataclass
@@ -69,7 +71,9 @@ class ImageFetcher:
         (it costs no credit).
 
         Returns the stored image: its path, sha256, size and what it is. The temporary file is
-        checked — format, size, integrity — before it is renamed, so a bad image never lands.
+        checked before it is renamed, so an unusable image never lands. A sound image of
+        another format or size than `expect_*` is paid for: it is stored all the same, and
+        `mismatch` says how it differs.
         """
         for attempt in range(self.policy.retries + 1):
             try:
@@ -139,13 +143,12 @@ class ImageFetcher:
             info = probe(spool.buffer if spool.file is None else spool.file.path)
         except ValueError as exc:
             raise BadImage(request_id, f"the delivered image is unusable: {exc}") from None
+        differences = []
         if expect_format is not None and info.format != expect_format:
-            raise BadImage(request_id, f"expected a {expect_format} image, got {info.format}")
+            differences.append(f"asked for {expect_format}, got {info.format}")
         if (info.width, info.height) != expect_size:
-            raise BadImage(
-                request_id,
-                f"expected {expect_size[0]}x{expect_size[1]}, got {info.width}x{info.height}",
-            )
+            asked = f"{expect_size[0]}x{expect_size[1]}"
+            differences.append(f"asked for {asked}, got {info.width}x{info.height}")
         # Not fsynced: a killed run loses nothing (the page cache outlives the process), and
         # after a power loss a damaged image fails its recorded hash and is redone. Per-file
         # fsync would cost more than the whole request on a fast API.
@@ -158,7 +161,15 @@ class ImageFetcher:
             # The temporary file or its folder was removed under us (a user clearing the
             # output folder mid-run): the image costs nothing to fetch again.
             raise _Interrupted("the image file vanished while it was written") from None
-        return StoredImage(target, digest.hexdigest(), size, info.width, info.height, info.format)
+        return StoredImage(
+            target,
+            digest.hexdigest(),
+            size,
+            info.width,
+            info.height,
+            info.format,
+            "; ".join(differences),
+        )
 
     def _decode_inline(self, request_id: str, delivery: Delivery) -> bytes:
         text = delivery.b64 if delivery.b64 is not None else (delivery.url or "").split(",", 1)[-1]
@@ -178,20 +189,27 @@ class ImageFetcher:
         written = 0
         try:
             # No Authorization header: image URLs are public, and the key must not leak to them.
-            async with self.http.stream("GET", url, follow_redirects=True) as response:
+            # The file's own bytes are wanted: no content encoding, and one a server applies
+            # anyway is decoded (what is hashed and checked is what lands on disk).
+            async with self.http.stream(
+                "GET", url, follow_redirects=True, headers=IDENTITY
+            ) as response:
                 status = response.status_code
                 if status in RETRYABLE:
                     raise _Interrupted(f"downloading the image gave HTTP {status}")
                 if status != 200:
                     raise BadImage(request_id, f"downloading the image gave HTTP {status}", status)
-                declared = response.headers.get("content-length")
+                # Content-Length counts the encoded bytes: compared only when there is no
+                # encoding.
+                encoded = response.headers.get("content-encoding", "identity") != "identity"
+                declared = None if encoded else response.headers.get("content-length")
                 if declared and declared.isdigit() and int(declared) > self.max_image_bytes:
                     raise BadImage(
                         request_id,
                         f"the image is {int(declared):,} bytes, more than "
                         f"the {self.max_image_bytes:,} allowed",
                     )
-                async for chunk in response.aiter_raw():
+                async for chunk in response.aiter_bytes():
                     written += len(chunk)
                     if written > self.max_image_bytes:
                         raise BadImage(

@@ -34,10 +34,16 @@ class Output:
     width: int
     height: int
     format: str
+    # How the image differs from what was asked ("asked for 256x256, got 512x512"): a paid
+    # image is kept, and the lock says what came. Written only when there is something to say.
+    mismatch: str = ""
 
     def as_json(self) -> dict[str, Any]:
         """The output as the lock (and the cache's index) writes it."""
-        return {f: getattr(self, f) for f in Output.__dataclass_fields__}
+        data = {f: getattr(self, f) for f in Output.__dataclass_fields__}
+        if not self.mismatch:
+            del data["mismatch"]
+        return data
 
 
 @dataclass(frozen=True, slots=True)

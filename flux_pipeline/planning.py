@@ -185,7 +185,8 @@ def plan(spec: Spec, requests: Sequence[Request] | None = None, lock: Lock | Non
         ratio = ratios.get(request.model)
         credits = estimate(request.model, width, height, images) * (ratio or 1.0)
         state = state_of(request, entries.get(request.id), folder, hashes)
-        cached = not state.up_to_date and cache.has(request.body_sha256)
+        # A free restore is promised only if it will happen: the cached copies are sound.
+        cached = not state.up_to_date and cache.restorable(request.body_sha256, hashes.sha256)
         items.append(
             PlanItem(
                 request=request,

@@ -24,10 +24,10 @@ from typing import Any
 
 import httpx
 
-from .budget import Budget, Cost, Reservation
+from .budget import Budget, Cost, Reservation, charge_of_failure
 from .cache import OutputCache
 from .client import ApiClient, Attempt, RetryPolicy
-from .errors import BadResponse, RequestFailed, RunStopped, SendingStopped
+from .errors import RequestFailed, RunStopped, SendingStopped
 from .fetcher import ImageFetcher, StoredImage
 from .journal import Journal
 from .keeper import LockKeeper
@@ -246,7 +246,7 @@ class Run:
         try:
             generation = await self.client.generate(request.id, request.body, attempts)
         except BaseException as exc:
-            self.settle(reservation, billed=billed(exc, attempts), reported=reported(exc))
+            self.settle(reservation, **charge_of_failure(exc, attempts))
             raise
         finally:
             self.posting -= 1
@@ -308,9 +308,10 @@ class Run:
         finally:
             self.delivery_slots.release()
         seconds = time.monotonic() - started
+        warning = mismatch_warning(outputs)
         self.finish(
             RequestResult(
-                item.request.id, Status.DONE, "", generation.credits, len(attempts), seconds
+                item.request.id, Status.DONE, warning, generation.credits, len(attempts), seconds
             ),
             attempts,
         )
@@ -353,6 +354,7 @@ class Run:
             width=image.width,
             height=image.height,
             format=image.format,
+            mismatch=image.mismatch,
         )
 
     async def work(self, items: Sequence[PlanItem]) -> None:
@@ -387,13 +389,9 @@ class Run:
         return left
 
 
-def billed(exc: BaseException, attempts: Sequence[Attempt]) -> bool:
-    """Whether a request that ended in `exc` may have been billed: an answer that was not
-    usable was (a 200), and so may any attempt without an answer (the connection may have
-    broken after the body was sent); refusals (4xx, 5xx) and requests never sent were not."""
-    return isinstance(exc, BadResponse) or any(a.status is None for a in attempts)
-
-
-def reported(exc: BaseException) -> float | None:
-    """What an unusable answer said it cost, if it said."""
-    return exc.credits if isinstance(exc, BadResponse) else None
+def mismatch_warning(outputs: Sequence[Output]) -> str:
+    """What a result says of images that are not as asked (kept: they are paid for)."""
+    differences = sorted({o.mismatch for o in outputs if o.mismatch})
+    if not differences:
+        return ""
+    return f"not as asked ({'; '.join(differences)}): kept, and the lock records it"

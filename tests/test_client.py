@@ -112,7 +112,11 @@ def test_an_image_held_in_memory_and_one_streamed_to_disk_are_stored_alike(
                 except BadImage as exc:
                     outcomes.append(exc.reason)
                 else:
-                    assert (image.width, image.height, image.format) == (256, 128, "png")
+                    size = (128, 64) if mangle == "wrong-size" else (256, 128)
+                    assert (image.width, image.height, image.format) == (*size, "png")
+                    assert image.mismatch == (
+                        "asked for 256x128, got 128x64" if size[0] == 128 else ""
+                    )
                     assert sha256_file(image.path) == image.sha256
                     assert image.path.stat().st_size == image.bytes
                     outcomes.append(
@@ -122,12 +126,12 @@ def test_an_image_held_in_memory_and_one_streamed_to_disk_are_stored_alike(
 
     in_memory, on_disk = asyncio.run(go())
     assert in_memory == on_disk
-    assert isinstance(in_memory, str) == (mangle is not None)
+    assert isinstance(in_memory, str) == (mangle == "not-image")
     if mangle is None:
         with Image.open(tmp_path / "disk" / "r.png") as image:
             assert image.size == (256, 128)
     leftovers = [p.name for p in tmp_path.rglob("*") if p.is_file()]
-    assert leftovers == ([] if mangle else ["r.png", "r.png"])
+    assert leftovers == ([] if mangle == "not-image" else ["r.png", "r.png"])
 
 
 def test_the_run_keeps_no_cookies() -> None:

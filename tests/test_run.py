@@ -156,7 +156,7 @@ def test_changed_body_is_redone_and_plan_says_why(tmp_path: Path, emulator: Emul
     assert requests_seen(emulator) == 8
 
 
-def test_deleted_or_altered_image_is_redone(tmp_path: Path, emulator: EmulatorServer) -> None:
+def test_deleted_or_altered_image_is_restored(tmp_path: Path, emulator: EmulatorServer) -> None:
     spec = grid_spec(tmp_path)
     assert run_cli(emulator, str(spec)).exit_code == 0
     (tmp_path / "out/grid/kettle-retro.png").unlink()
@@ -171,14 +171,14 @@ def test_deleted_or_altered_image_is_redone(tmp_path: Path, emulator: EmulatorSe
     }
     result = run_cli(emulator, str(spec))
     assert result.exit_code == 0
-    # The deleted image comes back from the cache of earlier outputs (no request, no credit);
-    # the one damaged in place damaged its cached link too, so it is generated again.
-    assert "1 done, 1 restored from the cache, 2 skipped" in result.stdout
-    assert requests_seen(emulator) == 5
+    # Both come back from the cache of earlier outputs (a real copy: overwriting the image
+    # did not touch it), without a request or a credit.
+    assert "0 done, 2 restored from the cache, 2 skipped" in result.stdout
+    assert requests_seen(emulator) == 4
     assert invoke("check", str(spec)).exit_code == 0
     before = (tmp_path / "out/grid/toaster-retro.png").read_bytes()
     assert run_cli(emulator, str(spec), "--force", "--only", "toaster-retro").exit_code == 0
-    assert requests_seen(emulator) == 6  # --force bypasses the cache
+    assert requests_seen(emulator) == 5  # --force bypasses the cache
     assert (tmp_path / "out/grid/toaster-retro.png").read_bytes() == before
 
 

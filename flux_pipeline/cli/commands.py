@@ -67,11 +67,18 @@ def plan(specs: Sequence[Path], as_json: bool) -> None:
 @cli.command()
 @SPECS
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
-def check(specs: Sequence[Path], as_json: bool) -> None:
+@click.option(
+    "--strict",
+    is_flag=True,
+    help="Fail too on images the API delivered other than asked (another size or format; "
+    "kept and recorded in the lock).",
+)
+def check(specs: Sequence[Path], as_json: bool, strict: bool) -> None:
     """CI gate: is every request in the lock, unchanged, with its files intact? No network.
 
     Exit 0 when every spec is up to date; 1 when any request is new, changed (with the fields
-    that changed), missing, corrupt, or in the lock but no longer in the spec.
+    that changed), missing, corrupt, or in the lock but no longer in the spec (with --strict,
+    also when an image is not as asked).
     """
     from .. import library
     from ..compare import check as check_spec
@@ -82,7 +89,7 @@ def check(specs: Sequence[Path], as_json: bool) -> None:
 
     def work(path: Path) -> None:
         nonlocal stale
-        report = check_spec(library.load_spec(path))
+        report = check_spec(library.load_spec(path), strict=strict)
         stale = stale or not report.ok
         if as_json:
             reports.append(report.as_json())

@@ -71,7 +71,11 @@ def check_text(report: CheckReport) -> str:
     """What `check` prints for one spec."""
     path = report.spec.path
     if report.ok:
-        return f"{path}: up to date ({report.requests} requests)"
+        text = f"{path}: up to date ({report.requests} requests)"
+        if report.mismatches:
+            text += f"; {len(report.mismatches)} not as asked (--strict fails on them):"
+            text += "".join(f"\n  {f.id}: {f.reason}" for f in report.mismatches)
+        return text
     summary = f"{len(report.findings) - report.gone} of {report.requests} requests are stale"
     if report.gone:
         summary += f"; {report.gone} in the lock no longer in the spec"
@@ -121,6 +125,8 @@ def run_summary(result: RunResult) -> str:
             f"  the provider answered 429 (too many requests) {result.overloads} "
             f"time{'s' if result.overloads != 1 else ''}; requests in flight settled at {settled}"
         )
+    for kept in (r for r in result.results if r.status is Status.DONE and r.reason):
+        lines.append(f"  warning {kept.id}: {kept.reason}")
     for failure in (r for r in result.results if r.status is Status.FAILED):
         lines.append(f"  failed {failure.id}: {failure.reason}")
     unsent = Counter(r.reason for r in result.results if r.status is Status.NOT_SENT)

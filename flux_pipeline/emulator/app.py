@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gzip
 import json
 import math
 import random
@@ -278,6 +279,10 @@ class Emulator:
         truncate = config.truncate_rate and self._random.random() < config.truncate_rate
         with self.counters.lock:
             self.counters.downloads["truncated" if truncate else "ok"] += 1
+        if config.mangle == "gzip":
+            encoded = gzip.compress(data, compresslevel=1)
+            headers = {"Content-Encoding": "gzip"}
+            return Response(encoded, media_type=image.content_type, headers=headers)
         if not truncate and not config.slow_download:
             return Response(data, media_type=image.content_type)
         sent = data[: len(data) // 2] if truncate else data

@@ -19,6 +19,7 @@ MANGLES = (
     "not-image",
     "wrong-size",
     "wrong-format",
+    "gzip",
     "bomb",
 )
 CHUNK = 64 * 1024
@@ -45,7 +46,8 @@ class EmulatorConfig:
     api_key: str | None = None  # the only key accepted (401 for others); None: any key
     # Misbehaviour on cue, for fault tests: answer a paid generation with "html", "no-images",
     # "empty", "bad-b64", or deliver an image that is "not-image", "wrong-size",
-    # "wrong-format" or a decompression "bomb".
+    # "wrong-format", a decompression "bomb", or send it "gzip"-encoded (Content-Encoding)
+    # whatever the client asked for.
     mangle: str | None = None
     redirect_to: str | None = None  # answer generations 307 to this base URL
     file_url_prefix: str | None = None  # image URLs start with this instead of /files/

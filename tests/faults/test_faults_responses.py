@@ -25,8 +25,6 @@ CASES = {
     "empty": ("url", "n0: the answer holds no usable images (data[] or images[])"),
     "bad-b64": ("b64", "n0: the inline image is not valid base64"),
     "not-image": ("url", "n0: the delivered image is unusable: cannot identify image file"),
-    "wrong-size": ("b64", "n0: expected 256x256, got 128x128"),
-    "wrong-format": ("url", "n0: expected a png image, got jpeg"),
     "bomb": ("url", "n0: the delivered image is unusable: Image size (10000000000 pixels)"),
 }
 
