@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 from .atomic import write_atomic
 from .lock import Entry, assemble_lock, entry_text
@@ -32,8 +33,10 @@ class LockKeeper:
         changed: bool,
         on_failure: Callable[[str], None] = lambda reason: None,
         interval: float = 0.05,
+        shard: Mapping[str, Any] | None = None,
     ) -> None:
         self._spec_name = spec_name
+        self._shard = shard  # a partial lock says which shard of which requests it holds
         self.path = path
         self.entries = dict(entries)
         self._order = sorted(self.entries)
@@ -59,7 +62,8 @@ class LockKeeper:
         for key, entry in self.entries.items():
             if key not in self._fragments:
                 self._fragments[key] = entry_text(entry)
-        text = assemble_lock(self._spec_name, [self._fragments[k] for k in self._order])
+        fragments = [self._fragments[k] for k in self._order]
+        text = assemble_lock(self._spec_name, fragments, self._shard)
         self._version += 1
         return self._version, text
 

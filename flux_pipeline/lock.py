@@ -79,16 +79,20 @@ class Lock:
 
     spec: str
     entries: Mapping[str, Entry]
+    # A partial lock's shard: {"index", "count", "requests_sha256"} (what it was made from).
+    shard: Mapping[str, Any] | None = None
 
 
-def render_lock(spec_name: str, entries: Iterable[Entry]) -> str:
+def render_lock(
+    spec_name: str, entries: Iterable[Entry], shard: Mapping[str, Any] | None = None
+) -> str:
     """The lock's text: sorted keys and requests, two-space indent, a final newline.
 
     Exactly `json.dumps(lock, indent=2, sort_keys=True)`, but built from one fragment per
     request (`entry_text`) so that a run that keeps the lock current re-renders only what
     changed (see `assemble_lock`)."""
     by_id = {e.id: entry_text(e) for e in entries}
-    return assemble_lock(spec_name, [by_id[key] for key in sorted(by_id)])
+    return assemble_lock(spec_name, [by_id[key] for key in sorted(by_id)], shard)
 
 
 def entry_text(entry: Entry) -> str:
@@ -97,12 +101,23 @@ def entry_text(entry: Entry) -> str:
     return "    " + json.dumps(entry.id, ensure_ascii=False) + ": " + body.replace("\n", "\n    ")
 
 
-def assemble_lock(spec_name: str, fragments: Sequence[str]) -> str:
-    """The lock's text from `entry_text` fragments, in the order of their request ids."""
+def assemble_lock(
+    spec_name: str, fragments: Sequence[str], shard: Mapping[str, Any] | None = None
+) -> str:
+    """The lock's text from `entry_text` fragments, in the order of their request ids (and,
+    for a partial lock, the shard it was made from)."""
     requests = "{\n" + ",\n".join(fragments) + "\n  }" if fragments else "{}"
     spec = json.dumps(spec_name, ensure_ascii=False)
+    made_from = ""
+    if shard is not None:
+        made_from = (
+            '  "shard": '
+            + json.dumps(shard, indent=2, sort_keys=True).replace("\n", "\n  ")
+            + ",\n"
+        )
     return (
-        f'{{\n  "lock_version": {LOCK_VERSION},\n  "requests": {requests},\n  "spec": {spec}\n}}\n'
+        f'{{\n  "lock_version": {LOCK_VERSION},\n  "requests": {requests},\n'
+        f'{made_from}  "spec": {spec}\n}}\n'
     )
 
 
@@ -149,7 +164,10 @@ def parse_lock(text: str, path: str) -> Lock:
             if entry.id != key:
                 raise LockError(f"{path}: request {key!r} records the id {entry.id!r}")
             entries[key] = entry
-        return Lock(spec=str(data["spec"]), entries=entries)
+        shard = data.get("shard")
+        if shard is not None and not isinstance(shard, dict):
+            raise LockError(f"{path}: 'shard' must be an object")
+        return Lock(spec=str(data["spec"]), entries=entries, shard=shard)
     except LockError:
         raise
     except (ValueError, KeyError, TypeError, AttributeError) as exc:

@@ -45,7 +45,7 @@ from .pacing import Rate
 from .planning import Plan, PlanItem, plan
 from .recovery import FILE_NAME, Recovered, WriteAhead, read_pending, rewrite
 from .results import Listener, Notify, RequestResult, RunResult, Status
-from .shards import current_lock
+from .shards import current_lock, made_from
 from .spec import Spec
 from .transaction import Answers, Run
 from .writer_lock import FOLDER, hold_output_folder
@@ -95,14 +95,16 @@ class _Scope:
     lock_path: Path
     entries: dict[str, Entry]
     lock_changed: bool
+    lock_shard: dict[str, Any] | None  # a partial lock's shard and what it was made from
     work: list[PlanItem]
     skipped: list[PlanItem]
 
 
 def _scope(spec: Spec, the_plan: Plan, old: Lock | None, options: RunOptions) -> _Scope:
     items = list(the_plan.items)
-    lock_path = spec.lock_path
+    lock_path, shard = spec.lock_path, None
     if options.shard:
+        shard = made_from(options.shard, [i.request for i in items])
         items = [i for i in items if i.request.id in options.shard]
         lock_path = options.shard.lock_path(spec)
     wanted = {item.request.id for item in items}
@@ -115,7 +117,7 @@ def _scope(spec: Spec, the_plan: Plan, old: Lock | None, options: RunOptions) ->
     work = select(items, options)
     chosen = {item.request.id for item in work}
     skipped = [i for i in items if i.request.id not in chosen]
-    return _Scope(lock_path, entries, changed, work, skipped)
+    return _Scope(lock_path, entries, changed, shard, work, skipped)
 
 
 def _prune(spec: Spec, gone: Iterable[Entry]) -> None:
@@ -191,6 +193,7 @@ async def run_async(
         lock_path=scope.lock_path,
         entries=scope.entries,
         lock_changed=scope.lock_changed,
+        lock_shard=scope.lock_shard,
         journal=files.journal,
         record=files.record,
         answers=Answers(dict(files.found.answers)),

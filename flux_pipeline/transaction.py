@@ -80,6 +80,7 @@ class Run:
         lock_path: Path,
         entries: Mapping[str, Entry],
         lock_changed: bool,
+        lock_shard: Mapping[str, Any] | None,
         journal: Journal,
         record: WriteAhead,
         answers: Answers,
@@ -97,6 +98,7 @@ class Run:
             entries,
             changed=lock_changed,
             on_failure=self.stop,
+            shard=lock_shard,
         )
         self.journal = journal
         self.record = record

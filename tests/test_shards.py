@@ -40,7 +40,13 @@ def test_sharded_runs_merge_into_the_unsharded_lock(
     assert not parts.with_name("spec.lock.json").exists()
     result = invoke("merge", str(parts))
     assert result.exit_code == 0
-    assert result.stdout == f"{parts}: merged 3 partial locks, 10 requests\n"
+    assert result.stdout == (
+        f"{parts}: merged 3 partial locks, 10 requests\n"
+        + "".join(
+            f"  spec.lock.shard-{k}-of-3.json: {n} request" + ("s" if n != 1 else "") + "\n"
+            for k, n in ((1, 0), (2, 6), (3, 4))
+        )
+    )
     assert parts.with_name("spec.lock.json").read_text() == whole.with_name(
         "spec.lock.json"
     ).read_text().replace("/whole/", "/parts/")
@@ -53,16 +59,52 @@ def test_sharded_runs_merge_into_the_unsharded_lock(
 
 def test_merge_refuses_conflicting_partial_locks(tmp_path: Path, emulator: EmulatorServer) -> None:
     spec = grid(tmp_path)
-    run(emulator, spec, "--shard", "1/1")
-    first = spec.with_name("spec.lock.shard-1-of-1.json")
-    data = json.loads(first.read_text())
+    run(emulator, spec, "--shard", "1/2")
+    run(emulator, spec, "--shard", "2/2")
+    first, second = (spec.with_name(f"spec.lock.shard-{k}-of-2.json") for k in (1, 2))
+    data, other = json.loads(first.read_text()), json.loads(second.read_text())
     key = sorted(data["requests"])[0]
-    data["requests"][key]["seed"] += 1
-    spec.with_name("spec.lock.shard-1-of-2.json").write_text(json.dumps(data))
+    other["requests"][key] = {**data["requests"][key], "seed": data["requests"][key]["seed"] + 1}
+    second.write_text(json.dumps(other))
     result = invoke("merge", str(spec))
     assert result.exit_code == 1
     assert f"1 requests differ between partial locks: {key}" in result.stderr
     assert not spec.with_name("spec.lock.json").exists()
+
+
+def test_merge_refuses_a_partial_lock_of_an_older_spec(
+    tmp_path: Path, emulator: EmulatorServer
+) -> None:
+    spec = grid(tmp_path)
+    run(emulator, spec, "--shard", "1/1")  # a shard run, never merged
+    spec.write_text(spec.read_text().replace("A {{ style }}", "One {{ style }}"))
+    run(emulator, spec)  # the reworded spec, run whole: its lock is up to date
+    lock = spec.with_name("spec.lock.json").read_text()
+    result = invoke("merge", str(spec))
+    assert result.exit_code == 1
+    assert (
+        "spec.lock.shard-1-of-1.json was made from another version of spec.yaml (the requests "
+        "of shard 1/1 have changed since): run --shard 1/1 again"
+    ) in result.stderr
+    assert spec.with_name("spec.lock.json").read_text() == lock  # nothing written
+    assert invoke("check", str(spec)).exit_code == 0
+
+
+def test_merge_names_missing_shards_and_merges_them_only_when_told(
+    tmp_path: Path, emulator: EmulatorServer
+) -> None:
+    spec = grid(tmp_path, styles="[minimal, retro, neon, noir, pop]")
+    run(emulator, spec, "--shard", "1/3")
+    run(emulator, spec, "--shard", "3/3")
+    result = invoke("merge", str(spec))
+    assert result.exit_code == 1
+    assert "no partial lock of shard 2/3: run it, or merge with --partial" in result.stderr
+    assert not spec.with_name("spec.lock.json").exists()
+    result = invoke("merge", "--partial", str(spec))
+    assert result.exit_code == 0, result.stderr
+    assert "merged 2 partial locks, 4 requests" in result.stdout
+    assert "without shard 2 (--partial): their requests are not in the lock" in result.stdout
+    assert invoke("check", str(spec)).exit_code == 1  # shard 2's requests are still new
 
 
 def test_bad_shard_option(tmp_path: Path) -> None:

@@ -134,17 +134,25 @@ def diff(spec: Path, ref: str, as_json: bool) -> None:
 @cli.command()
 @click.argument("spec", type=click.Path(dir_okay=False, path_type=Path))
 @WAIT
-def merge(spec: Path, wait: float) -> None:
+@click.option("--partial", is_flag=True, help="Merge even if some shards have no partial lock yet.")
+def merge(spec: Path, wait: float, partial: bool) -> None:
     """Combine the partial locks of `run --shard K/N` into the spec's lock.
 
-    Exit 1 (and write nothing) when two partial locks record the same request differently;
-    exit 2 when there is nothing to merge or a run holds the output folder.
+    Each partial lock records the requests its shard was made from. Exit 1, and write
+    nothing, when one was made from another version of the spec, when a shard has no partial
+    lock (unless --partial), or when two record the same request differently; exit 2 when
+    there is nothing to merge or a run holds the output folder.
     """
     from .. import library
     from ..shards import merge as merge_shards
 
-    result = merge_shards(library.load_spec(spec), wait=wait)
+    result = merge_shards(library.load_spec(spec), wait=wait, partial=partial)
     click.echo(f"{spec}: merged {len(result.merged)} partial locks, {result.requests} requests")
+    for path, count in result.merged:
+        click.echo(f"  {path.name}: {count} request{'s' if count != 1 else ''}")
+    if result.missing:
+        shards = ", ".join(map(str, result.missing))
+        click.echo(f"  without shard {shards} (--partial): their requests are not in the lock")
 
 
 @cli.command()
