@@ -104,6 +104,10 @@ class OutputCache:
             with self.index_path.open("a", encoding="utf-8") as handle:
                 handle.writelines(lines)
 
+    def outputs(self) -> list[dict[str, Any]]:
+        """Every output the cache has recorded (with the path the lock gave it)."""
+        return [o for record in self._load().values() for o in record["outputs"]]
+
     def has(self, body_sha256: str) -> bool:
         return body_sha256 in self._load()
 

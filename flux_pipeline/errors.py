@@ -4,7 +4,8 @@
     ├── SpecInvalid            the spec (or its requests) cannot be used; carries every Problem
     ├── LockError              the lock file is unreadable or has the wrong shape
     ├── ConfigError            missing key, bad option value, unusable output folder
-    │   └── OutputFolderBusy   another process holds the output folder's writer lock
+    │   ├── OutputFolderBusy   another process holds the output folder's writer lock
+    │   └── OutputFolderTaken  the output folder is another spec's
     ├── Terminated             the run was stopped by a signal (SIGTERM); the lock is saved
     └── RunError               something went wrong while talking to the API
         ├── RequestFailed      one request failed for good (the run goes on with the others)
@@ -88,6 +89,10 @@ class ConfigError(FluxPipelineError):
 
 class OutputFolderBusy(ConfigError):
     """Another process is writing to the output folder (exit 2, like any unusable setting)."""
+
+
+class OutputFolderTaken(ConfigError):
+    """The output folder is another spec's (exit 2): the two would overwrite each other."""
 
 
 class Terminated(FluxPipelineError):

@@ -41,6 +41,7 @@ from .expansion import Request
 from .journal import Journal
 from .lock import Entry, Lock
 from .options import RunOptions
+from .output_folder import OutputFolder
 from .pacing import Rate
 from .planning import Plan, PlanItem, plan
 from .recovery import FILE_NAME, Recovered, WriteAhead, read_pending, rewrite
@@ -48,6 +49,7 @@ from .results import Listener, Notify, RequestResult, RunResult, Status
 from .shards import current_lock, made_from
 from .spec import Spec
 from .transaction import Answers, Run
+from .validation import output_stems
 from .writer_lock import FOLDER, hold_output_folder
 
 __all__ = ["Rate", "RequestResult", "RunOptions", "RunResult", "Status", "run", "run_async"]
@@ -120,13 +122,27 @@ def _scope(spec: Spec, the_plan: Plan, old: Lock | None, options: RunOptions) ->
     return _Scope(lock_path, entries, changed, shard, work, skipped)
 
 
-def _prune(spec: Spec, gone: Iterable[Entry]) -> None:
-    base = spec.lock_path.parent
-    for entry in gone:
-        for output in entry.outputs:
-            path = base / output.path
-            if path.resolve().is_relative_to(spec.output.resolve()):
-                path.unlink(missing_ok=True)
+def _tidy(
+    spec: Spec, the_plan: Plan, old: Lock | None, prune: bool, cache: OutputCache, say: Notify
+) -> None:
+    """`--prune`: delete, and name, the images the lock or the cache recorded that are not
+    the spec's now (unchanged since, inside the output folder). A plain run that drops lock
+    entries says so; the cache's index keeps their images findable for a later `--prune`."""
+    entries = old.entries if old else {}
+    ids = {item.request.id for item in the_plan.items}
+    dropped = sorted(key for key in entries if key not in ids)
+    if prune:
+        keep = [stem for item in the_plan.items for stem in output_stems(item.request)]
+        recorded = [o.as_json() for e in entries.values() for o in e.outputs] + cache.outputs()
+        folder = OutputFolder(spec.output, spec.lock_path.parent)
+        for name in folder.prune(recorded, keep):
+            say(f"pruned {name}: no longer in the spec")
+    elif dropped:
+        listed = ", ".join(dropped[:5]) + (", ..." if len(dropped) > 5 else "")
+        say(
+            f"dropping {len(dropped)} lock {'entry' if len(dropped) == 1 else 'entries'} no "
+            f"longer in the spec ({listed}); their images stay, `run --prune` deletes them"
+        )
 
 
 @dataclass
@@ -179,11 +195,9 @@ async def run_async(
     started = time.monotonic()
     if old is None:
         old = current_lock(spec, options.shard)
-    if options.prune and old:
-        in_spec = {item.request.id for item in the_plan.items}
-        _prune(spec, [e for k, e in old.entries.items() if k not in in_spec])
     scope = _scope(spec, the_plan, old, options)
     files = _open(spec, scope.lock_path, old)
+    _tidy(spec, the_plan, old, options.prune, files.cache, notify or (lambda line: None))
     state = Run(
         spec=spec,
         http=http,
@@ -275,7 +289,12 @@ def run(
     if not api_key:
         raise ConfigError("no API key: set AIMLAPI_KEY, or use --emulator to run offline")
     with hold_output_folder(
-        spec.output, command="run", spec=spec.path, wait=options.wait, on_wait=notify
+        spec.output,
+        command="run",
+        spec=spec.path,
+        lock_path=spec.lock_path,
+        wait=options.wait,
+        on_wait=notify,
     ):
         old = current_lock(spec, options.shard)
         the_plan = plan(spec, requests, old)

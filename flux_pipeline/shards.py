@@ -93,7 +93,9 @@ def merge(spec: Spec, *, wait: float = 0.0, partial: bool = False) -> MergeResul
     shard counts, a shard without its partial lock (unless `partial`), and two partial locks
     that record the same request differently. Entries of requests no longer in the spec are
     dropped; an entry never replaces one that matches the spec with one that does not."""
-    with hold_output_folder(spec.output, command="merge", spec=spec.path, wait=wait):
+    with hold_output_folder(
+        spec.output, command="merge", spec=spec.path, lock_path=spec.lock_path, wait=wait
+    ):
         return _merge(spec, partial)
 
 

@@ -315,6 +315,7 @@ class Spec:
     defaults: Mapping[str, Any]
     defaults_lines: Mapping[str, int]
     jobs: tuple[Job, ...]
+    output_line: int = 0  # the line of `output:`, if the spec has one
 
     @property
     def folder(self) -> Path:
@@ -363,6 +364,7 @@ def load_spec(path: str | Path) -> Spec:
             **_lines(doc.get("defaults")),
         },
         jobs=jobs,
+        output_line=_lines(doc).get("output", 0),
     )
 
 

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 
 from .errors import Problem, SpecInvalid, format_combo
 from .expansion import Request, expand_collect
+from .images import EXTENSIONS
 from .registry import check_body, get_model
 from .spec import Spec
 
@@ -87,6 +89,35 @@ def check_requests(spec: Spec, requests: Sequence[Request]) -> list[Problem]:
         for stem in output_stems(request):
             owners[stem.casefold()].append(request)
     problems += _clashes(file, owners.items())
+    problems += _folder_clashes(file, owners)
+    return problems
+
+
+def _folder_clashes(file: str, owners: Mapping[str, list[Request]]) -> list[Problem]:
+    """A file that is also a folder of another name (`hero` writes hero.jpg, `hero.jpg/closeup`
+    needs a folder hero.jpg): whichever comes second would fail after it was paid for."""
+    folders: dict[str, str] = {}  # folder (casefolded) -> a stem under it
+    for stem in owners:
+        parts = stem.split("/")
+        for depth in range(1, len(parts)):
+            folders.setdefault("/".join(parts[:depth]), stem)
+    problems = []
+    for stem, users in owners.items():
+        for extension in EXTENSIONS.values():
+            under = folders.get(stem + extension)
+            if under is not None:
+                first, other = users[0], owners[under][0]
+                problems.append(
+                    Problem(
+                        f"the image {stem}{extension} would be the folder of "
+                        f"{other.id!r} (job {other.job!r}): rename one of them",
+                        file,
+                        first.line,
+                        first.job,
+                        first.vars,
+                        "name",
+                    )
+                )
     return problems
 
 
@@ -107,6 +138,27 @@ def _clashes(file: str, owners: Iterable[tuple[str, list[Request]]]) -> list[Pro
             )
         )
     return problems
+
+
+def check_together(specs: Sequence[Spec]) -> None:
+    """Raise SpecInvalid if specs given together write one output folder: their images,
+    lock paths and cache would overwrite each other's."""
+    first: dict[Path, Spec] = {}
+    problems = []
+    for spec in specs:
+        other = first.setdefault(spec.output.resolve(), spec)
+        if other.path.resolve() != spec.path.resolve():
+            problems.append(
+                Problem(
+                    f"{spec.output} is also the output folder of {other.path}: two specs in one "
+                    "folder overwrite each other's images; give each its own `output:`",
+                    str(spec.path),
+                    spec.output_line or None,
+                    path="output",
+                )
+            )
+    if problems:
+        raise SpecInvalid(problems)
 
 
 def validate(spec: Spec) -> list[Request]:

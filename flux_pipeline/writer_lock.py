@@ -6,6 +6,10 @@ the process ends) for their whole duration. Two runs of one spec at once would p
 request twice; the second one waits (`--wait SECONDS`) or stops at once, naming the holder.
 Readers (`plan`, `check`, `gallery`, `diff`) never take it: every file they read is replaced
 atomically, so they always see a whole one.
+
+An output folder belongs to one spec: the first writer notes its lock's path in
+`OUT/.flux-cache/owner.json`, and a writer for another spec whose lock still exists is refused
+(two specs in one folder overwrite each other's images).
 """
 
 from __future__ import annotations
@@ -21,11 +25,12 @@ from pathlib import Path
 import filelock
 
 from .atomic import write_atomic
-from .errors import OutputFolderBusy
+from .errors import OutputFolderBusy, OutputFolderTaken
 
 FOLDER = ".flux-cache"
 LOCK_FILE = "writer.lock"
 HOLDER_FILE = "writer.json"  # who holds the lock: beside it, as filelock truncates its file
+OWNER_FILE = "owner.json"  # the spec whose output folder it is: the path of its lock
 
 
 def _holder(root: Path) -> str:
@@ -47,13 +52,16 @@ def hold_output_folder(
     *,
     command: str,
     spec: Path,
+    lock_path: Path,
     wait: float = 0.0,
     on_wait: Callable[[str], None] | None = None,
 ) -> Iterator[None]:
-    """Hold the output folder's writer lock for the duration of the block.
+    """Hold the output folder's writer lock for the duration of the block, for the spec
+    whose lock is `lock_path`.
 
     If another process holds it: wait up to `wait` seconds (telling `on_wait` who is waited
-    for), then raise OutputFolderBusy naming the holder."""
+    for), then raise OutputFolderBusy naming the holder. If the folder is another spec's
+    (its lock still exists), raise OutputFolderTaken."""
     root = output / FOLDER
     root.mkdir(parents=True, exist_ok=True)
     lock = filelock.FileLock(root / LOCK_FILE)
@@ -75,6 +83,7 @@ def hold_output_folder(
                 f"{output} is still being written by {_holder(root)} after {wait:g} s"
             ) from None
     try:
+        _claim(output, lock_path)
         note = {
             "command": command,
             "pid": os.getpid(),
@@ -89,3 +98,26 @@ def hold_output_folder(
         with contextlib.suppress(OSError):
             (root / HOLDER_FILE).unlink()
         lock.release()
+
+
+def _claim(output: Path, lock_path: Path) -> None:
+    """Note that the folder is the spec's; refuse it if it is another's whose lock exists."""
+    owner_file = output / FOLDER / OWNER_FILE
+    mine = os.path.relpath(os.path.abspath(lock_path), os.path.abspath(output))
+    try:
+        owner = json.loads(owner_file.read_text(encoding="utf-8"))["lock"]
+    except (OSError, ValueError, KeyError, TypeError):
+        owner = None
+    if isinstance(owner, str) and owner != mine:
+        theirs = output / owner
+        same = theirs.exists() and lock_path.exists() and theirs.samefile(lock_path)
+        if theirs.exists() and not same:
+            raise OutputFolderTaken(
+                f"{output} is the output folder of another spec (its lock: "
+                f"{os.path.normpath(theirs)}); two specs in one folder overwrite each other's "
+                "images: give this spec its own `output:` (or, if that spec is gone, delete "
+                "its lock)"
+            )
+    if owner != mine:
+        with contextlib.suppress(OSError):
+            write_atomic(owner_file, json.dumps({"lock": mine}).encode(), durable=False)

@@ -145,7 +145,8 @@ HOLD = """
 import sys
 from pathlib import Path
 from flux_pipeline.writer_lock import hold_output_folder
-with hold_output_folder(Path(sys.argv[1]), command="run", spec=Path("s.yaml")):
+spec, lock = Path("s.yaml"), Path("s.lock.json")
+with hold_output_folder(Path(sys.argv[1]), command="run", spec=spec, lock_path=lock):
     print("held", flush=True)
     sys.stdin.read()
 """
@@ -163,14 +164,18 @@ def test_the_writer_lock_names_its_holder_and_is_free_once_the_holder_is_gone(
     assert holder.stdout is not None and holder.stdout.readline() == "held\n"
     with (
         pytest.raises(OutputFolderBusy) as busy,
-        hold_output_folder(tmp_path, command="run", spec=Path("t.yaml")),
+        hold_output_folder(
+            tmp_path, command="run", spec=Path("t.yaml"), lock_path=tmp_path / "t.lock.json"
+        ),
     ):
         pass
     assert f"flux-pipeline run (pid {holder.pid} on " in str(busy.value)
     assert "spec s.yaml" in str(busy.value)
     holder.kill()  # however the holder ends, the OS frees the lock
     holder.communicate()
-    with hold_output_folder(tmp_path, command="run", spec=Path("t.yaml")):
+    with hold_output_folder(
+        tmp_path, command="run", spec=Path("t.yaml"), lock_path=tmp_path / "t.lock.json"
+    ):
         note = json.loads((tmp_path / ".flux-cache" / "writer.json").read_text())
         assert note["pid"] == os.getpid()
     assert not (tmp_path / ".flux-cache" / "writer.json").exists()

@@ -3,6 +3,7 @@ to its exit code in one place (`_Group.invoke`)."""
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import sys
@@ -99,12 +100,18 @@ def cli(debug: bool) -> None:
     """
 
 
-def _each_spec(specs: Sequence[Path], work: Callable[[Path], None]) -> None:
-    """Run `work` on every spec, report every invalid one, and exit 1 if any was."""
+def _each_spec(
+    specs: Sequence[Path],
+    work: Callable[[Path], None],
+    together: Callable[[], None] | None = None,
+) -> None:
+    """Run `work` on every spec, then `together` (checks across them), report every invalid
+    one, and exit 1 if any was."""
     failed = False
-    for path in specs:
+    steps: list[Callable[[], None]] = [functools.partial(work, path) for path in specs]
+    for step in steps + ([together] if together else []):
         try:
-            work(path)
+            step()
         except (SpecInvalid, LockError) as exc:
             failed = True
             _report(exc)

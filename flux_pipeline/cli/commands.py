@@ -24,13 +24,17 @@ def validate(specs: Sequence[Path]) -> None:
     file:line, job, combination and field.
     """
     from .. import library
+    from ..validation import check_together
+
+    loaded = []
 
     def work(path: Path) -> None:
         spec = library.load_spec(path)
         requests = library.validate(spec)
+        loaded.append(spec)
         click.echo(f"{path}: valid, {len(requests)} request{'s' if len(requests) != 1 else ''}")
 
-    _each_spec(specs, work)
+    _each_spec(specs, work, lambda: check_together(loaded))
 
 
 @cli.command()

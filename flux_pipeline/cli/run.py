@@ -56,7 +56,10 @@ if TYPE_CHECKING:
 )
 @click.option("--force", is_flag=True, help="Redo requests even if they are up to date.")
 @click.option(
-    "--prune", is_flag=True, help="Delete the images of requests that are no longer in the spec."
+    "--prune",
+    is_flag=True,
+    help="Delete the images of requests no longer in the spec (recorded by the lock or the "
+    "cache, unchanged since, inside the output folder); each is named.",
 )
 @click.option(
     "--max-credits",
@@ -134,6 +137,7 @@ def run(
     """
     from .. import library
     from ..runner import RunOptions, todo
+    from ..validation import check_together
     from .reports import dry_run_lines
 
     options["only"] = tuple(options["only"])
@@ -144,7 +148,7 @@ def run(
         spec = library.load_spec(path)
         loaded.append((spec, library.validate(spec)))
 
-    _each_spec(specs, load)
+    _each_spec(specs, load, lambda: check_together([spec for spec, _ in loaded]))
     if dry_run:
         for spec, requests in loaded:
             for line in dry_run_lines(todo(spec, requests, run_options)):

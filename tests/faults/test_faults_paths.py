@@ -62,3 +62,102 @@ def test_a_symlink_in_the_output_folder_cannot_lead_outside(
     assert emulator.emulator.counters.snapshot()["requests"] == 1  # nothing paid for sub/
     lock = json.loads(spec.with_name("spec.lock.json").read_text())
     assert list(lock["requests"]) == ["inside"]
+
+
+# ----- paths the lock records, names that clash, folders two specs share, pruning ----------
+
+KEY = {"AIMLAPI_KEY": "k"}
+
+
+def run_ok(server: EmulatorServer, *args: str) -> str:
+    result = invoke("run", "--base-url", server.url, *args, env=KEY)
+    assert result.exit_code == 0, result.stdout + result.stderr
+    return result.stderr
+
+
+def test_a_symlinked_output_folder_keeps_its_name_in_the_lock(
+    tmp_path: Path, emulator: EmulatorServer
+) -> None:
+    (tmp_path / "storage" / "images").mkdir(parents=True)
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "out").symlink_to(tmp_path / "storage" / "images")
+    spec = write_spec(project, "version: 1\noutput: out\njobs: [{name: a/b, prompt: p}]\n")
+    run_ok(emulator, str(spec))
+    lock = json.loads(spec.with_name("spec.lock.json").read_text())
+    assert lock["requests"]["a/b"]["outputs"][0]["path"] == "out/a/b.jpg"
+    # The link moves to another target with the same files: the lock still holds.
+    os.rename(tmp_path / "storage", tmp_path / "moved")
+    (project / "out").unlink()
+    (project / "out").symlink_to(tmp_path / "moved" / "images")
+    assert invoke("check", str(spec)).exit_code == 0
+
+
+def test_a_name_that_is_another_names_folder_is_refused_before_paying(
+    tmp_path: Path, emulator: EmulatorServer
+) -> None:
+    spec = write_spec(
+        tmp_path,
+        """
+        version: 1
+        jobs:
+          - {name: hero, prompt: p}
+          - {name: hero.jpg/closeup, prompt: q}
+        """,
+    )
+    result = invoke("validate", str(spec))
+    assert result.exit_code == 1
+    assert (
+        f'{spec}:3 job "hero": name: the image hero.jpg would be the folder of '
+        "'hero.jpg/closeup' (job 'hero.jpg/closeup'): rename one of them"
+    ) in result.stderr
+    assert invoke("run", "--base-url", emulator.url, str(spec), env=KEY).exit_code == 1
+    assert emulator.emulator.counters.snapshot()["requests"] == 0
+
+
+def test_two_specs_on_one_output_folder_are_refused(
+    tmp_path: Path, emulator: EmulatorServer
+) -> None:
+    one = write_spec(
+        tmp_path, "version: 1\noutput: shared\njobs: [{name: a, prompt: p}]\n", "one.yaml"
+    )
+    two = write_spec(
+        tmp_path,
+        "version: 1\nname: two\noutput: shared\njobs: [{name: a, prompt: q}]\n",
+        "two.yaml",
+    )
+    together = invoke("validate", str(one), str(two))
+    assert together.exit_code == 1
+    assert (
+        f"{two}:3: output: {tmp_path}/shared is also the output folder of {one}" in together.stderr
+    )
+    # Apart, the folder knows whose it is.
+    run_ok(emulator, str(one))
+    apart = invoke("run", "--base-url", emulator.url, str(two), env=KEY)
+    assert apart.exit_code == 2
+    assert "is the output folder of another spec (its lock: " in apart.stderr
+    assert f"{tmp_path}/one.lock.json" in apart.stderr
+    assert emulator.emulator.counters.snapshot()["paid"] == 1
+    run_ok(emulator, str(one))  # its own spec is welcome
+
+
+def test_prune_after_a_plain_run_finds_and_names_what_it_deletes(
+    tmp_path: Path, emulator: EmulatorServer
+) -> None:
+    styles = (
+        "version: 1\noutput: out\njobs: [{{name: '{{{{ s }}}}', prompt: p, matrix: {{s: [{}]}}}}]\n"
+    )
+    spec = write_spec(tmp_path, styles.format("a, b, c"))
+    run_ok(emulator, str(spec))
+    write_spec(tmp_path, styles.format("a"))
+    said = run_ok(emulator, str(spec))  # a plain run: b and c leave the lock
+    assert "dropping 2 lock entries no longer in the spec (b, c); their images stay" in said
+    assert (tmp_path / "out" / "b.jpg").exists()
+    (tmp_path / "out" / "c.jpg").write_bytes(b"the user's own file now")
+    (tmp_path / "out" / "notes.jpg").write_bytes(b"never the tool's")
+    said = run_ok(emulator, "--prune", str(spec))
+    assert "pruned out/b.jpg: no longer in the spec" in said
+    assert not (tmp_path / "out" / "b.jpg").exists()
+    assert (tmp_path / "out" / "c.jpg").exists()  # changed since: not the tool's to delete
+    assert (tmp_path / "out" / "notes.jpg").exists() and (tmp_path / "out" / "a.jpg").exists()
+    assert "pruned" not in run_ok(emulator, "--prune", str(spec))
