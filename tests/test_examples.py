@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -74,29 +75,87 @@ def test_makefile_validates_runs_checks_and_builds_galleries(tmp_path: Path) -> 
 def test_github_workflow_commands_work_in_job_order(
     tmp_path: Path, emulator: EmulatorServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Two pushes, each run as the workflow's jobs would, the first from a repository without
+    images: the second push starts from what the first committed back and pays nothing."""
     workflow = yaml.safe_load((EXAMPLES / "ci/github-actions.yml").read_text())
     jobs = workflow["jobs"]
     assert jobs["generate"]["needs"] == "validate" and jobs["merge"]["needs"] == "generate"
     assert "${{ secrets.AIMLAPI_KEY }}" in json.dumps(jobs["generate"])
-    copy_examples(tmp_path)
-    monkeypatch.chdir(tmp_path)
+    # One run per branch at a time, never cancelled half way (its requests are paid for).
+    assert workflow["concurrency"]["group"] == "images-${{ github.ref }}"
+    assert workflow["concurrency"]["cancel-in-progress"] is False
+    assert jobs["merge"]["permissions"] == {"contents": "write"}
+    origin = tmp_path / "origin.git"
+    git(tmp_path, "init", "-q", "--bare", "-b", "main", str(origin))
+    first = tmp_path / "first-push"
+    git(tmp_path, "clone", "-q", str(origin), str(first))
+    copy_examples(first)
+    git(first, "add", "examples")
+    git(first, "-c", "user.name=u", "-c", "user.email=u@x", "commit", "-q", "-m", "specs")
+    git(first, "push", "-q", "origin", "main")
     env = {
         "SPEC": workflow["env"]["SPEC"],
         "AIMLAPI_KEY": "from-a-secret",
         "FLUX_PIPELINE_BASE_URL": emulator.url,
     }
+    ran = run_workflow(jobs, first, env, monkeypatch)
+    assert ran == [
+        "validate",
+        "plan",
+        "run",
+        "run",
+        "run",
+        "run",
+        "merge",
+        "check",
+        "git",
+        "gallery",
+    ]
+    assert (first / "examples/out/product-shots/gallery.html").is_file()
+    assert not list((first / "examples").glob("*.shard-*"))
+    paid = emulator.emulator.counters.snapshot()["paid"]
+    assert paid > 0
+    # The next push: a fresh checkout holds the lock and the images, not the tool's own files.
+    second = tmp_path / "second-push"
+    git(tmp_path, "clone", "-q", str(origin), str(second))
+    kept = sorted(p.name for p in (second / "examples/out/product-shots").iterdir())
+    assert "product-shots.lock.json" in os.listdir(second / "examples")
+    assert kept and all(name.endswith((".png", ".jpg")) for name in kept)
+    run_workflow(jobs, second, env, monkeypatch)
+    assert emulator.emulator.counters.snapshot()["paid"] == paid  # nothing paid again
+
+
+def git(cwd: Path, *args: str) -> str:
+    done = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=True)
+    return done.stdout
+
+
+def run_workflow(
+    jobs: dict[str, Any], root: Path, env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> list[str]:
+    """The workflow's steps in job order, in `root`: `flux-pipeline` in-process, the commit
+    step through bash; the commands run."""
+    monkeypatch.chdir(root)
     shards = jobs["generate"]["strategy"]["matrix"]["shard"]
     ran = []
     for name, matrix in [("validate", [None]), ("generate", shards), ("merge", [None])]:
         for shard in matrix:
             for step in jobs[name]["steps"]:
                 line = step.get("run", "")
+                if line.startswith("git ") or "\ngit " in line:
+                    done = subprocess.run(
+                        ["bash", "-e", "-c", line],
+                        env={**os.environ, **env},
+                        cwd=root,
+                        capture_output=True,
+                        text=True,
+                    )
+                    assert done.returncode == 0, done.stderr
+                    ran.append("git")
                 if not line.startswith("flux-pipeline "):
                     continue  # setup, install and artifact steps
                 line = line.replace("${{ matrix.shard }}", str(shard)).replace("$SPEC", env["SPEC"])
                 result = invoke(*shlex.split(line)[1:], env=env)
                 assert result.exit_code == 0, (line, result.stdout, result.stderr)
                 ran.append(line.split()[1])
-    assert ran == ["validate", "plan", "run", "run", "run", "run", "merge", "check", "gallery"]
-    assert (tmp_path / "examples/out/product-shots/gallery.html").is_file()
-    assert not list((tmp_path / "examples").glob("*.shard-*"))
+    return ran
