@@ -26,8 +26,9 @@ from typing import Any
 import aiohttp
 import httpx
 
-from .errors import RequestFailed, RunStopped
+from .errors import BadResponse, RequestFailed, RunStopped
 from .limits import Throttle
+from .redaction import Redactor
 from .registry import API_PATH
 from .responses import Generation, api_message, parse_generation
 
@@ -234,8 +235,10 @@ class ApiClient:
     rng: random.Random = field(default_factory=random.Random)
     _api_url: httpx.URL = field(init=False, repr=False)
     _headers: dict[str, str] = field(init=False, repr=False)
+    _redactor: Redactor = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
+        self._redactor = Redactor(self.api_key)
         self._api_url = httpx.URL(self.base_url.rstrip("/") + API_PATH)  # parsed once
         self._headers = {
             "Authorization": f"Bearer {self.api_key}",
@@ -243,9 +246,7 @@ class ApiClient:
         }
 
     def redact(self, text: str) -> str:
-        # A key of a few characters (a test's "k") would garble every word it is part of;
-        # real keys are long. (The CLI's redactor draws the same line.)
-        return text.replace(self.api_key, "[redacted]") if len(self.api_key) >= 4 else text
+        return self._redactor(text)
 
     async def generate(
         self, request_id: str, body: Mapping[str, Any], attempts: list[Attempt]
@@ -302,7 +303,11 @@ class ApiClient:
             if status == 200:
                 outcome = "ok"
                 attempts.append(Attempt(status, elapsed))
-                return parse_generation(request_id, raw)
+                try:
+                    return parse_generation(request_id, raw)
+                except BadResponse as exc:  # it quotes the answer: an echo of the request
+                    reason = self.redact(exc.reason)
+                    raise BadResponse(request_id, reason, exc.status, exc.credits) from None
             verdict = classify(status, response.headers, raw, self.policy)
             verdict = replace(verdict, reason=self.redact(verdict.reason))
             attempts.append(Attempt(status, elapsed, verdict.reason))

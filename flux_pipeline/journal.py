@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,12 +18,13 @@ class Journal:
     Best effort: a disk too full for it must not stop the run (the lock, the write-ahead
     record and the images say what matters). Successes are written in batches."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, redact: Callable[[str], str] = lambda text: text) -> None:
         self._file = path.open("a", encoding="utf-8")  # fails early on a read-only folder
+        self._redact = redact  # every line passes the key's redactor
 
     def event(self, **fields: Any) -> None:
         with contextlib.suppress(OSError):
-            self._file.write(json.dumps(fields) + "\n")
+            self._file.write(self._redact(json.dumps(fields, allow_nan=False)) + "\n")
 
     def request(self, result: RequestResult, attempts: Sequence[Attempt]) -> None:
         self.event(

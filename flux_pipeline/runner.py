@@ -45,6 +45,7 @@ from .output_folder import OutputFolder
 from .pacing import Rate
 from .planning import Plan, PlanItem, plan
 from .recovery import FILE_NAME, Recovered, WriteAhead, read_pending, rewrite
+from .redaction import Redactor, clean_key
 from .results import Listener, Notify, RequestResult, RunResult, Status
 from .shards import current_lock, made_from
 from .spec import Spec
@@ -160,7 +161,7 @@ class _Files:
         self.journal.close()
 
 
-def _open(spec: Spec, lock_path: Path, old: Lock | None) -> _Files:
+def _open(spec: Spec, lock_path: Path, old: Lock | None, redact: Redactor) -> _Files:
     """Sweep what dead writers left, read what an interrupted run left, open the files."""
     spec.output.mkdir(parents=True, exist_ok=True)
     sweep_temp_files(spec.output)
@@ -169,7 +170,7 @@ def _open(spec: Spec, lock_path: Path, old: Lock | None) -> _Files:
     found = read_pending(record_path)
     entries = old.entries.values() if old else ()
     ratios = learned_ratios(entries, spec.output / JOURNAL)
-    journal = Journal(spec.output / JOURNAL)  # fails early on a read-only folder
+    journal = Journal(spec.output / JOURNAL, redact)  # fails early on a read-only folder
     cache = OutputCache(spec.output)
     with contextlib.suppress(OSError):
         cache.remember(entries)
@@ -196,7 +197,7 @@ async def run_async(
     if old is None:
         old = current_lock(spec, options.shard)
     scope = _scope(spec, the_plan, old, options)
-    files = _open(spec, scope.lock_path, old)
+    files = _open(spec, scope.lock_path, old, Redactor(api_key))
     _tidy(spec, the_plan, old, options.prune, files.cache, notify or (lambda line: None))
     state = Run(
         spec=spec,
@@ -286,6 +287,7 @@ def run(
     """Plan and run a spec against an API (or emulator) at `base_url`, holding the output
     folder's writer lock. The first SIGINT or SIGTERM drains the requests in flight (the
     result says `interrupted`); a second abandons them and raises Terminated."""
+    api_key = clean_key(api_key)
     if not api_key:
         raise ConfigError("no API key: set AIMLAPI_KEY, or use --emulator to run offline")
     with hold_output_folder(

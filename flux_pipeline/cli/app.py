@@ -10,12 +10,16 @@ import sys
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from ..defaults import API_KEY_ENV
 from ..errors import ConfigError, FluxPipelineError, LockError, SpecInvalid, Terminated
+from ..redaction import RedactingStream, Redactor
+
+if TYPE_CHECKING:
+    from ..spec import Spec
 
 EXIT_INVALID = 1
 EXIT_USAGE = 2
@@ -39,6 +43,17 @@ class _Group(click.Group):
     """Maps every outcome of a command to its exit code, in this one place."""
 
     def invoke(self, ctx: click.Context) -> Any:
+        # Everything the process prints passes the key's redactor, whatever printed it.
+        redact = Redactor(os.environ.get(API_KEY_ENV, "").strip())
+        streams = sys.stdout, sys.stderr
+        sys.stdout = RedactingStream(sys.stdout, redact)
+        sys.stderr = RedactingStream(sys.stderr, redact)
+        try:
+            return self._invoke(ctx)
+        finally:
+            sys.stdout, sys.stderr = streams
+
+    def _invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except ExitCode as exc:
@@ -67,20 +82,14 @@ class _Group(click.Group):
             os.dup2(devnull, sys.stdout.fileno())
             raise click.exceptions.Exit(EXIT_BROKEN_PIPE) from None
         except OSError as exc:  # a full disk, a folder that vanished, a permission
-            _err(_redact(f"error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": ")))
+            _err(f"error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "))
             raise click.exceptions.Exit(EXIT_FAILED) from None
         except Exception as exc:  # a bug: say so briefly, the traceback only on request
             if ctx.params.get("debug"):
-                _err(_redact(traceback.format_exc()))
-            _err(_redact(f"internal error: {type(exc).__name__}: {exc}"))
+                _err(traceback.format_exc())
+            _err(f"internal error: {type(exc).__name__}: {exc}")
             _err("this is a bug in flux-pipeline; rerun with --debug for the traceback")
             raise click.exceptions.Exit(EXIT_FAILED) from None
-
-
-def _redact(text: str) -> str:
-    """The text without the API key, wherever it came from."""
-    key = os.environ.get(API_KEY_ENV, "")
-    return text.replace(key, "[redacted]") if len(key) >= 4 else text
 
 
 @click.group(
@@ -89,7 +98,13 @@ def _redact(text: str) -> str:
 )
 @click.version_option(package_name="flux-pipeline")
 @click.option("--debug", is_flag=True, help="Show the traceback of an internal error.")
-def cli(debug: bool) -> None:
+@click.option(
+    "--allow-output-outside",
+    is_flag=True,
+    envvar="FLUX_PIPELINE_ALLOW_OUTPUT_OUTSIDE",
+    help="Let a spec's `output:` lie outside its folder and the current directory.",
+)
+def cli(debug: bool, allow_output_outside: bool) -> None:
     """Turn YAML specs into images from the FLUX text-to-image API, reproducibly.
 
     A spec holds Jinja prompt templates and parameter grids. `validate` checks it without the
@@ -132,3 +147,11 @@ def _report(exc: FluxPipelineError) -> None:
 def main() -> None:
     """Entry point of the `flux-pipeline` console script."""
     cli()
+
+
+def load_spec(path: Path) -> Spec:
+    """Load a spec as the command line was told to (`--allow-output-outside`)."""
+    from ..spec import load_spec as load
+
+    root = click.get_current_context().find_root()
+    return load(path, allow_output_outside=bool(root.params.get("allow_output_outside")))

@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from .app import EXIT_INVALID, ExitCode, _each_spec, cli
+from .app import EXIT_INVALID, ExitCode, _each_spec, cli, load_spec
 from .params import SPECS, WAIT
 
 
@@ -29,7 +29,7 @@ def validate(specs: Sequence[Path]) -> None:
     loaded = []
 
     def work(path: Path) -> None:
-        spec = library.load_spec(path)
+        spec = load_spec(path)
         requests = library.validate(spec)
         loaded.append(spec)
         click.echo(f"{path}: valid, {len(requests)} request{'s' if len(requests) != 1 else ''}")
@@ -55,7 +55,7 @@ def plan(specs: Sequence[Path], as_json: bool) -> None:
     plans: list[dict[str, Any]] = []
 
     def work(path: Path) -> None:
-        result = library.plan(library.load_spec(path))
+        result = library.plan(load_spec(path))
         if as_json:
             plans.append(result.as_json())
         else:
@@ -84,7 +84,6 @@ def check(specs: Sequence[Path], as_json: bool, strict: bool) -> None:
     that changed), missing, corrupt, or in the lock but no longer in the spec (with --strict,
     also when an image is not as asked).
     """
-    from .. import library
     from ..compare import check as check_spec
     from .reports import check_text
 
@@ -93,7 +92,7 @@ def check(specs: Sequence[Path], as_json: bool, strict: bool) -> None:
 
     def work(path: Path) -> None:
         nonlocal stale
-        report = check_spec(library.load_spec(path), strict=strict)
+        report = check_spec(load_spec(path), strict=strict)
         stale = stale or not report.ok
         if as_json:
             reports.append(report.as_json())
@@ -127,7 +126,7 @@ def diff(spec: Path, ref: str, as_json: bool) -> None:
     from ..compare import diff_locks, lock_at
     from .reports import diff_text
 
-    loaded = library.load_spec(spec)
+    loaded = load_spec(spec)
     result = diff_locks(lock_at(loaded, ref), library.read_lock(loaded.lock_path))
     if as_json:
         click.echo(json.dumps(result.as_json(), indent=2))
@@ -147,10 +146,9 @@ def merge(spec: Path, wait: float, partial: bool) -> None:
     lock (unless --partial), or when two record the same request differently; exit 2 when
     there is nothing to merge or a run holds the output folder.
     """
-    from .. import library
     from ..shards import merge as merge_shards
 
-    result = merge_shards(library.load_spec(spec), wait=wait, partial=partial)
+    result = merge_shards(load_spec(spec), wait=wait, partial=partial)
     click.echo(f"{spec}: merged {len(result.merged)} partial locks, {result.requests} requests")
     for path, count in result.merged:
         click.echo(f"  {path.name}: {count} request{'s' if count != 1 else ''}")
@@ -193,7 +191,7 @@ def gallery(
     from .. import library
     from ..gallery import build_gallery
 
-    loaded = library.load_spec(spec)
+    loaded = load_spec(spec)
     result = build_gallery(
         loaded,
         library.validate(loaded),

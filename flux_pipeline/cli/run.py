@@ -12,7 +12,7 @@ import click
 
 from ..defaults import API_KEY_ENV, DEFAULT_BASE_URL
 from ..errors import Terminated
-from .app import EXIT_FAILED, ExitCode, _each_spec, cli
+from .app import EXIT_FAILED, ExitCode, _each_spec, cli, load_spec
 from .params import SPECS, WAIT, RateType, SecondsRangeType, ShardType
 
 if TYPE_CHECKING:
@@ -136,6 +136,7 @@ def run(
     terminated (SIGTERM); finished work is kept in every case.
     """
     from .. import library
+    from ..redaction import clean_key
     from ..runner import RunOptions, todo
     from ..validation import check_together
     from .reports import dry_run_lines
@@ -145,7 +146,7 @@ def run(
     loaded = []
 
     def load(path: Path) -> None:
-        spec = library.load_spec(path)
+        spec = load_spec(path)
         loaded.append((spec, library.validate(spec)))
 
     _each_spec(specs, load, lambda: check_together([spec for spec, _ in loaded]))
@@ -154,7 +155,7 @@ def run(
             for line in dry_run_lines(todo(spec, requests, run_options)):
                 click.echo(line)
         return
-    key = os.environ.get(API_KEY_ENV, "")
+    key = clean_key(os.environ.get(API_KEY_ENV, ""), API_KEY_ENV)
     if emulator:
         from ..emulator import EmulatorServer
 

@@ -213,7 +213,7 @@ class Emulator:
         ]
         with self.counters.lock:
             self.counters.statuses[200] += 1
-        mangled = self._mangled(config.mangle, cost)
+        mangled = self._mangled(config.mangle, cost, request.headers.get("authorization", ""))
         if mangled is not None:
             return mangled
         links = []
@@ -255,9 +255,14 @@ class Emulator:
         )
 
     @staticmethod
-    def _mangled(mangle: str | None, cost: float) -> Response | None:
+    def _mangled(mangle: str | None, cost: float, authorization: str) -> Response | None:
         """A paid generation's answer, broken as `mangle` says (None: answer normally)."""
         usage = {"meta": {"usage": {"credits_used": cost}}}
+        if mangle in ("echo", "echo-500"):
+            # A proxy that echoes the request: the key lands past the 190th character, where
+            # a message cut at 200 characters cuts it.
+            echoed = "." * 168 + "Authorization: " + authorization
+            return Response(echoed, 200 if mangle == "echo" else 500, media_type="text/plain")
         if mangle == "html":
             return Response("<html><body>502 Bad Gateway</body></html>", media_type="text/html")
         if mangle == "no-images":

@@ -20,6 +20,8 @@ MANGLES = (
     "wrong-size",
     "wrong-format",
     "gzip",
+    "echo",
+    "echo-500",
     "bomb",
 )
 CHUNK = 64 * 1024
@@ -47,7 +49,8 @@ class EmulatorConfig:
     # Misbehaviour on cue, for fault tests: answer a paid generation with "html", "no-images",
     # "empty", "bad-b64", or deliver an image that is "not-image", "wrong-size",
     # "wrong-format", a decompression "bomb", or send it "gzip"-encoded (Content-Encoding)
-    # whatever the client asked for.
+    # whatever the client asked for; "echo" answers 200 (or "echo-500" 500) with the request's
+    # Authorization header in plain text, as a misconfigured proxy might.
     mangle: str | None = None
     redirect_to: str | None = None  # answer generations 307 to this base URL
     file_url_prefix: str | None = None  # image URLs start with this instead of /files/

@@ -161,3 +161,50 @@ def test_prune_after_a_plain_run_finds_and_names_what_it_deletes(
     assert (tmp_path / "out" / "c.jpg").exists()  # changed since: not the tool's to delete
     assert (tmp_path / "out" / "notes.jpg").exists() and (tmp_path / "out" / "a.jpg").exists()
     assert "pruned" not in run_ok(emulator, "--prune", str(spec))
+
+
+@pytest.mark.parametrize(
+    ("output", "message"),
+    [
+        ("/tmp/elsewhere", "/tmp/elsewhere is outside the spec's folder"),
+        ("../../../victim", "../../../victim is outside the spec's folder"),
+        ("~/x", "`~` is not expanded here: write the folder relative to the spec"),
+    ],
+)
+def test_an_output_outside_the_spec_tree_is_refused_with_its_line(
+    tmp_path: Path,
+    emulator: EmulatorServer,
+    output: str,
+    message: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    spec = write_spec(
+        tmp_path / "specs" / "deep",
+        f"version: 1\noutput: '{output}'\njobs: [{{name: a, prompt: p}}]\n",
+    )
+    result = invoke("validate", str(spec))
+    assert result.exit_code == 1
+    assert f"{spec}:2: output: {message}" in result.stderr
+    assert invoke("run", "--base-url", emulator.url, str(spec), env=KEY).exit_code == 1
+    assert emulator.emulator.counters.snapshot()["requests"] == 0
+    assert not (tmp_path / "specs" / "deep" / "~").exists()
+
+
+def test_an_output_outside_is_allowed_when_asked(tmp_path: Path, emulator: EmulatorServer) -> None:
+    spec = write_spec(
+        tmp_path / "specs", "version: 1\noutput: ../images\njobs: [{name: a, prompt: p}]\n"
+    )
+    assert invoke("validate", str(spec)).exit_code == 1
+    result = invoke("--allow-output-outside", "run", "--base-url", emulator.url, str(spec), env=KEY)
+    assert result.exit_code == 0, result.stderr
+    assert (tmp_path / "images" / "a.jpg").is_file()
+    # The same folder below the current directory (a Makefile one level up) needs no flag.
+    import os
+
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        assert invoke("validate", str(spec)).exit_code == 0
+    finally:
+        os.chdir(cwd)
