@@ -98,7 +98,7 @@ class OutputCache:
                 "response": dict(entry.response),
             }
             index[entry.body_sha256] = record
-            lines.append(json.dumps(record, sort_keys=True) + "\n")
+            lines.append(json.dumps(record, sort_keys=True, allow_nan=False) + "\n")
         if lines:
             self.root.mkdir(parents=True, exist_ok=True)
             with self.index_path.open("a", encoding="utf-8") as handle:

@@ -256,7 +256,9 @@ class ApiClient:
         Failures (408, 409, 5xx, timeouts) count against `retries`; 429s do not: they slow
         the whole run down (`throttle`), and the request fails only after `max_wait` seconds
         of them."""
-        content = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+        content = json.dumps(
+            body, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+        ).encode()
         failures = 0
         throttled_since: float | None = None
         while True:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import itertools
+import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,7 @@ from .render import (
     Template,
     describe_error,
     render_value,
+    step_budget,
     template_folders,
 )
 from .spec import Job, Spec, load_yaml
@@ -260,19 +262,48 @@ def _render_job(
 
 
 def expand_collect(spec: Spec) -> tuple[list[Request], list[Problem]]:
-    """Every request the spec describes, and every problem met while rendering them."""
+    """Every request the spec describes, and every problem met while rendering them. The
+    number of requests is checked against the spec's cap before any is made, and all of its
+    templates share one step budget (`render.step_budget`)."""
+    _check_count(spec)
     renderer = Renderer(template_folders(spec.folder))
     requests: list[Request] = []
     problems: list[Problem] = []
-    for job in spec.jobs:
-        try:
-            compiled = _compile_job(spec, renderer, job)
-            combos = job_combinations(spec, job)
-        except SpecInvalid as exc:
-            problems += exc.problems
-            continue
-        requests += _render_job(spec, compiled, combos, problems)
+    with step_budget():
+        for job in spec.jobs:
+            try:
+                compiled = _compile_job(spec, renderer, job)
+                combos = job_combinations(spec, job)
+            except SpecInvalid as exc:
+                problems += exc.problems
+                continue
+            requests += _render_job(spec, compiled, combos, problems)
     return requests, problems
+
+
+def _check_count(spec: Spec) -> None:
+    """SpecInvalid, at the job's line, once the jobs would make more requests than the cap:
+    counted from their axes, cases and repeats (an upper bound), before anything is made."""
+    total = 0
+    for job in spec.jobs:
+        count = len(job.cases) + (job.cases_file is not None)  # a file's rows: bounded by size
+        if job.matrix is not None:
+            axes = [v for k, v in job.matrix.items() if k not in ("include", "exclude")]
+            count += math.prod(len(v) for v in axes) if axes else 0
+            count += len(job.matrix.get("include", ()))
+        total += max(count, 1) * job.repeat
+        if total > spec.max_requests:
+            raise SpecInvalid(
+                [
+                    Problem(
+                        f"the spec makes {total:,} requests or more by this job, more than "
+                        f"the {spec.max_requests:,} allowed (--max-spec-requests)",
+                        str(spec.path),
+                        job.line,
+                        job.name,
+                    )
+                ]
+            )
 
 
 def expand(spec: Spec) -> list[Request]:

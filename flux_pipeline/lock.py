@@ -97,7 +97,9 @@ def render_lock(
 
 def entry_text(entry: Entry) -> str:
     """One request's part of the lock text, indented to sit under `requests`."""
-    body = json.dumps(entry_json(entry), indent=2, sort_keys=True, ensure_ascii=False)
+    body = json.dumps(
+        entry_json(entry), indent=2, sort_keys=True, ensure_ascii=False, allow_nan=False
+    )
     return "    " + json.dumps(entry.id, ensure_ascii=False) + ": " + body.replace("\n", "\n    ")
 
 

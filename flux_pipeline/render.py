@@ -1,8 +1,14 @@
 """Jinja rendering, in the sandbox.
 
 Templates run in Jinja's immutable sandbox with `StrictUndefined`. On top of the sandbox's own
-limits (`range` is capped), operators that can build huge values (`'x' * 10**9`, `10 ** 10**9`)
-are checked, and every rendered value is capped in size.
+limits (`range` is capped), everything a template can do is bounded before it is done:
+
+- steps: every loop iteration and every call counts against one budget for the whole spec
+  (`step_budget`), so nested loops or a macro that calls itself twice end quickly;
+- values: `*`, `**` and `%` are checked before they compute (strings and lists past
+  `MAX_RENDERED_CHARS`, integers past `MAX_INT_BITS`), and so are the widths that `%`,
+  `format`, `center` and their kin would pad to;
+- output: a template stops as soon as it has written more than `MAX_RENDERED_CHARS`.
 
 Request fields are rendered to native types when the template is one expression:
 `"{{ 1000 + index }}"` gives the integer 1000 and `"{{ size }}"` the mapping `size` holds.
@@ -12,9 +18,11 @@ template syntax is left exactly as written (`safety_tolerance: "2"` stays a stri
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import re
 import unicodedata
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +32,52 @@ from jinja2.exceptions import SecurityError
 from jinja2.nativetypes import NativeCodeGenerator
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+COUNTED = "__flux_counted"  # the global that counts a loop's iterations
 MAX_RENDERED_CHARS = 100_000
 MAX_POWER = 4096
+TOO_LONG = f"rendered text is longer than {MAX_RENDERED_CHARS:,} characters"
+MAX_INT_BITS = 100_000  # about 30,000 digits
+MAX_STEPS = 2_000_000  # loop iterations and calls, across all templates of a spec
+CALL_STEPS = 20  # a call (a macro's above all) costs about as much as 20 loop iterations
+_steps: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar("steps", default=None)
+_WIDTH = re.compile(r"%[-+ #0]*(\d*)(?:\.(\d+))?|\{[^{}]*?:[^{}\d]*(\d+)(?:\.(\d+))?")
+_PADDING_METHODS = frozenset({"center", "ljust", "rjust", "zfill", "expandtabs"})
+
+
+@contextlib.contextmanager
+def step_budget(limit: int = MAX_STEPS) -> Iterator[None]:
+    """Count every loop iteration and call of the templates rendered in the block against
+    one budget (a spec's expansion); SecurityError once it is spent."""
+    token = _steps.set([limit])
+    try:
+        yield
+    finally:
+        _steps.reset(token)
+
+
+def _spend(steps: int = 1) -> None:
+    left = _steps.get()
+    if left is not None:
+        left[0] -= steps
+        if left[0] < 0:
+            raise SecurityError(
+                f"the templates take more than {MAX_STEPS:,} loop iterations and calls "
+                "(nested loops, or a macro that calls itself?)"
+            )
+
+
+def _counted(iterable: Iterable[Any]) -> Iterator[Any]:
+    """A loop's items, each one counted against the step budget."""
+    for item in iterable:
+        _spend()
+        yield item
+
+
+def _check_widths(text: str) -> None:
+    """SecurityError if a `%` or `{}` format in `text` pads past the size cap."""
+    for match in _WIDTH.finditer(text):
+        if any(n and int(n) > MAX_RENDERED_CHARS for n in match.groups()):
+            raise SecurityError(f"a format pads past {MAX_RENDERED_CHARS:,} characters")
 
 
 def slug(value: Any) -> str:
@@ -49,13 +101,38 @@ class _ConfinedLoader(jinja2.FileSystemLoader):
 
 
 class _Sandbox(ImmutableSandboxedEnvironment):
-    intercepted_binops = frozenset(["*", "**"])
+    intercepted_binops = frozenset(["*", "**", "%"])
+
+    def call(
+        __self, __context: jinja2.runtime.Context, __obj: Any, *args: Any, **kwargs: Any
+    ) -> Any:
+        _spend(CALL_STEPS)
+        owner = getattr(__obj, "__self__", None)
+        name = getattr(__obj, "__name__", "")
+        if (
+            isinstance(owner, str)
+            and name in _PADDING_METHODS
+            and any(isinstance(a, int) and a > MAX_RENDERED_CHARS for a in args)
+        ):
+            raise SecurityError(f"{name}() would pad past {MAX_RENDERED_CHARS:,} characters")
+        return super().call(__context, __obj, *args, **kwargs)
+
+    def wrap_str_format(self, value: Any) -> Callable[..., str] | None:
+        """`str.format` and `format_map`, refused at access if a field pads past the cap."""
+        wrapped = super().wrap_str_format(value)
+        if wrapped is not None:
+            _check_widths(value.__self__)
+        return wrapped
 
     def call_binop(
         self, context: jinja2.runtime.Context, operator: str, left: Any, right: Any
     ) -> Any:
         if operator == "**" and isinstance(right, int) and abs(right) > MAX_POWER:
             raise SecurityError(f"exponent {right} is too large")
+        if operator == "%" and isinstance(left, str):
+            _check_widths(left)
+        if _int_bits(operator, left, right) > MAX_INT_BITS:
+            raise SecurityError(f"the result of {operator} would be too large a number")
         if operator == "*":
             for seq, times in ((left, right), (right, left)):
                 if (
@@ -65,6 +142,37 @@ class _Sandbox(ImmutableSandboxedEnvironment):
                 ):
                     raise SecurityError("the result of * would be too large")
         return super().call_binop(context, operator, left, right)
+
+
+def _int_bits(operator: str, left: Any, right: Any) -> int:
+    """At least how many bits an integer `*` or `**` makes (0 for anything else)."""
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (left, right)):
+        return 0
+    if operator == "*":
+        return int(left.bit_length() + right.bit_length())
+    if operator == "**" and right > 0:
+        return int((left.bit_length() - 1) * right)
+    return 0
+
+
+def _padding(name: str, builtin: Callable[..., Any], at: int) -> Callable[..., Any]:
+    """A filter whose argument `at` is a width, refused past the size cap."""
+
+    def guarded(*args: Any, **kwargs: Any) -> Any:
+        width = args[at] if len(args) > at else kwargs.get("width")
+        if isinstance(width, int) and width > MAX_RENDERED_CHARS:
+            raise SecurityError(f"{name} would pad past {MAX_RENDERED_CHARS:,} characters")
+        return builtin(*args, **kwargs)
+
+    return guarded
+
+
+def _format_filter(builtin: Callable[..., Any]) -> Callable[..., Any]:
+    def guarded(value: Any, *args: Any, **kwargs: Any) -> Any:
+        _check_widths(str(value))
+        return builtin(value, *args, **kwargs)
+
+    return guarded
 
 
 def template_folders(spec_folder: Path) -> list[Path]:
@@ -88,6 +196,10 @@ class Renderer:
         self.native = _NativeSandbox(loader=loader, undefined=jinja2.StrictUndefined)
         for env in (self.text, self.native):
             env.filters["slug"] = slug
+            env.filters["center"] = _padding("center", env.filters["center"], 1)
+            env.filters["indent"] = _padding("indent", env.filters["indent"], 1)
+            env.filters["format"] = _format_filter(env.filters["format"])
+            env.globals[COUNTED] = _counted
 
     def text_template(self, source: str) -> Template:
         return Template(self.text, self.text.parse(source), source, native=False)
@@ -122,18 +234,29 @@ class Template:
     ) -> None:
         self.source = source
         self.variables = frozenset(meta.find_undeclared_variables(ast))
+        for loop in ast.find_all(nodes.For):  # every iteration is counted
+            counter = nodes.Name(COUNTED, "load", lineno=loop.lineno)
+            loop.iter = nodes.Call(counter, [loop.iter], [], None, None, lineno=loop.lineno)
         self._template = env.from_string(ast)
         self._native = native
 
     def render(self, context: Mapping[str, Any]) -> Any:
-        if self._native:
-            chunks = list(
-                self._template.root_render_func(self._template.new_context(dict(context)))
-            )
-            if len(chunks) == 1:
-                return _capped(chunks[0])
-            return _capped("".join(map(str, chunks)))
-        return _capped(self._template.render(context))
+        if _steps.get() is None:
+            with step_budget():
+                return self._render(context)
+        return self._render(context)
+
+    def _render(self, context: Mapping[str, Any]) -> Any:
+        """Render, stopping as soon as the output passes the size cap."""
+        chunks, size = [], 0
+        for chunk in self._template.root_render_func(self._template.new_context(dict(context))):
+            chunks.append(chunk)
+            size += len(chunk) if isinstance(chunk, str) else 0
+            if size > MAX_RENDERED_CHARS:
+                raise SecurityError(TOO_LONG)
+        if self._native and len(chunks) == 1:
+            return _capped(chunks[0])
+        return _capped("".join(map(str, chunks)))
 
 
 def _single_expression(ast: nodes.Template) -> bool:
@@ -148,7 +271,7 @@ def _single_expression(ast: nodes.Template) -> bool:
 
 def _capped(value: Any) -> Any:
     if isinstance(value, str) and len(value) > MAX_RENDERED_CHARS:
-        raise SecurityError(f"rendered text is longer than {MAX_RENDERED_CHARS:,} characters")
+        raise SecurityError(TOO_LONG)
     return value
 
 

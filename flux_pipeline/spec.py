@@ -18,6 +18,7 @@ from .registry import DEFAULT_MODEL, error_parts
 from .yaml_lines import LineDict, line_of, load_yaml
 
 MAX_REPEAT = 1000
+MAX_SPEC_REQUESTS = 100_000
 
 __all__ = ["Job", "LineDict", "Spec", "line_of", "load_spec", "load_yaml", "spec_schema_json"]
 
@@ -169,6 +170,7 @@ class Spec:
     defaults_lines: Mapping[str, int]
     jobs: tuple[Job, ...]
     output_line: int = 0  # the line of `output:`, if the spec has one
+    max_requests: int = MAX_SPEC_REQUESTS  # more is refused before anything is expanded
 
     @property
     def folder(self) -> Path:
@@ -185,11 +187,17 @@ def _lines(mapping: Any) -> dict[str, int]:
     return dict(mapping.key_lines) if isinstance(mapping, LineDict) else {}
 
 
-def load_spec(path: str | Path, *, allow_output_outside: bool = False) -> Spec:
+def load_spec(
+    path: str | Path,
+    *,
+    allow_output_outside: bool = False,
+    max_requests: int = MAX_SPEC_REQUESTS,
+) -> Spec:
     """Read and check one spec file. Raises SpecInvalid listing every structural problem.
 
     `output:` must lie inside the spec's folder tree or the current directory's (a spec from
-    a pull request must not write, or prune, elsewhere), unless `allow_output_outside`."""
+    a pull request must not write, or prune, elsewhere), unless `allow_output_outside`. A spec
+    that would make more than `max_requests` requests is refused when it is expanded."""
     path = Path(path)
     file = str(path)
     doc = load_yaml(path)
@@ -223,6 +231,7 @@ def load_spec(path: str | Path, *, allow_output_outside: bool = False) -> Spec:
         },
         jobs=jobs,
         output_line=_lines(doc).get("output", 0),
+        max_requests=max_requests,
     )
 
 

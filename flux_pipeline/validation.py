@@ -7,10 +7,12 @@ other output's name even on a case-insensitive file system.
 
 from __future__ import annotations
 
+import math
 import re
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from .errors import Problem, SpecInvalid, format_combo
 from .expansion import Request, expand_collect
@@ -19,6 +21,7 @@ from .registry import check_body, get_model
 from .spec import Spec
 
 MAX_NAME_CHARS = 200
+SAFE_INTEGER = 2**53
 _SEGMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _RESERVED = re.compile(r"(con|prn|aux|nul|com[0-9]|lpt[0-9])(\..*)?", re.IGNORECASE)
 
@@ -84,6 +87,10 @@ def check_requests(spec: Spec, requests: Sequence[Request]) -> list[Problem]:
                 )
             )
             continue
+        for path, message in number_problems(request.body):
+            problems.append(
+                Problem(message, file, request.line_of(path), request.job, request.vars, path)
+            )
         if errors:
             continue  # its file names depend on fields that are wrong already
         for stem in output_stems(request):
@@ -119,6 +126,22 @@ def _folder_clashes(file: str, owners: Mapping[str, list[Request]]) -> list[Prob
                     )
                 )
     return problems
+
+
+def number_problems(value: Any, path: str = "") -> list[tuple[str, str]]:
+    """(JSON path, message) of every number JSON cannot carry: NaN, an infinity, an integer
+    beyond 2^53 (parsers that read numbers as doubles change it)."""
+    if isinstance(value, bool):
+        return []
+    if isinstance(value, float) and not math.isfinite(value):
+        return [(path, f"{value} is not a number JSON can carry")]
+    if isinstance(value, int) and abs(value) > SAFE_INTEGER:
+        return [(path, f"{value} is beyond JSON's safe integer range (2^53)")]
+    if isinstance(value, dict):
+        return [p for k, v in value.items() for p in number_problems(v, f"{path}.{k}".strip("."))]
+    if isinstance(value, list):
+        return [p for i, v in enumerate(value) for p in number_problems(v, f"{path}[{i}]")]
+    return []
 
 
 def _clashes(file: str, owners: Iterable[tuple[str, list[Request]]]) -> list[Problem]:

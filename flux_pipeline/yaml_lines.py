@@ -58,6 +58,15 @@ def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> Any:
             continue
         key = loader.construct_object(key_node, deep=True)
         line = key_node.start_mark.line + 1
+        if not isinstance(key, str) and isinstance(key_node, yaml.ScalarNode):
+            # `on:` is true to YAML 1.1, `1:` a number: names in a spec are text.
+            raise yaml.constructor.ConstructorError(
+                None,
+                None,
+                f"the key {key_node.value!r} is read by YAML as {key!r}, not as text; quote it "
+                f"('{key_node.value}':)",
+                key_node.start_mark,
+            )
         try:
             first = seen.setdefault(key, line)
         except TypeError:

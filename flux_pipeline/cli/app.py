@@ -104,7 +104,15 @@ class _Group(click.Group):
     envvar="FLUX_PIPELINE_ALLOW_OUTPUT_OUTSIDE",
     help="Let a spec's `output:` lie outside its folder and the current directory.",
 )
-def cli(debug: bool, allow_output_outside: bool) -> None:
+@click.option(
+    "--max-spec-requests",
+    type=click.IntRange(min=1),
+    default=100_000,
+    show_default=True,
+    envvar="FLUX_PIPELINE_MAX_SPEC_REQUESTS",
+    help="Refuse a spec that makes more requests than this, before expanding it.",
+)
+def cli(debug: bool, allow_output_outside: bool, max_spec_requests: int) -> None:
     """Turn YAML specs into images from the FLUX text-to-image API, reproducibly.
 
     A spec holds Jinja prompt templates and parameter grids. `validate` checks it without the
@@ -150,8 +158,13 @@ def main() -> None:
 
 
 def load_spec(path: Path) -> Spec:
-    """Load a spec as the command line was told to (`--allow-output-outside`)."""
+    """Load a spec as the command line was told to (`--allow-output-outside`,
+    `--max-spec-requests`)."""
     from ..spec import load_spec as load
 
-    root = click.get_current_context().find_root()
-    return load(path, allow_output_outside=bool(root.params.get("allow_output_outside")))
+    params = click.get_current_context().find_root().params
+    return load(
+        path,
+        allow_output_outside=bool(params.get("allow_output_outside")),
+        max_requests=int(params.get("max_spec_requests") or 100_000),
+    )
