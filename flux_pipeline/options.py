@@ -26,3 +26,4 @@ class RunOptions:
     wait: float = 0.0  # seconds to wait for another writer of the output folder
     drain_timeout: float = 120.0  # seconds the requests in flight may take after a signal
     max_wait: float = 600.0  # seconds a request may be told 429 before it fails
+    repair_lock: bool = False  # drop the lock's damaged entries first

@@ -39,7 +39,7 @@ from .client import make_http_client
 from .errors import ConfigError, SaveFailed, Terminated
 from .expansion import Request
 from .journal import Journal
-from .lock import Entry, Lock
+from .lock import Entry, Lock, repair_lock
 from .options import RunOptions
 from .output_folder import OutputFolder
 from .pacing import Rate
@@ -298,11 +298,23 @@ def run(
         wait=options.wait,
         on_wait=notify,
     ):
+        if options.repair_lock:
+            _repair(spec, options, notify or (lambda line: None))
         old = current_lock(spec, options.shard)
         the_plan = plan(spec, requests, old)
         return _run_handling_signals(
             spec, the_plan, old, base_url, api_key, options, listener, notify
         )
+
+
+def _repair(spec: Spec, options: RunOptions, say: Notify) -> None:
+    """`--repair-lock`: drop the damaged entries of the lock (and the shard's partial lock)."""
+    paths = [spec.lock_path] + ([options.shard.lock_path(spec)] if options.shard else [])
+    for path in paths:
+        dropped = repair_lock(path)
+        if dropped:
+            listed = ", ".join(dropped[:5]) + (", ..." if len(dropped) > 5 else "")
+            say(f"repaired {path.name}: dropped {len(dropped)} damaged entries ({listed})")
 
 
 def _run_handling_signals(

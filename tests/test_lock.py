@@ -8,11 +8,13 @@ import json
 from pathlib import Path
 
 import pytest
+from helpers import invoke, write_spec
 from hypothesis import given
 from hypothesis import strategies as st
 
 from flux_pipeline import cache
 from flux_pipeline.atomic import sha256_file
+from flux_pipeline.emulator import EmulatorServer
 from flux_pipeline.errors import LockError
 from flux_pipeline.lock import Entry, Output, read_lock, render_lock, write_lock
 
@@ -23,14 +25,19 @@ entries = st.builds(
     id=names,
     job=names,
     vars=st.dictionaries(names, scalars, max_size=3),
-    body=st.dictionaries(names, scalars, max_size=4),
+    body=st.fixed_dictionaries(
+        {"model": st.sampled_from(["flux-pro", "flux/dev"]), "prompt": st.text(max_size=20)},
+        optional={"seed": st.integers(1, 9), "x": scalars},
+    ),
     body_sha256=st.text("0123456789abcdef", min_size=64, max_size=64),
     seed=st.integers(1, 2**31 - 1),
     outputs=st.lists(
         st.builds(
             Output,
-            path=names,
-            sha256=names,
+            path=st.from_regex(
+                r"(\.\./)?out/[a-z0-9_-]{1,8}(/[a-z0-9.]{1,8})?\.png", fullmatch=True
+            ),
+            sha256=st.text("0123456789abcdef", min_size=64, max_size=64),
             bytes=st.integers(0, 10**8),
             width=st.integers(1, 4096),
             height=st.integers(1, 4096),
@@ -119,3 +126,77 @@ def test_a_damaged_hash_index_is_ignored(tmp_path: Path) -> None:
     for text in ("{not json", "[1, 2]", '{"' + str(image) + '": [1]}'):
         index_path.write_text(text)
         assert cache.HashIndex(index_path).sha256(image) == hashlib.sha256(b"x").hexdigest()
+
+
+# ----- hand-edited locks that still parse ----------------------------------------------------
+
+DAMAGE = {
+    "body is a list": (lambda e: e.__setitem__("body", []), "('n1', body): body must be object"),
+    "integer path": (
+        lambda e: e["outputs"][0].__setitem__("path", 5),
+        "('n1', outputs[0].path): outputs[0].path must be string",
+    ),
+    "response null": (
+        lambda e: e.__setitem__("response", None),
+        "('n1', response): response must be object",
+    ),
+    "vars a list": (lambda e: e.__setitem__("vars", [1]), "('n1', vars): vars must be object"),
+    "path escapes": (
+        lambda e: e["outputs"][0].__setitem__("path", "out/../../victim.txt"),
+        "('n1', outputs[0].path): outputs[0].path must be a relative path with /, inside the "
+        "lock's folder",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(DAMAGE))
+def test_a_damaged_lock_is_named_everywhere_and_repaired_on_request(
+    tmp_path: Path, emulator: EmulatorServer, case: str
+) -> None:
+    import json as _json
+
+    from helpers import run_ok
+
+    damage, message = DAMAGE[case]
+    spec = write_spec(
+        tmp_path,
+        'version: 1\njobs: [{name: "n{{ i }}", prompt: "p {{ i }}", matrix: {i: [0, 1, 2]}}]\n',
+    )
+    run_ok(emulator, spec)
+    lock_path = spec.with_name("spec.lock.json")
+    data = _json.loads(lock_path.read_text())
+    damage(data["requests"]["n1"])
+    lock_path.write_text(_json.dumps(data))
+    for command in (["plan"], ["check"], ["gallery"], ["run", "--base-url", emulator.url]):
+        result = invoke(*command, str(spec), env={"AIMLAPI_KEY": "k"})
+        assert result.exit_code == 1, (command, result.stdout, result.stderr)
+        assert "the lock is damaged: entry 2 " + message in result.stderr
+        assert "run `flux-pipeline run --repair-lock SPEC`" in result.stderr
+        assert "internal error" not in result.stderr
+    paid = emulator.emulator.counters.snapshot()["paid"]
+    result = invoke(
+        "run", "--base-url", emulator.url, "--repair-lock", str(spec), env={"AIMLAPI_KEY": "k"}
+    )
+    assert result.exit_code == 0, result.stderr
+    assert "repaired spec.lock.json: dropped 1 damaged entries (n1)" in result.stderr
+    assert "1 restored from the cache" in result.stdout  # its image was not paid again
+    assert emulator.emulator.counters.snapshot()["paid"] == paid
+    assert invoke("check", str(spec)).exit_code == 0
+
+
+def test_the_lock_schema_is_printed_and_describes_a_real_lock(
+    tmp_path: Path, emulator: EmulatorServer
+) -> None:
+    import json as _json
+
+    from helpers import run_ok
+    from jsonschema import Draft7Validator
+
+    schema = _json.loads(invoke("schema", "--lock").stdout)
+    spec = write_spec(
+        tmp_path, "version: 1\njobs: [{name: a/b, prompt: p, request: {num_images: 2}}]\n"
+    )
+    run_ok(emulator, spec)
+    run_ok(emulator, spec, "--shard", "1/1")
+    for lock in (spec.with_name("spec.lock.json"), spec.with_name("spec.lock.shard-1-of-1.json")):
+        assert not list(Draft7Validator(schema).iter_errors(_json.loads(lock.read_text())))

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import subprocess
@@ -31,13 +32,18 @@ from flux_pipeline.writer_lock import hold_output_folder
 ANSWER = Generation(images=(Delivery(url="https://cdn.example/a.png", width=64, height=64),))
 
 
+def bh(request_id: str) -> str:
+    """A body hash for a test entry (the lock's schema wants a hex sha256)."""
+    return hashlib.sha256(request_id.encode()).hexdigest()
+
+
 def entry(request_id: str, sha256: str = "0" * 64, path: str = "out/a.png") -> Entry:
     return Entry(
         id=request_id,
         job="j",
         vars={},
-        body={"prompt": request_id},
-        body_sha256="b-" + request_id,
+        body={"model": "flux-pro", "prompt": request_id},
+        body_sha256=bh(request_id),
         seed=1,
         outputs=(Output(path=path, sha256=sha256, bytes=1, width=64, height=64, format="png"),),
     )
@@ -46,34 +52,40 @@ def entry(request_id: str, sha256: str = "0" * 64, path: str = "out/a.png") -> E
 def test_a_done_record_supersedes_the_answer_and_a_torn_line_is_skipped(tmp_path: Path) -> None:
     path = tmp_path / "pending.jsonl"
     path.write_bytes(
-        answer_line("a", "b-a", generation_json(ANSWER))
-        + answer_line("b", "b-b", generation_json(ANSWER))
+        answer_line("a", bh("a"), generation_json(ANSWER))
+        + answer_line("b", bh("b"), generation_json(ANSWER))
         + done_line(entry("a"))
         + b'{"kind": "done", "id": "c", "outp'  # cut by a kill
     )
     found = read_pending(path)
     assert set(found.results) == {"a"}
-    assert set(found.answers) == {"b-b"}
-    request_id, answer = found.answers["b-b"]
+    assert set(found.answers) == {bh("b")}
+    request_id, answer = found.answers[bh("b")]
     assert request_id == "b"
     assert generation_from_json(answer) == ANSWER
 
 
 def test_an_inline_answer_is_recorded_but_not_fetchable() -> None:
     inline = Generation(images=(Delivery(b64="aGVsbG8=", width=64, height=64),))
-    record = json.loads(answer_line("a", "b-a", generation_json(inline)))
+    record = json.loads(answer_line("a", bh("a"), generation_json(inline)))
     assert "aGVsbG8=" not in json.dumps(record)  # images are not copied into the record
     assert generation_from_json(record["generation"]) is None
 
 
 def test_rewrite_keeps_only_the_answers_given_or_removes_the_record(tmp_path: Path) -> None:
     path = tmp_path / "pending.jsonl"
-    path.write_bytes(done_line(entry("a")) + answer_line("b", "b-b", generation_json(ANSWER)))
+    path.write_bytes(done_line(entry("a")) + answer_line("b", bh("b"), generation_json(ANSWER)))
     rewrite(
         path,
-        [("b", "b-b", json.loads(answer_line("b", "b-b", generation_json(ANSWER)))["generation"])],
+        [
+            (
+                "b",
+                bh("b"),
+                json.loads(answer_line("b", bh("b"), generation_json(ANSWER)))["generation"],
+            )
+        ],
     )
-    assert set(read_pending(path).answers) == {"b-b"} and not read_pending(path).results
+    assert set(read_pending(path).answers) == {bh("b")} and not read_pending(path).results
     rewrite(path, [])
     assert not path.exists()
 

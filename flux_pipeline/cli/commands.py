@@ -207,8 +207,9 @@ def gallery(
 
 
 @cli.command()
-def schema() -> None:
-    """Print the JSON Schema of the spec language, for editors.
+@click.option("--lock", "of_lock", is_flag=True, help="Print the lock file's schema instead.")
+def schema(of_lock: bool) -> None:
+    """Print the JSON Schema of the spec language, for editors (or of the lock, --lock).
 
     Save it beside your specs and name it on a spec's first line, and editors with the YAML
     language server complete and check the spec as you type:
@@ -217,6 +218,11 @@ def schema() -> None:
       flux-pipeline schema > spec.schema.json
       # yaml-language-server: $schema=spec.schema.json
     """
+    if of_lock:
+        from ..lock import lock_schema
+
+        click.echo(json.dumps(lock_schema(), indent=2))
+        return
     from ..spec import spec_schema_json
 
     click.echo(spec_schema_json(), nl=False)

@@ -74,6 +74,11 @@ if TYPE_CHECKING:
 )
 @click.option("--dry-run", is_flag=True, help="Print the bodies that would be sent, send nothing.")
 @click.option(
+    "--repair-lock",
+    is_flag=True,
+    help="First drop the lock's damaged entries (their images stay in the cache).",
+)
+@click.option(
     "--emulator",
     is_flag=True,
     help="Run against the built-in emulator on loopback (offline, no key needed).",
