@@ -8,7 +8,8 @@ limits (`range` is capped), everything a template can do is bounded before it is
 - values: `*`, `**` and `%` are checked before they compute (strings and lists past
   `MAX_RENDERED_CHARS`, integers past `MAX_INT_BITS`), and so are the widths that `%`,
   `format`, `center` and their kin would pad to;
-- output: a template stops as soon as it has written more than `MAX_RENDERED_CHARS`.
+- output: a template stops as soon as it has written more than `MAX_RENDERED_CHARS`, and what
+  it wrote counts against the step budget (a spec renders at most about 20 M characters).
 
 Request fields are rendered to native types when the template is one expression:
 `"{{ 1000 + index }}"` gives the integer 1000 and `"{{ size }}"` the mapping `size` holds.
@@ -30,14 +31,16 @@ import jinja2
 from jinja2 import meta, nodes
 from jinja2.exceptions import SecurityError
 from jinja2.nativetypes import NativeCodeGenerator
-from jinja2.sandbox import ImmutableSandboxedEnvironment
+from jinja2.sandbox import ImmutableSandboxedEnvironment, safe_range
 
 COUNTED = "__flux_counted"  # the global that counts a loop's iterations
 MAX_RENDERED_CHARS = 100_000
+MAX_ITEMS = 10_000  # items of a rendered list or mapping, nested ones included
 MAX_POWER = 4096
 TOO_LONG = f"rendered text is longer than {MAX_RENDERED_CHARS:,} characters"
 MAX_INT_BITS = 100_000  # about 30,000 digits
 MAX_STEPS = 2_000_000  # loop iterations and calls, across all templates of a spec
+OUTPUT_CHARS_PER_STEP = 10  # so a spec's rendered text is at most 20 M characters in all
 CALL_STEPS = 20  # a call (a macro's above all) costs about as much as 20 loop iterations
 _steps: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar("steps", default=None)
 _WIDTH = re.compile(r"%[-+ #0]*(\d*)(?:\.(\d+))?|\{[^{}]*?:[^{}\d]*(\d+)(?:\.(\d+))?")
@@ -135,12 +138,11 @@ class _Sandbox(ImmutableSandboxedEnvironment):
             raise SecurityError(f"the result of {operator} would be too large a number")
         if operator == "*":
             for seq, times in ((left, right), (right, left)):
-                if (
-                    isinstance(seq, str | list | tuple)
-                    and isinstance(times, int)
-                    and (len(seq) * times > MAX_RENDERED_CHARS)
-                ):
-                    raise SecurityError("the result of * would be too large")
+                if isinstance(seq, str | list | tuple) and isinstance(times, int):
+                    size = len(seq) * times
+                    if size > (MAX_RENDERED_CHARS if isinstance(seq, str) else MAX_ITEMS):
+                        raise SecurityError("the result of * would be too large")
+                    _spend(size // (1000 if isinstance(seq, str) else 10))
         return super().call_binop(context, operator, left, right)
 
 
@@ -200,6 +202,8 @@ class Renderer:
             env.filters["indent"] = _padding("indent", env.filters["indent"], 1)
             env.filters["format"] = _format_filter(env.filters["format"])
             env.globals[COUNTED] = _counted
+            env.globals["range"] = _range
+            del env.globals["lipsum"]  # placeholder text, at any length: no use in a prompt
 
     def text_template(self, source: str) -> Template:
         return Template(self.text, self.text.parse(source), source, native=False)
@@ -250,10 +254,13 @@ class Template:
         """Render, stopping as soon as the output passes the size cap."""
         chunks, size = [], 0
         for chunk in self._template.root_render_func(self._template.new_context(dict(context))):
+            if isinstance(chunk, jinja2.Undefined):
+                str(chunk)  # a native value left undefined: StrictUndefined raises here
             chunks.append(chunk)
             size += len(chunk) if isinstance(chunk, str) else 0
             if size > MAX_RENDERED_CHARS:
                 raise SecurityError(TOO_LONG)
+        _spend(size // OUTPUT_CHARS_PER_STEP)  # what a spec renders in all is bounded too
         if self._native and len(chunks) == 1:
             return _capped(chunks[0])
         return _capped("".join(map(str, chunks)))
@@ -270,9 +277,36 @@ def _single_expression(ast: nodes.Template) -> bool:
 
 
 def _capped(value: Any) -> Any:
+    """The value, if it is within the caps: text up to MAX_RENDERED_CHARS, a list or mapping
+    of up to MAX_ITEMS items in all (a request body holds it, for every request)."""
     if isinstance(value, str) and len(value) > MAX_RENDERED_CHARS:
         raise SecurityError(TOO_LONG)
+    if isinstance(value, list | tuple | dict) and _items(value, MAX_ITEMS) > MAX_ITEMS:
+        raise SecurityError(f"a rendered value holds more than {MAX_ITEMS:,} items")
     return value
+
+
+def _items(value: Any, limit: int) -> int:
+    """How many items a value holds in all, counting no further than past `limit`."""
+    if isinstance(value, dict):
+        value = [*value.keys(), *value.values()]
+    if not isinstance(value, list | tuple):
+        return 0
+    count = len(value)
+    for item in value:
+        if count > limit:
+            break
+        if isinstance(item, list | tuple | dict):
+            count += _items(item, limit - count)
+    return count
+
+
+def _range(*args: int) -> range:
+    """The sandbox's range, its length counted against the step budget (filters such as
+    `list` and `join` walk it without a loop)."""
+    made: range = safe_range(*args)
+    _spend(len(made) // 4)
+    return made
 
 
 def is_template(text: str) -> bool:

@@ -146,6 +146,9 @@ def load_yaml(path: Path, *, what: str = "spec") -> Any:
         raise fail(f"YAML error: {message}", mark.line + 1 if mark else None) from None
     except yaml.YAMLError as exc:
         raise fail(f"YAML error: {exc}") from None
+    except (ValueError, TypeError, OverflowError) as exc:  # a tag's constructor: `!!float x`
+        shown = str(exc) if len(str(exc)) <= 120 else str(exc)[:120] + "..."
+        raise fail(f"YAML error: a value does not fit its tag ({shown})") from None
     except RecursionError:
         raise fail("YAML is nested too deeply") from None
     try:
