@@ -9,7 +9,7 @@ limits (`range` is capped), everything a template can do is bounded before it is
   `MAX_RENDERED_CHARS`, integers past `MAX_INT_BITS`), and so are the widths that `%`,
   `format`, `center` and their kin would pad to;
 - output: a template stops as soon as it has written more than `MAX_RENDERED_CHARS`, and what
-  it wrote counts against the step budget (a spec renders at most about 20 M characters).
+  it wrote counts against the step budget (a spec renders at most about 10 M characters).
 
 Request fields are rendered to native types when the template is one expression:
 `"{{ 1000 + index }}"` gives the integer 1000 and `"{{ size }}"` the mapping `size` holds.
@@ -40,7 +40,7 @@ MAX_POWER = 4096
 TOO_LONG = f"rendered text is longer than {MAX_RENDERED_CHARS:,} characters"
 MAX_INT_BITS = 100_000  # about 30,000 digits
 MAX_STEPS = 2_000_000  # loop iterations and calls, across all templates of a spec
-OUTPUT_CHARS_PER_STEP = 10  # so a spec's rendered text is at most 20 M characters in all
+OUTPUT_CHARS_PER_STEP = 5  # so a spec renders at most 10 M characters in all
 CALL_STEPS = 20  # a call (a macro's above all) costs about as much as 20 loop iterations
 _steps: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar("steps", default=None)
 _WIDTH = re.compile(r"%[-+ #0]*(\d*)(?:\.(\d+))?|\{[^{}]*?:[^{}\d]*(\d+)(?:\.(\d+))?")

@@ -44,9 +44,10 @@ def plan(specs: Sequence[Path], as_json: bool) -> None:
     """Show the requests specs make: size, seed, images, and state against the lock.
 
     States: new (not in the lock), changed (request differs from the lock), missing or corrupt
-    (an output file is gone or altered), up to date. Credits are estimated from what the lock
-    recorded for the same model and size, else "unknown"; a request whose images the cache of
-    earlier outputs holds costs nothing ("0 (cache)"). Lock entries no longer in the spec are
+    (an output file is gone or altered), up to date. Credits are estimated from the price
+    table, scaled by what the lock recorded for the same model; a figure no recorded answer
+    backs is marked "(estimate)". A request whose images the cache of earlier outputs holds,
+    verified, costs nothing ("0 (cache)"). Lock entries no longer in the spec are
     counted: the next run drops them from the lock.
     """
     from .. import library

@@ -208,3 +208,27 @@ def test_an_output_outside_is_allowed_when_asked(tmp_path: Path, emulator: Emula
         assert invoke("validate", str(spec)).exit_code == 0
     finally:
         os.chdir(cwd)
+
+
+def test_prune_never_deletes_outside_the_output_folder(
+    tmp_path: Path, emulator: EmulatorServer
+) -> None:
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    project = tmp_path / "a" / "b"
+    spec = write_spec(
+        project, "version: 1\noutput: out\njobs: [{name: x, prompt: p}, {name: y, prompt: q}]\n"
+    )
+    run_ok(emulator, str(spec))
+    lock = spec.with_name("spec.lock.json")
+    data = json.loads(lock.read_text())
+    data["requests"]["y"]["outputs"][0]["path"] = (
+        "../../victim.txt"  # the lock's schema allows a leading ..
+    )
+    data["requests"]["y"]["outputs"][0]["sha256"] = (
+        __import__("hashlib").sha256(b"keep me").hexdigest()
+    )
+    lock.write_text(json.dumps(data))
+    write_spec(project, "version: 1\noutput: out\njobs: [{name: x, prompt: p}]\n")
+    said = run_ok(emulator, "--prune", str(spec))
+    assert victim.read_text() == "keep me" and "victim" not in said
