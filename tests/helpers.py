@@ -101,3 +101,18 @@ def known_answers(output: Path) -> set[str]:
         if event["kind"] == "done" or not any(image["inline"] for image in images):
             known.add(event["id"])
     return known
+
+
+def schnell_spec(root: Path, count: int, size: int = 64, name: str = "spec.yaml") -> Path:
+    """`count` requests of flux/schnell (n0, n1, ...) at `size` square."""
+    values = ", ".join(map(str, range(count)))
+    return write_spec(
+        root,
+        f"""
+        version: 1
+        model: flux/schnell
+        defaults: {{image_size: {{width: {size}, height: {size}}}}}
+        jobs: [{{name: "n{{{{ i }}}}", prompt: "p {{{{ i }}}}", matrix: {{i: [{values}]}}}}]
+        """,
+        name,
+    )

@@ -9,26 +9,12 @@ import json
 from pathlib import Path
 
 import pytest
-from helpers import invoke, write_spec
+from helpers import invoke, schnell_spec
 
 from flux_pipeline.budget import Budget, Cost, Reservation, estimate, learned_ratios
 from flux_pipeline.emulator import EmulatorServer
 
 KEY = {"AIMLAPI_KEY": "test-key"}
-
-
-def spec_of(root: Path, count: int, size: int = 512) -> Path:
-    """`count` requests of flux/schnell, `size` square (1 credit each by the price table)."""
-    values = ", ".join(map(str, range(count)))
-    return write_spec(
-        root,
-        f"""
-        version: 1
-        model: flux/schnell
-        defaults: {{image_size: {{width: {size}, height: {size}}}}}
-        jobs: [{{name: "n{{{{ i }}}}", prompt: "p {{{{ i }}}}", matrix: {{i: [{values}]}}}}]
-        """,
-    )
 
 
 def run_capped(server: EmulatorServer, spec: Path, *args: str) -> tuple[float, str]:
@@ -44,7 +30,7 @@ def test_max_credits_holds_with_requests_in_flight(
     tmp_path: Path, emulator: EmulatorServer, shape: str
 ) -> None:
     emulator.emulator.configure(shape=shape, latency=(0.05, 0.05))
-    spec = spec_of(tmp_path, 40)
+    spec = schnell_spec(tmp_path, 40, size=512)
     spent, stdout = run_capped(emulator, spec, "--max-credits", "5")
     assert spent == 5  # the table's estimate is right here: exactly the cap, not 16+
     assert "5 done" in stdout and "35 not sent" in stdout
@@ -61,7 +47,7 @@ def test_a_cost_the_table_gets_wrong_is_learned_from_the_first_answer(
     # The provider charges 3 where the table says 1: one request goes first, its answer shows
     # the cost, and the cap holds from then on.
     emulator.emulator.configure(price_factor=3.0, latency=(0.05, 0.05))
-    spec = spec_of(tmp_path, 40)
+    spec = schnell_spec(tmp_path, 40, size=512)
     spent, stdout = run_capped(emulator, spec, "--max-credits", "10")
     assert spent == 9 and "3 done" in stdout
     assert "the next request would cost 3" in stdout
@@ -71,7 +57,7 @@ def test_the_next_run_knows_the_cost_from_the_lock(
     tmp_path: Path, emulator: EmulatorServer
 ) -> None:
     emulator.emulator.configure(price_factor=2.0, latency=(0.05, 0.05))
-    spec = spec_of(tmp_path, 12)
+    spec = schnell_spec(tmp_path, 12, size=512)
     assert run_capped(emulator, spec, "--max-credits", "4")[0] == 4  # 2 done
     # The lock says flux/schnell costs 2 at 512x512: the plan says so, and the cap holds
     # with every slot in use from the first request.
@@ -86,20 +72,20 @@ def test_an_answer_without_an_image_is_charged_what_it_reports(
     tmp_path: Path, emulator: EmulatorServer
 ) -> None:
     emulator.emulator.configure(mangle="no-images", latency=(0.05, 0.05))
-    spec = spec_of(tmp_path, 40)
+    spec = schnell_spec(tmp_path, 40, size=512)
     spent, stdout = run_capped(emulator, spec, "--max-credits", "3")
     assert spent == 3 and "3 failed" in stdout
 
 
 def test_max_requests_counts_requests_in_flight(tmp_path: Path, emulator: EmulatorServer) -> None:
     emulator.emulator.configure(latency=(0.05, 0.05))
-    spec = spec_of(tmp_path, 40)
+    spec = schnell_spec(tmp_path, 40, size=512)
     run_capped(emulator, spec, "--max-requests", "6")
     assert emulator.emulator.counters.snapshot()["paid"] == 6
 
 
 def test_plan_estimates_a_first_run_from_the_price_table(tmp_path: Path) -> None:
-    spec = spec_of(tmp_path, 3, size=1440)  # 2.07 megapixels: 3 started
+    spec = schnell_spec(tmp_path, 3, size=1440)  # 2.07 megapixels: 3 started
     plan = json.loads(invoke("plan", "--json", str(spec)).stdout)
     assert plan["totals"]["credits"] == 9 == 3 * estimate("flux/schnell", 1440, 1440, 1)
     assert plan["totals"]["credits_from_table"] == ["flux/schnell"]

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import Result
-from helpers import invoke, write_spec
+from helpers import invoke, schnell_spec
 
 from flux_pipeline import load_spec
 from flux_pipeline.emulator import EmulatorServer
@@ -26,24 +26,11 @@ from flux_pipeline.runner import RunOptions, Status, run
 KEY = {"AIMLAPI_KEY": "k"}
 
 
-def spec_of(root: Path, count: int) -> Path:
-    values = ", ".join(map(str, range(count)))
-    return write_spec(
-        root,
-        f"""
-        version: 1
-        model: flux/schnell
-        defaults: {{image_size: {{width: 64, height: 64}}}}
-        jobs: [{{name: "n{{{{ i }}}}", prompt: "p {{{{ i }}}}", matrix: {{i: [{values}]}}}}]
-        """,
-    )
-
-
 def test_a_run_settles_under_a_cap_on_requests_in_flight(
     tmp_path: Path, emulator: EmulatorServer
 ) -> None:
     emulator.emulator.configure(max_in_flight=4, latency=(0.3, 0.3))
-    spec = load_spec(spec_of(tmp_path, 120))
+    spec = load_spec(schnell_spec(tmp_path, 120))
     result = run(spec, base_url=emulator.url, api_key="k", options=RunOptions(concurrency=64))
     assert result.count(Status.DONE) == 120 and result.ok
     assert result.overloads == emulator.emulator.counters.snapshot()["statuses"][429]
@@ -59,7 +46,7 @@ def test_a_run_at_a_rate_limit_completes(
     tmp_path: Path, emulator: EmulatorServer, retry_after: bool
 ) -> None:
     emulator.emulator.configure(rate_limit=5, send_retry_after=retry_after, latency=(0.1, 0.1))
-    spec = spec_of(tmp_path, 100)
+    spec = schnell_spec(tmp_path, 100)
     result = invoke(
         "run", "--base-url", emulator.url, "-j", "16", str(spec), env={"AIMLAPI_KEY": "k"}
     )
@@ -73,7 +60,7 @@ def test_a_spent_quota_stops_the_run_after_the_first_429(
     tmp_path: Path, emulator: EmulatorServer
 ) -> None:
     emulator.emulator.configure(quota_exhausted=True)
-    spec = spec_of(tmp_path, 5)
+    spec = schnell_spec(tmp_path, 5)
     result = invoke(
         "run", "--base-url", emulator.url, "-j", "1", str(spec), env={"AIMLAPI_KEY": "k"}
     )
@@ -86,7 +73,7 @@ def test_a_429_asking_for_an_hour_fails_that_request_at_once(
     tmp_path: Path, emulator: EmulatorServer
 ) -> None:
     emulator.emulator.configure(rate_limit=0.001, retry_after="3600")
-    spec = spec_of(tmp_path, 2)
+    spec = schnell_spec(tmp_path, 2)
     result = invoke(
         "run", "--base-url", emulator.url, "-j", "1", str(spec), env={"AIMLAPI_KEY": "k"}
     )
@@ -170,7 +157,7 @@ def run_once_at(base_url: str, transport: str, root: Path) -> Result:
     """One request, no retry, against `base_url` on `transport`."""
     return invoke(
         "run", "--base-url", base_url, "--retries", "0", "--transport", transport,
-        str(spec_of(root, 1)), env=KEY,
+        str(schnell_spec(root, 1)), env=KEY,
     )  # fmt: skip
 
 
@@ -219,7 +206,7 @@ def test_a_redirected_post_names_where_it_was_sent(
     tmp_path: Path, emulator: EmulatorServer
 ) -> None:
     emulator.emulator.configure(redirect_to="https://api.example")
-    result = invoke("run", "--base-url", emulator.url, str(spec_of(tmp_path, 1)), env=KEY)
+    result = invoke("run", "--base-url", emulator.url, str(schnell_spec(tmp_path, 1)), env=KEY)
     assert result.exit_code == 3
     assert (
         "HTTP 307: the API redirects the request to https://api.example/v1/images/generations; "
@@ -246,14 +233,14 @@ def test_a_run_whose_requests_all_failed_writes_no_empty_lock(
     tmp_path: Path, emulator: EmulatorServer
 ) -> None:
     emulator.emulator.configure(fail_rate=1.0)
-    spec = spec_of(tmp_path, 3)
+    spec = schnell_spec(tmp_path, 3)
     result = invoke("run", "--base-url", emulator.url, "--retries", "0", str(spec), env=KEY)
     assert result.exit_code == 3
     assert not spec.with_name("spec.lock.json").exists()
 
 
 def test_a_reader_that_goes_away_ends_the_output_quietly(tmp_path: Path) -> None:
-    spec = spec_of(tmp_path, 2000)
+    spec = schnell_spec(tmp_path, 2000)
     piped = subprocess.run(
         f"{sys.executable} -m flux_pipeline run --dry-run --emulator {spec} | head -n 1",
         shell=True,

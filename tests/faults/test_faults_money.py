@@ -23,26 +23,11 @@ from pathlib import Path
 
 import pytest
 from click.testing import Result
-from helpers import invoke, known_answers, write_spec
+from helpers import invoke, known_answers, schnell_spec
 
 from flux_pipeline import atomic
 from flux_pipeline.atomic import TEMP_PREFIX, sweep_temp_files, temp_name
 from flux_pipeline.emulator import EmulatorServer
-
-
-def spec_of(root: Path, count: int, name: str = "spec.yaml") -> Path:
-    values = ", ".join(str(i) for i in range(count))
-    return write_spec(
-        root,
-        f"""
-        version: 1
-        defaults: {{image_size: {{width: 64, height: 64}}}}
-        model: flux/schnell
-        jobs:
-          - {{name: "n{{{{ i }}}}", prompt: "p {{{{ i }}}}", matrix: {{i: [{values}]}}}}
-        """,
-        name,
-    )
 
 
 def spawn(url: str, *args: str) -> subprocess.Popen[str]:
@@ -98,7 +83,7 @@ def test_a_second_run_of_one_spec_exits_2_naming_the_first_or_waits_for_it(
     tmp_path: Path, emulator: EmulatorServer
 ) -> None:
     emulator.emulator.configure(latency=(0.02, 0.02))
-    spec = spec_of(tmp_path, 40)
+    spec = schnell_spec(tmp_path, 40)
     first = spawn(emulator.url, "-j", "4", str(spec))
     seen = wait_for_progress(first, 1)  # it holds the folder and is paying
     first.send_signal(signal.SIGSTOP)  # still running when the second one starts
@@ -127,7 +112,7 @@ def test_merge_waits_for_the_run_that_holds_the_folder(
     tmp_path: Path, emulator: EmulatorServer
 ) -> None:
     emulator.emulator.configure(latency=(0.02, 0.02))
-    spec = spec_of(tmp_path, 20)
+    spec = schnell_spec(tmp_path, 20)
     assert invoke("run", "--shard", "1/2", "--emulator", str(spec)).exit_code == 0
     running = spawn(emulator.url, "-j", "2", "--shard", "2/2", str(spec))
     seen = wait_for_progress(running, 1)
@@ -147,7 +132,7 @@ def test_two_specs_in_one_folder_under_make_j2_pay_once_and_lose_nothing(
 ) -> None:
     emulator.emulator.configure(latency=(0.005, 0.005))
     for name in ("a", "b"):
-        spec_of(tmp_path, 60, f"{name}.yaml")
+        schnell_spec(tmp_path, 60, name=f"{name}.yaml")
     flux = f"{sys.executable} -m flux_pipeline"
     (tmp_path / "Makefile").write_text(
         textwrap.dedent(
@@ -200,7 +185,7 @@ def test_the_sweep_removes_only_the_files_of_writers_that_are_gone(tmp_path: Pat
 def test_a_run_started_during_a_gallery_leaves_its_files_alone(
     tmp_path: Path, emulator: EmulatorServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    spec = spec_of(tmp_path, 4)
+    spec = schnell_spec(tmp_path, 4)
     assert invoke("run", "--emulator", str(spec)).exit_code == 0
     (tmp_path / "spec.yaml").write_text(spec.read_text().replace("p {{ i }}", "q {{ i }}"))
     commit = atomic.PendingFile.commit
@@ -226,9 +211,9 @@ def test_a_run_started_during_a_gallery_leaves_its_files_alone(
 
 def test_a_gallery_during_a_run_succeeds(tmp_path: Path, emulator: EmulatorServer) -> None:
     emulator.emulator.configure(latency=(0.02, 0.02))
-    spec = spec_of(tmp_path, 10)
+    spec = schnell_spec(tmp_path, 10)
     assert run_against(emulator, spec).exit_code == 0
-    spec_of(tmp_path, 30)
+    schnell_spec(tmp_path, 30)
     running = spawn(emulator.url, "-j", "2", str(spec))
     seen = wait_for_progress(running, 3)
     gallery = invoke("gallery", str(spec))
@@ -251,7 +236,7 @@ def test_an_interruption_lets_the_requests_in_flight_finish_and_pays_nothing_twi
     tmp_path: Path, emulator: EmulatorServer, signame: str, after: int
 ) -> None:
     emulator.emulator.configure(latency=(0.1, 0.2), seed=after)
-    spec = spec_of(tmp_path, 48)
+    spec = schnell_spec(tmp_path, 48)
     running = spawn(emulator.url, "-j", "8", str(spec))
     seen = wait_for_progress(running, after)
     running.send_signal(getattr(signal, signame))
@@ -278,7 +263,7 @@ def test_a_second_signal_abandons_the_requests_in_flight_and_the_next_run_fetche
     # Long answers: the second Ctrl-C comes while every request of the first wave is paid
     # for and not answered; those are paid again. What was answered is not.
     emulator.emulator.configure(latency=(0.3, 0.3), slow_download=0.5)
-    spec = spec_of(tmp_path, 16)
+    spec = schnell_spec(tmp_path, 16)
     running = spawn(emulator.url, "-j", "4", str(spec))
     seen = wait_for_progress(running, 2)
     running.send_signal(signal.SIGINT)
@@ -303,7 +288,7 @@ def test_after_sigkill_the_next_run_adopts_every_answer_that_had_arrived(
     tmp_path: Path, emulator: EmulatorServer, after: int
 ) -> None:
     emulator.emulator.configure(latency=(0.05, 0.15), seed=after)
-    spec = spec_of(tmp_path, 48)
+    spec = schnell_spec(tmp_path, 48)
     running = spawn(emulator.url, "-j", "8", str(spec))
     seen = wait_for_progress(running, after)
     running.send_signal(signal.SIGKILL)
@@ -329,7 +314,7 @@ def test_a_lock_that_cannot_be_saved_stops_the_run_and_the_next_run_adopts_its_w
     tmp_path: Path, emulator: EmulatorServer
 ) -> None:
     emulator.emulator.configure(latency=(0.02, 0.02))
-    spec = spec_of(tmp_path, 40)
+    spec = schnell_spec(tmp_path, 40)
     lock = tmp_path / "spec.lock.json"
     running = spawn(emulator.url, "-j", "1", str(spec))
     seen = wait_for_progress(running, 2)
