@@ -26,7 +26,7 @@ from typing import Any
 import aiohttp
 import httpx
 
-from .errors import BadResponse, RequestFailed, RunStopped
+from .errors import BadResponse, RequestFailed, RunStopped, plural
 from .limits import Throttle
 from .redaction import Redactor
 from .registry import API_PATH
@@ -277,7 +277,8 @@ class ApiClient:
                     raise RequestFailed(request_id, f"{verdict.reason} for {waited} (--max-wait)")
                 continue  # the throttle's pause is the wait
             if failures == self.policy.retries:
-                raise RequestFailed(request_id, f"{verdict.reason} (after {failures + 1} attempts)")
+                tried = plural(failures + 1, "attempt")
+                raise RequestFailed(request_id, f"{verdict.reason} (after {tried})")
             wait = verdict.wait
             await self.sleep(wait if wait is not None else self.policy.backoff(failures, self.rng))
             failures += 1

@@ -28,10 +28,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
-def did_you_mean(word: str, choices: Iterable[str]) -> str:
+def did_you_mean(word: str, choices: Iterable[str], cutoff: float = 0.6) -> str:
     """` (did you mean 'prompt'?)` when `word` is close to one of `choices`, else ``."""
-    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=cutoff)
     return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def plural(count: int, word: str) -> str:
+    """`1 request`, `2 requests`: a count and its noun, agreeing."""
+    return f"{count:,} {word}{'' if count == 1 else 's'}"
 
 
 def format_combo(combo: Mapping[str, Any]) -> str:

@@ -22,7 +22,7 @@ import httpx
 
 from .atomic import Spool
 from .client import RETRYABLE, TRANSPORT_ERRORS, RetryPolicy
-from .errors import BadImage
+from .errors import BadImage, plural
 from .images import EXTENSIONS, probe
 from .responses import Delivery
 
@@ -82,7 +82,8 @@ class ImageFetcher:
                 )
             except _Interrupted as exc:
                 if attempt == self.policy.retries:
-                    raise BadImage(request_id, f"{exc} (after {attempt + 1} attempts)") from None
+                    tried = plural(attempt + 1, "attempt")
+                    raise BadImage(request_id, f"{exc} (after {tried})") from None
                 await self.sleep(self.policy.backoff(attempt, self.rng))
         raise AssertionError("unreachable")
 

@@ -211,7 +211,9 @@ def check_body(body: Mapping[str, Any]) -> list[FieldError]:
     model = body.get("model")
     if not isinstance(model, str) or model not in registry():
         known = ", ".join(registry())
-        return [FieldError("model", f"unknown model {model!r}; known models: {known}")]
+        # Model names share their "flux-" start: only a near miss is a useful guess.
+        close = did_you_mean(model, registry(), cutoff=0.8) if isinstance(model, str) else ""
+        return [FieldError("model", f"unknown model {model!r}{close}; known models: {known}")]
     if is_valid_body(body):
         return []
     validator = _validator(model)

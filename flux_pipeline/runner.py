@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import difflib
 import fnmatch
 import signal
 import time
@@ -71,6 +72,16 @@ def plan_for(spec: Spec, requests: Sequence[Request] | None, options: RunOptions
 def todo(spec: Spec, requests: Sequence[Request] | None, options: RunOptions) -> list[PlanItem]:
     """What a run with these options would send (`run --dry-run`)."""
     return select(plan_for(spec, requests, options).items, options)
+
+
+def unmatched_only(globs: Sequence[str], ids: Sequence[str]) -> None:
+    """ConfigError if an `--only` glob matches no request (a typo would otherwise run
+    nothing and succeed), naming the closest names."""
+    for glob in globs:
+        if not any(fnmatch.fnmatchcase(i, glob) for i in ids):
+            close = difflib.get_close_matches(glob, ids, n=3, cutoff=0.5)
+            hint = f"; close: {', '.join(close)}" if close else ""
+            raise ConfigError(f"--only {glob!r} matches no request of the spec{hint}")
 
 
 def select(items: Iterable[PlanItem], options: RunOptions) -> list[PlanItem]:

@@ -109,7 +109,7 @@ def test_plan_shows_what_the_cache_restores_for_free_and_what_leaves_the_lock(
     assert (data["totals"]["cached"], data["totals"]["credits"]) == (2, 0)
     text = invoke("plan", str(spec)).stdout.splitlines()
     assert text[-1] == (
-        f"{spec}: 4 requests, 4 images (2 new, 2 up to date); to do: 2, estimated credits: 0 "
+        f"{spec}: 4 requests (2 new, 2 up to date), 4 images; to do: 2, estimated credits: 0 "
         "(2 restored from the cache of earlier outputs); 2 in the lock no longer in the spec "
         "(dropped by the next run; --prune deletes their images)"
     )

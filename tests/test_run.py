@@ -416,3 +416,27 @@ def test_progress_lines_name_each_result_in_words(tmp_path: Path, emulator: Emul
     counts, words = zip(*(line.split(" ", 1) for line in result.stderr.splitlines()), strict=True)
     assert counts == ("[1/2]", "[2/2]")
     assert sorted(words) == ["done: a", "done: b"]
+
+
+def test_no_silent_successes_and_words_that_agree(tmp_path: Path, emulator: EmulatorServer) -> None:
+    spec = grid_spec(tmp_path)
+    result = run_cli(emulator, str(spec), "--only", "kettle-retor")
+    assert result.exit_code == 2
+    assert "--only 'kettle-retor' matches no request of the spec; close: kettle-retro" in (
+        result.stderr
+    )
+    assert requests_seen(emulator) == 0
+    result = run_cli(emulator, str(spec), "--only", "kettle-retro")
+    assert result.exit_code == 0
+    assert f"  images in {tmp_path / 'out/grid'}/, lock {spec.with_name('spec.lock.json')}" in (
+        result.stdout
+    )
+    one = write_spec(tmp_path / "one", "version: 1\njobs: [{name: a, prompt: p}]\n")
+    assert run_cli(emulator, str(one)).exit_code == 0
+    assert invoke("check", str(one)).stdout == f"{one}: up to date (1 request)\n"
+    bad = write_spec(
+        tmp_path / "typo", "version: 1\nmodel: flux-prp\njobs: [{name: a, prompt: p}]\n"
+    )
+    result = invoke("validate", str(bad))
+    assert "unknown model 'flux-prp' (did you mean 'flux-pro'?)" in result.stderr
+    assert "Port to listen on" in invoke("emulator", "--help").stdout

@@ -11,6 +11,7 @@ from typing import Any
 
 import click
 
+from ..errors import plural
 from .app import EXIT_INVALID, ExitCode, _each_spec, cli, load_spec
 from .params import SPECS, WAIT
 
@@ -150,9 +151,10 @@ def merge(spec: Path, wait: float, partial: bool) -> None:
     from ..shards import merge as merge_shards
 
     result = merge_shards(load_spec(spec), wait=wait, partial=partial)
-    click.echo(f"{spec}: merged {len(result.merged)} partial locks, {result.requests} requests")
+    merged = plural(len(result.merged), "partial lock")
+    click.echo(f"{spec}: merged {merged}, {plural(result.requests, 'request')}")
     for path, count in result.merged:
-        click.echo(f"  {path.name}: {count} request{'s' if count != 1 else ''}")
+        click.echo(f"  {path.name}: {plural(count, 'request')}")
     if result.missing:
         shards = ", ".join(map(str, result.missing))
         click.echo(f"  without shard {shards} (--partial): their requests are not in the lock")

@@ -9,6 +9,7 @@ from collections.abc import Iterable, Sequence
 
 from ..budget import price_table
 from ..compare import CheckReport, LockDiff
+from ..errors import plural
 from ..planning import Plan, PlanItem
 from ..results import RunResult, Status
 
@@ -48,7 +49,8 @@ def plan_table(plan: Plan) -> str:
         )
     counts = ", ".join(f"{n} {state}" for state, n in sorted(plan.counts.items()))
     summary = (
-        f"{plan.spec.path}: {len(plan.items)} requests, {plan.images} images ({counts}); "
+        f"{plan.spec.path}: {plural(len(plan.items), 'request')} ({counts}), "
+        f"{plural(plan.images, 'image')}; "
         f"to do: {len(plan.todo)}, estimated credits: {plan.credits:g}"
     )
     if plan.from_table:
@@ -71,7 +73,7 @@ def check_text(report: CheckReport) -> str:
     """What `check` prints for one spec."""
     path = report.spec.path
     if report.ok:
-        text = f"{path}: up to date ({report.requests} requests)"
+        text = f"{path}: up to date ({plural(report.requests, 'request')})"
         if report.mismatches:
             text += f"; {len(report.mismatches)} not as asked (--strict fails on them):"
             text += "".join(f"\n  {f.id}: {f.reason}" for f in report.mismatches)
@@ -119,6 +121,8 @@ def run_summary(result: RunResult) -> str:
     if result.estimated:
         credits += f" ({result.estimated:g} estimated: the answers did not say)"
     lines = [f"{result.spec.path}: " + ", ".join(parts) + f"; {credits}; {result.seconds:.1f} s"]
+    spec = result.spec
+    lines.append(f"  images in {spec.output}/, lock {spec.lock_path}")
     if result.overloads:
         settled = f"{result.limit:.0f}" if result.limit is not None else "?"
         lines.append(

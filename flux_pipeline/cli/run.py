@@ -142,7 +142,7 @@ def run(
     """
     from .. import library
     from ..redaction import clean_key
-    from ..runner import RunOptions, todo
+    from ..runner import RunOptions, todo, unmatched_only
     from ..validation import check_together
     from .reports import dry_run_lines
 
@@ -155,6 +155,7 @@ def run(
         loaded.append((spec, library.validate(spec)))
 
     _each_spec(specs, load, lambda: check_together([spec for spec, _ in loaded]))
+    unmatched_only(run_options.only, [r.id for _, requests in loaded for r in requests])
     if dry_run:
         for spec, requests in loaded:
             for line in dry_run_lines(todo(spec, requests, run_options)):
@@ -202,7 +203,13 @@ def _run_all(loaded: Sequence[tuple[Any, Any]], base_url: str, key: str, options
     show_default=True,
     help="Address to bind; loopback unless you mean otherwise.",
 )
-@click.option("--port", default=8000, show_default=True, type=int)
+@click.option(
+    "--port",
+    default=8000,
+    show_default=True,
+    type=click.IntRange(0, 65535),
+    help="Port to listen on (0: any free port).",
+)
 @click.option(
     "--shape",
     type=click.Choice(["data", "images"]),

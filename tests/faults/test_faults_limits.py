@@ -270,7 +270,7 @@ def test_an_answer_no_transport_can_parse_fails_that_request_clearly(
     assert result.exit_code == 3, result.stdout + result.stderr
     assert "internal error" not in result.stderr and "Traceback" not in result.stderr
     failed = [line for line in result.stdout.splitlines() if "failed n0:" in line]
-    assert len(failed) == 1 and "(after 1 attempts)" in failed[0]
+    assert len(failed) == 1 and "(after 1 attempt)" in failed[0]
 
 
 @pytest.mark.parametrize("transport", ["aiohttp", "httpx"])

@@ -58,7 +58,7 @@ def test_a_trickling_download_meets_its_deadline(tmp_path: Path, emulator: Emula
     emulator.emulator.configure(slow_download=3.0)
     result = run(emulator, tmp_path, "--timeout", "0.5", "--retries", "0", "--only", "n0")
     assert result.exit_code == 3
-    assert "downloading the image took longer than 0.5 s (after 1 attempts)" in result.stdout
+    assert "downloading the image took longer than 0.5 s (after 1 attempt)" in result.stdout
     assert lock(tmp_path) == {} and no_temp_files(tmp_path)
 
 
