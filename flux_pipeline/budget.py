@@ -90,6 +90,7 @@ class Budget:
         self.max_requests = max_requests
         self.ratios = dict(ratios or {})
         self.spent = 0.0  # charged: reported by the API, or the expectation where it did not
+        self.estimated = 0.0  # of which the expectation: answers that reported no usage
         self.reserved = 0.0
         self.sent = 0  # requests reserved, including those in flight
         self._in_flight: dict[str, int] = {}  # reservations by model
@@ -132,6 +133,7 @@ class Budget:
             self.sent -= 1
         else:
             self.spent += reservation.credits if reported is None else reported
+            self.estimated += reservation.credits if reported is None else 0.0
             known = self.ratios.get(model, 0.0)
             if reported is not None and reservation.cost.table > 0:
                 self.ratios[model] = max(known, reported / reservation.cost.table)

@@ -172,7 +172,9 @@ class _Files:
         self.journal.close()
 
 
-def _open(spec: Spec, lock_path: Path, old: Lock | None, redact: Redactor) -> _Files:
+def _open(
+    spec: Spec, lock_path: Path, old: Lock | None, redact: Redactor, options: RunOptions
+) -> _Files:
     """Sweep what dead writers left, read what an interrupted run left, open the files."""
     spec.output.mkdir(parents=True, exist_ok=True)
     sweep_temp_files(spec.output)
@@ -180,7 +182,9 @@ def _open(spec: Spec, lock_path: Path, old: Lock | None, redact: Redactor) -> _F
     record_path = spec.output / FOLDER / FILE_NAME
     found = read_pending(record_path)
     entries = old.entries.values() if old else ()
-    ratios = learned_ratios(entries, spec.output / JOURNAL)
+    # The journal grows with every run: it is read only when a cap will use what it knows.
+    journal_path = spec.output / JOURNAL if options.max_credits is not None else None
+    ratios = learned_ratios(entries, journal_path)
     journal = Journal(spec.output / JOURNAL, redact)  # fails early on a read-only folder
     cache = OutputCache(spec.output)
     with contextlib.suppress(OSError):
@@ -208,7 +212,7 @@ async def run_async(
     if old is None:
         old = current_lock(spec, options.shard)
     scope = _scope(spec, the_plan, old, options)
-    files = _open(spec, scope.lock_path, old, Redactor(api_key))
+    files = _open(spec, scope.lock_path, old, Redactor(api_key), options)
     _tidy(spec, the_plan, old, options.prune, files.cache, notify or (lambda line: None))
     state = Run(
         spec=spec,
@@ -256,7 +260,7 @@ def _result(state: Run, seconds: float) -> RunResult:
         throttle.overloads,
         throttle.limit if throttle.overloads else None,
         state.budget.spent,
-        state.estimated,
+        state.budget.estimated,
     )
 
 

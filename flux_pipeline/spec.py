@@ -13,12 +13,12 @@ from typing import Any, cast
 from jsonschema import Draft7Validator
 from jsonschema.exceptions import ValidationError
 
+from .defaults import MAX_SPEC_REQUESTS
 from .errors import Problem, SpecInvalid, did_you_mean
 from .registry import DEFAULT_MODEL, error_parts
 from .yaml_lines import LineDict, line_of, load_yaml
 
 MAX_REPEAT = 1000
-MAX_SPEC_REQUESTS = 100_000
 
 __all__ = ["Job", "LineDict", "Spec", "line_of", "load_spec", "load_yaml", "spec_schema_json"]
 

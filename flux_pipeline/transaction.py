@@ -121,7 +121,6 @@ class Run:
         self.stopped: str | None = None
         self.interrupted: int | None = None
         self.posting = 0  # generation requests on the wire
-        self.estimated = 0.0  # credits charged at their estimate: answers without usage
         self.results: list[RequestResult] = []
         self.deliveries: set[asyncio.Future[None]] = set()
 
@@ -165,8 +164,6 @@ class Run:
         """Charge a request's outcome to the budget; an answer's reported cost is journaled
         (a later run's budget learns from it)."""
         self.budget.settle(reservation, billed=billed, reported=reported)
-        if billed and reported is None:
-            self.estimated += reservation.credits
         if reported is not None:
             cost = reservation.cost
             self.journal.event(event="cost", model=cost.model, credits=reported, table=cost.table)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from ..defaults import API_KEY_ENV
+from ..defaults import API_KEY_ENV, MAX_SPEC_REQUESTS
 from ..errors import ConfigError, FluxPipelineError, LockError, SpecInvalid, Terminated
 from ..redaction import RedactingStream, Redactor
 
@@ -107,7 +107,7 @@ class _Group(click.Group):
 @click.option(
     "--max-spec-requests",
     type=click.IntRange(min=1),
-    default=100_000,
+    default=MAX_SPEC_REQUESTS,
     show_default=True,
     envvar="FLUX_PIPELINE_MAX_SPEC_REQUESTS",
     help="Refuse a spec that makes more requests than this, before expanding it.",
@@ -166,5 +166,5 @@ def load_spec(path: Path) -> Spec:
     return load(
         path,
         allow_output_outside=bool(params.get("allow_output_outside")),
-        max_requests=int(params.get("max_spec_requests") or 100_000),
+        max_requests=int(params.get("max_spec_requests") or MAX_SPEC_REQUESTS),
     )
