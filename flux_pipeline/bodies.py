@@ -8,6 +8,8 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from .inputs import IMAGE_FIELDS, input_change
+
 
 def canonical_json(value: Any) -> str:
     """The one JSON text of a value: sorted keys, no spaces, UTF-8 kept as is; strict JSON
@@ -33,3 +35,14 @@ def changed_fields(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str =
         elif canonical_json(a) != canonical_json(b):
             paths.append(path)
     return paths
+
+
+def body_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    """What differs between two bodies as a user reads it: the changed fields' paths, with
+    an input image field whose local file changed said as "input photos/mug.jpg changed"."""
+    fields = changed_fields(old, new)
+    inputs = [f for f in fields if f.split(".")[0] in IMAGE_FIELDS]
+    said = input_change(old, new) if inputs else None
+    if said is None:
+        return fields
+    return [f for f in fields if f not in inputs] + [said]

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from . import git
-from .bodies import changed_fields
+from .bodies import body_changes, changed_fields
 from .errors import LockError
 from .expansion import Request
 from .lock import Entry, Lock, parse_lock, read_lock
@@ -131,7 +131,8 @@ def diff_locks(old: Lock | None, new: Lock | None) -> LockDiff:
 
 
 def _entry_changes(old: Entry, new: Entry) -> list[str]:
-    fields = [f"body.{f}" for f in changed_fields(old.body, new.body)]
+    changes = body_changes(old.body, new.body)
+    fields = [f if f.startswith("input ") else f"body.{f}" for f in changes]
     if [o.sha256 for o in old.outputs] != [o.sha256 for o in new.outputs]:
         fields.append("outputs")
     fields += [f"vars.{f}" for f in changed_fields(old.vars, new.vars)]

@@ -1,7 +1,8 @@
 """Grid expansion: a `Spec` becomes the ordered list of API requests it describes.
 
-For each job, the combinations come from `matrix` (GitHub Actions semantics), then `cases`,
-then `cases_file`; each combination is repeated `repeat` times. Templates see the spec's
+For each job, the combinations come from `matrix` (GitHub Actions semantics; an axis written
+`{files: GLOB}` takes one value per matching file, sorted), then `cases`, then `cases_file`;
+each combination is repeated `repeat` times. Templates see the spec's
 `vars`, the combination's values, `repeat` (1..N) and `index` (the combination's 0-based
 position in its job). Expansion order is the order of the spec, so it is deterministic.
 """
@@ -14,13 +15,14 @@ import itertools
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import yaml
 
 from .bodies import body_hash
 from .errors import Problem, SpecInvalid
+from .inputs import InputFiles
 from .render import (
     TEMPLATE_ERRORS,
     Renderer,
@@ -153,16 +155,50 @@ def read_cases_file(path: Path, file: str, line: int) -> list[dict[str, Any]]:
     raise fail(f"cases_file must be .csv, .yaml, .yml or .json, not {path.name!r}")
 
 
+def files_axis(folder: Path, pattern: str) -> list[str]:
+    """The values of a `{files: GLOB}` axis: the files the glob matches inside the spec's
+    folder, as sorted POSIX paths relative to it. ValueError if it matches none."""
+    if Path(pattern).is_absolute() or ".." in PurePosixPath(pattern).parts:
+        raise ValueError(f"files: {pattern!r} must stay inside the spec's folder")
+    root = folder.resolve()
+    found = sorted(
+        p.relative_to(root).as_posix()
+        for p in root.glob(pattern)
+        if p.is_file() and p.resolve().is_relative_to(root)
+    )
+    if not found:
+        raise ValueError(f"files: {pattern!r} matches no file in {folder}")
+    return found
+
+
+def resolved_matrix(spec: Spec, job: Job) -> Mapping[str, Any] | None:
+    """The job's matrix with each `{files: GLOB}` axis made its list of paths."""
+    if job.matrix is None or not any(isinstance(v, dict) for v in job.matrix.values()):
+        return job.matrix
+    matrix = dict(job.matrix)
+    for axis, value in job.matrix.items():
+        if isinstance(value, dict) and axis not in ("include", "exclude"):
+            try:
+                matrix[axis] = files_axis(spec.folder, value["files"])
+            except ValueError as exc:
+                where = f"matrix.{axis}"
+                problem = Problem(str(exc), str(spec.path), job.line, job.name, path=where)
+                raise SpecInvalid([problem]) from None
+    return matrix
+
+
 def _inside(folder: Path, relative: str) -> Path | None:
     target = (folder / relative).resolve()
     return target if target.is_relative_to(folder.resolve()) else None
 
 
-def job_combinations(spec: Spec, job: Job) -> list[dict[str, Any]]:
-    """Every combination of one job, in order: matrix, then cases, then cases_file rows."""
+def job_combinations(
+    spec: Spec, job: Job, matrix: Mapping[str, Any] | None
+) -> list[dict[str, Any]]:
+    """Every combination of one job, in order: matrix (resolved), cases, then cases_file rows."""
     combos: list[dict[str, Any]] = []
-    if job.matrix is not None:
-        combos += matrix_combinations(job.matrix)
+    if matrix is not None:
+        combos += matrix_combinations(matrix)
     combos += [dict(c) for c in job.cases]
     if job.cases_file is not None:
         file = str(spec.path)
@@ -265,15 +301,24 @@ def expand_collect(spec: Spec) -> tuple[list[Request], list[Problem]]:
     """Every request the spec describes, and every problem met while rendering them. The
     number of requests is checked against the spec's cap before any is made, and all of its
     templates share one step budget (`render.step_budget`)."""
-    _check_count(spec)
-    renderer = Renderer(template_folders(spec.folder))
     requests: list[Request] = []
     problems: list[Problem] = []
+    matrices: list[Mapping[str, Any] | None] = []
+    for job in spec.jobs:
+        try:
+            matrices.append(resolved_matrix(spec, job))
+        except SpecInvalid as exc:
+            problems += exc.problems
+            matrices.append(None)
+    if problems:
+        return requests, problems
+    _check_count(spec, matrices)
+    renderer = Renderer(template_folders(spec.folder), InputFiles(spec.folder))
     with step_budget():
-        for job in spec.jobs:
+        for job, matrix in zip(spec.jobs, matrices, strict=True):
             try:
                 compiled = _compile_job(spec, renderer, job)
-                combos = job_combinations(spec, job)
+                combos = job_combinations(spec, job, matrix)
             except SpecInvalid as exc:
                 problems += exc.problems
                 continue
@@ -281,16 +326,16 @@ def expand_collect(spec: Spec) -> tuple[list[Request], list[Problem]]:
     return requests, problems
 
 
-def _check_count(spec: Spec) -> None:
+def _check_count(spec: Spec, matrices: Sequence[Mapping[str, Any] | None]) -> None:
     """SpecInvalid, at the job's line, once the jobs would make more requests than the cap:
     counted from their axes, cases and repeats (an upper bound), before anything is made."""
     total = 0
-    for job in spec.jobs:
+    for job, matrix in zip(spec.jobs, matrices, strict=True):
         count = len(job.cases) + (job.cases_file is not None)  # a file's rows: bounded by size
-        if job.matrix is not None:
-            axes = [v for k, v in job.matrix.items() if k not in ("include", "exclude")]
+        if matrix is not None:
+            axes = [v for k, v in matrix.items() if k not in ("include", "exclude")]
             count += math.prod(len(v) for v in axes) if axes else 0
-            count += len(job.matrix.get("include", ()))
+            count += len(matrix.get("include", ()))
         total += max(count, 1) * job.repeat
         if total > spec.max_requests:
             raise SpecInvalid(

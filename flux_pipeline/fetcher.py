@@ -64,7 +64,7 @@ class ImageFetcher:
         delivery: Delivery,
         stem: Path,
         expect_format: str | None,
-        expect_size: tuple[int, int],
+        expect_size: tuple[int, int] | None,
     ) -> StoredImage:
         """Store one delivered image as `stem` plus the extension of its format, after
         checking it; a download that breaks off is tried again as the retry policy allows
@@ -93,7 +93,7 @@ class ImageFetcher:
         delivery: Delivery,
         stem: Path,
         expect_format: str | None,
-        expect_size: tuple[int, int],
+        expect_size: tuple[int, int] | None,
     ) -> StoredImage:
         digest = hashlib.sha256()
         spool = Spool(stem.parent, self.spool_bytes)
@@ -132,7 +132,7 @@ class ImageFetcher:
         digest: Any,
         stem: Path,
         expect_format: str | None,
-        expect_size: tuple[int, int],
+        expect_size: tuple[int, int] | None,
     ) -> StoredImage:
         if inline.b64 is not None or inline.url:
             data = self._decode_inline(request_id, inline)
@@ -147,7 +147,7 @@ class ImageFetcher:
         differences = []
         if expect_format is not None and info.format != expect_format:
             differences.append(f"asked for {expect_format}, got {info.format}")
-        if (info.width, info.height) != expect_size:
+        if expect_size is not None and (info.width, info.height) != expect_size:
             asked = f"{expect_size[0]}x{expect_size[1]}"
             differences.append(f"asked for {asked}, got {info.width}x{info.height}")
         # Not fsynced: a killed run loses nothing (the page cache outlives the process), and

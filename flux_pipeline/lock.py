@@ -248,3 +248,11 @@ def repair_lock(path: Path) -> list[str]:
     if dropped or data.get("lock_version") != LOCK_VERSION:
         write_atomic(path, render_lock(str(spec), kept, shard).encode())
     return dropped
+
+
+def mismatch_warning(outputs: Sequence[Output]) -> str:
+    """What a result says of images that are not as asked (kept: they are paid for)."""
+    differences = sorted({o.mismatch for o in outputs if o.mismatch})
+    if not differences:
+        return ""
+    return f"not as asked ({'; '.join(differences)}): kept, and the lock records it"

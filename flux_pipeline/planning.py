@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .atomic import sha256_file
-from .bodies import body_hash, changed_fields
+from .bodies import body_changes, body_hash
 from .budget import estimate, learned_ratios
 from .cache import HashIndex, OutputCache
 from .expansion import Request
@@ -61,8 +61,11 @@ def state_of(
     if entry is None:
         return State(RequestState.NEW)
     if entry.body_sha256 != request.body_sha256:
-        fields = changed_fields(entry.body, request.body)
-        reason = "changed: " + ", ".join(fields) if fields else "body changed"
+        changes = body_changes(entry.body, request.body)
+        fields = [c for c in changes if not c.startswith("input ")]
+        said = ["changed: " + ", ".join(fields)] if fields else []
+        said += [c for c in changes if c.startswith("input ")]
+        reason = "; ".join(said) or "body changed"
         return State(RequestState.CHANGED, reason)
     if body_hash(entry.body) != entry.body_sha256:
         reason = "the lock entry was edited: its body does not match its hash"
@@ -87,12 +90,18 @@ class PlanItem:
 
     request: Request
     state: State
-    width: int
+    width: int  # the documented size, or a likely one (`size_checked` says which)
     height: int
     images: int
     credits: float
+    size_checked: bool = True  # the documents state the size: an image of another is flagged
     cached: bool = False  # its images are in the cache of earlier outputs: no request needed
     from_table: bool = False  # the credits are the price table's: no answer of the model yet
+
+    @property
+    def expected_size(self) -> tuple[int, int] | None:
+        """The size an image must have to be as asked, or None where no size is documented."""
+        return (self.width, self.height) if self.size_checked else None
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -102,6 +111,7 @@ class PlanItem:
             "model": self.request.model,
             "width": self.width,
             "height": self.height,
+            "size_checked": self.size_checked,
             "seed": self.request.seed,
             "images": self.images,
             "state": self.state.kind.value,
@@ -180,7 +190,7 @@ def plan(spec: Spec, requests: Sequence[Request] | None = None, lock: Lock | Non
     for request in requests:
         model = get_model(request.model)
         assert model is not None  # validated
-        width, height = model.size(request.body)
+        width, height = model.likely_size(request.body)
         images = model.num_images(request.body)
         ratio = ratios.get(request.model)
         credits = estimate(request.model, width, height, images) * (ratio or 1.0)
@@ -194,6 +204,7 @@ def plan(spec: Spec, requests: Sequence[Request] | None = None, lock: Lock | Non
                 width=width,
                 height=height,
                 images=images,
+                size_checked=model.size(request.body) is not None,
                 credits=0.0 if cached else credits,
                 cached=cached,
                 from_table=ratio is None,

@@ -10,13 +10,20 @@ here as an *overlay* on the request schema, each rule with its reason:
 - `num_images` must be a whole number (the documents type it as `number`; a fraction of an
   image is meaningless and the tool names one file per image).
 
-Preset sizes and the sizes of `flux-pro/v1.1-ultra`'s aspect ratios are stated only in prose
-(`openapi/README.md`), so they are written out here.
+- `loras` items may not carry keys other than `path` and `scale`, and there are at most 3 (the
+  description says "maximum 3");
+- input image fields hold an `https://` URL, a `data:` URI, or a reference to a local file
+  made by `image_file()` (`inputs.py`), which the client turns into a `data:` URI when it sends.
+
+Preset sizes, and the output sizes of aspect ratios and image-to-image models, are stated only
+in prose (`openapi/README.md`, `openapi/pages/`), so they are written out here. Where the
+documents state no size, the image's size is recorded, not checked.
 """
 
 from __future__ import annotations
 
 import copy
+import difflib
 import functools
 import json
 from collections.abc import Callable, Mapping
@@ -28,6 +35,7 @@ from jsonschema import Draft7Validator
 from jsonschema.exceptions import ValidationError
 
 from .errors import did_you_mean
+from .inputs import IMAGE_FIELDS, references, value_problem
 
 API_PATH = "/v1/images/generations"
 DEFAULT_MODEL = "flux-pro"
@@ -43,8 +51,8 @@ PRESETS: dict[str, tuple[int, int]] = {
     "landscape_16_9": (1024, 576),
 }
 
-#: Output sizes of the models that take `aspect_ratio` (about 4 megapixels, as FLUX 1.1 ultra).
-ASPECT_SIZES: dict[str, tuple[int, int]] = {
+#: Likely output sizes of FLUX 1.1 ultra's aspect ratios (about 4 megapixels).
+ULTRA_SIZES: dict[str, tuple[int, int]] = {
     "21:9": (3136, 1344),
     "16:9": (2752, 1536),
     "4:3": (2368, 1792),
@@ -55,6 +63,34 @@ ASPECT_SIZES: dict[str, tuple[int, int]] = {
     "9:16": (1536, 2752),
     "9:21": (1344, 3136),
 }
+#: Likely output sizes of Kontext's aspect ratios (about 1 megapixel).
+KONTEXT_SIZES: dict[str, tuple[int, int]] = {
+    "21:9": (1568, 672),
+    "16:9": (1392, 752),
+    "4:3": (1184, 880),
+    "3:2": (1248, 832),
+    "1:1": (1024, 1024),
+    "2:3": (832, 1248),
+    "3:4": (880, 1184),
+    "9:16": (752, 1392),
+    "9:21": (672, 1568),
+}
+#: The output sizes the documents state for an aspect ratio (`openapi/README.md`, the model
+#: pages). Another ratio's size is not documented: the image's size is recorded, not checked.
+DOCUMENTED_RATIO_SIZES: dict[str, dict[str, tuple[int, int]]] = {
+    "flux-pro/v1.1-ultra": {"16:9": (2752, 1536)},
+    "flux/kontext-pro/text-to-image": {"1:1": (1024, 1024)},
+    "flux/kontext-max/text-to-image": {"1:1": (1024, 1024)},
+    "flux/kontext-pro/image-to-image": {"16:9": (1184, 880)},
+    "flux/kontext-max/image-to-image": {"16:9": (1184, 880)},
+}
+#: Models whose image is the size of their input ("Fixed size: matches the dimensions of the
+#: reference image", the model's page).
+SIZE_OF_INPUT = frozenset({"flux/dev/image-to-image"})
+#: The size assumed for an estimate where neither the request nor the documents give one.
+FALLBACK_SIZE = (1024, 768)
+#: The most loras a request takes ("maximum 3", in the documents' description only).
+MAX_LORAS = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,19 +118,47 @@ class Model:
     def default(self, field: str) -> Any:
         return self.request_schema["properties"].get(field, {}).get("default")
 
-    def size(self, body: Mapping[str, Any]) -> tuple[int, int]:
-        """The width and height the API will produce for a (valid) request body."""
+    @property
+    def takes_images(self) -> bool:
+        """Whether requests carry input images (`image_url` or `image_urls`)."""
+        return bool(self.fields & {"image_url", "image_urls"})
+
+    @property
+    def ratios(self) -> tuple[str, ...]:
+        return tuple(self.request_schema["properties"].get("aspect_ratio", {}).get("enum", ()))
+
+    def size(self, body: Mapping[str, Any]) -> tuple[int, int] | None:
+        """The width and height the documents say the API makes for a (valid) request body, or
+        None where they do not say (the image's size is then recorded, never rejected)."""
+        if self.name in SIZE_OF_INPUT:
+            inputs = references(body)
+            return inputs[0].size if inputs else None  # an input by URL: its size is unknown
         if "aspect_ratio" in self.fields:
-            return ASPECT_SIZES[body.get("aspect_ratio", self.default("aspect_ratio"))]
+            ratio = body.get("aspect_ratio", self.default("aspect_ratio"))
+            return DOCUMENTED_RATIO_SIZES.get(self.name, {}).get(ratio)
+        if "image_size" not in self.fields:
+            return None
         size = body.get("image_size", self.default("image_size"))
         if isinstance(size, str):
             return PRESETS[size]
         obj = _image_size_object(self.request_schema)
-        assert obj is not None  # every model without aspect_ratio has image_size
+        assert obj is not None  # a model with image_size has its object form
         props = obj["properties"]
         width = size.get("width", props["width"]["default"])
         height = size.get("height", props["height"]["default"])
         return int(width), int(height)
+
+    def likely_size(self, body: Mapping[str, Any]) -> tuple[int, int]:
+        """The documented size, or where there is none a likely one: for estimates, and the
+        size the emulator draws."""
+        documented = self.size(body)
+        if documented is not None:
+            return documented
+        if "aspect_ratio" in self.fields:
+            ratio = body.get("aspect_ratio", self.default("aspect_ratio"))
+            return (ULTRA_SIZES if self.name == "flux-pro/v1.1-ultra" else KONTEXT_SIZES)[ratio]
+        inputs = references(body)
+        return inputs[0].size if inputs else FALLBACK_SIZE
 
     def output_format(self, body: Mapping[str, Any]) -> str | None:
         """`png` or `jpeg` when the model lets the request choose; None when it does not say."""
@@ -127,6 +191,14 @@ def _overlay(schema: dict[str, Any]) -> dict[str, Any]:
             obj["properties"][side]["multipleOf"] = SIZE_MULTIPLE
     if "num_images" in schema["properties"]:
         schema["properties"]["num_images"]["type"] = "integer"
+    image_url = schema["properties"].get("image_url", {})
+    for branch in image_url.get("anyOf", []):
+        if branch.get("type") == "array":
+            branch["minItems"] = 1  # "up to 4" images: an empty list is none
+    loras = schema["properties"].get("loras")
+    if loras is not None:
+        loras["items"]["additionalProperties"] = False
+        loras["maxItems"] = MAX_LORAS
     return schema
 
 
@@ -210,14 +282,44 @@ def check_body(body: Mapping[str, Any]) -> list[FieldError]:
     """Every way `body` breaks the schema of the model it names, most precise message first."""
     model = body.get("model")
     if not isinstance(model, str) or model not in registry():
-        known = ", ".join(registry())
-        # Model names share their "flux-" start: only a near miss is a useful guess.
-        close = did_you_mean(model, registry(), cutoff=0.8) if isinstance(model, str) else ""
-        return [FieldError("model", f"unknown model {model!r}{close}; known models: {known}")]
-    if is_valid_body(body):
+        return [FieldError("model", _unknown_model(model))]
+    inputs = _input_problems(body)
+    if not inputs and is_valid_body(body):
         return []
     validator = _validator(model)
-    return [_explain(e) for e in sorted(validator.iter_errors(body), key=_error_order)]
+    errors = [_explain(e) for e in sorted(validator.iter_errors(body), key=_error_order)]
+    errors += inputs
+    if not errors:  # the fast validator checks formats that jsonschema leaves unchecked
+        errors.append(FieldError("", "the body does not match the model's schema"))
+    return errors
+
+
+def _unknown_model(model: Any) -> str:
+    """An unknown model's message, naming the close ones (model names share "flux")."""
+    names = list(registry())
+    short = {n.rsplit("/", 1)[-1] if n.startswith("blackforestlabs/") else n: n for n in names}
+    close: list[str] = []
+    hint = ""
+    if isinstance(model, str):
+        close = [short[c] for c in difflib.get_close_matches(model, list(short), n=4, cutoff=0.6)]
+        hint = did_you_mean(model, names, cutoff=0.8)
+    listing = f"`flux-pipeline models` lists all {len(names)}"
+    if close:
+        return f"unknown model {model!r}{hint}; close ones: {', '.join(close)} ({listing})"
+    return f"unknown model {model!r}; {listing}: {', '.join(names)}"
+
+
+def _input_problems(body: Mapping[str, Any]) -> list[FieldError]:
+    """Input image values that are neither a URL, a `data:` URI nor an image_file() reference."""
+    problems = []
+    for field in IMAGE_FIELDS:
+        value = body.get(field)
+        values = enumerate(value) if isinstance(value, list) else [(None, value)]
+        for index, each in values:
+            reason = value_problem(each)
+            if reason:
+                problems.append(FieldError(field if index is None else f"{field}.{index}", reason))
+    return problems
 
 
 def _error_order(error: ValidationError) -> tuple[str, ...]:

@@ -15,6 +15,10 @@ Request fields are rendered to native types when the template is one expression:
 `"{{ 1000 + index }}"` gives the integer 1000 and `"{{ size }}"` the mapping `size` holds.
 A template with text around or between expressions always gives a string, and a string with no
 template syntax is left exactly as written (`safety_tolerance: "2"` stays a string).
+
+`image_file(PATH)` reads a local input image (inside the spec's folder) once, checks it, and
+gives the reference that a request carries in its place (`inputs.py`); `stem` is a path's file
+name without its extension.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import contextvars
 import re
 import unicodedata
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import jinja2
@@ -32,6 +36,8 @@ from jinja2 import meta, nodes
 from jinja2.exceptions import SecurityError
 from jinja2.nativetypes import NativeCodeGenerator
 from jinja2.sandbox import ImmutableSandboxedEnvironment, safe_range
+
+from .inputs import InputError, InputFiles
 
 COUNTED = "__flux_counted"  # the global that counts a loop's iterations
 MAX_RENDERED_CHARS = 100_000
@@ -81,6 +87,19 @@ def _check_widths(text: str) -> None:
     for match in _WIDTH.finditer(text):
         if any(n and int(n) > MAX_RENDERED_CHARS for n in match.groups()):
             raise SecurityError(f"a format pads past {MAX_RENDERED_CHARS:,} characters")
+
+
+def stem(value: Any) -> str:
+    """A path's file name without its extension: `photos/mug.jpg` -> `mug`."""
+    return PurePosixPath(str(value)).stem
+
+
+def _image_file(inputs: InputFiles) -> Callable[[Any], str]:
+    def image_file(path: Any) -> str:
+        """A local input image, checked, as the reference the client sends as a data: URI."""
+        return inputs.load(path).reference
+
+    return image_file
 
 
 def slug(value: Any) -> str:
@@ -192,12 +211,15 @@ class _NativeSandbox(_Sandbox):
 class Renderer:
     """The two sandboxed environments of one spec: text (prompts, names) and native (fields)."""
 
-    def __init__(self, folders: Iterable[Path]) -> None:
+    def __init__(self, folders: Iterable[Path], inputs: InputFiles | None = None) -> None:
         loader = _ConfinedLoader([str(f) for f in folders])
         self.text = _Sandbox(loader=loader, undefined=jinja2.StrictUndefined, autoescape=False)
         self.native = _NativeSandbox(loader=loader, undefined=jinja2.StrictUndefined)
         for env in (self.text, self.native):
             env.filters["slug"] = slug
+            env.filters["stem"] = stem
+            if inputs is not None:
+                env.globals["image_file"] = _image_file(inputs)
             env.filters["center"] = _padding("center", env.filters["center"], 1)
             env.filters["indent"] = _padding("indent", env.filters["indent"], 1)
             env.filters["format"] = _format_filter(env.filters["format"])
@@ -337,6 +359,8 @@ def describe_error(exc: Exception) -> str:
         return f"template syntax error: {exc.message} (template line {exc.lineno})"
     if isinstance(exc, jinja2.TemplateNotFound):
         return f"template file not found in the spec's folder or templates/: {exc.name}"
+    if isinstance(exc, InputError):
+        return str(exc)
     return f"template error: {type(exc).__name__}: {exc}"
 
 

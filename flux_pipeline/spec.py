@@ -77,7 +77,19 @@ SPEC_SCHEMA: dict[str, Any] = {
                         "description": "Axes whose cartesian product gives the combinations "
                         "(GitHub Actions semantics, with include and exclude).",
                         "properties": {"include": _ROWS, "exclude": _ROWS},
-                        "additionalProperties": {"type": "array", "minItems": 1},
+                        "additionalProperties": {
+                            "oneOf": [
+                                {"type": "array", "minItems": 1},
+                                {
+                                    "type": "object",
+                                    "description": "One value per file the glob matches "
+                                    "(sorted, relative to the spec's folder).",
+                                    "required": ["files"],
+                                    "additionalProperties": False,
+                                    "properties": {"files": {"type": "string", "minLength": 1}},
+                                },
+                            ]
+                        },
                     },
                     "cases": {**_ROWS, "description": "Explicit combinations."},
                     "cases_file": {

@@ -29,10 +29,11 @@ from .cache import OutputCache
 from .client import ApiClient, Attempt, RetryPolicy
 from .errors import RequestFailed, RunStopped, SendingStopped
 from .fetcher import ImageFetcher, StoredImage
+from .inputs import Sender
 from .journal import Journal
 from .keeper import LockKeeper
 from .limits import Throttle
-from .lock import Entry, Output
+from .lock import Entry, Output, mismatch_warning
 from .options import RunOptions
 from .output_folder import OutputFolder
 from .pacing import Pacer
@@ -107,6 +108,7 @@ class Run:
         self.listener = listener
         self.notify = notify
         self.folder = OutputFolder(spec.output, spec.lock_path.parent)
+        self.sender = Sender(spec.folder)
         self.pacer = Pacer(options.rate)
         policy = RetryPolicy(retries=options.retries, max_wait=options.max_wait)
         self.throttle = Throttle(options.concurrency)
@@ -222,11 +224,13 @@ class Run:
                     or await self.fetch_recorded_answer(item, started)
                 ):
                     continue
+                # Input files are read (and checked unchanged) before a credit is reserved.
+                body = self.sender.wire_body(item.request.id, item.request.body)
                 reservation = await self.reserve(item)
                 if isinstance(reservation, str):
                     self.finish(RequestResult(item.request.id, Status.NOT_SENT, reservation))
                     continue
-                generation = await self.post(item, attempts, reservation)
+                generation = await self.post(item, body, attempts, reservation)
             except (RunStopped, SendingStopped, RequestFailed) as exc:
                 self.failed(item, exc, attempts, started)
                 continue
@@ -236,14 +240,18 @@ class Run:
             task.add_done_callback(self.deliveries.discard)
 
     async def post(
-        self, item: PlanItem, attempts: list[Attempt], reservation: Reservation
+        self,
+        item: PlanItem,
+        body: Mapping[str, Any],
+        attempts: list[Attempt],
+        reservation: Reservation,
     ) -> Generation:
         """Send one generation, charging its reservation with the outcome; its answer goes to
         the record before anything else."""
         request = item.request
         self.posting += 1
         try:
-            generation = await self.client.generate(request.id, request.body, attempts)
+            generation = await self.client.generate(request.id, body, attempts)
         except BaseException as exc:
             self.settle(reservation, **charge_of_failure(exc, attempts))
             raise
@@ -338,7 +346,7 @@ class Run:
             # The extension follows the image's own format (checked against the one asked
             # for, when the model lets the request choose).
             image = await self.fetcher.fetch(
-                request.id, delivery, self.folder.path(stem), expected, (item.width, item.height)
+                request.id, delivery, self.folder.path(stem), expected, item.expected_size
             )
             self.cache.save(image.path, image.sha256, image.format)
             outputs.append(self._output(image))
@@ -386,11 +394,3 @@ class Run:
             else:
                 left.append(item)
         return left
-
-
-def mismatch_warning(outputs: Sequence[Output]) -> str:
-    """What a result says of images that are not as asked (kept: they are paid for)."""
-    differences = sorted({o.mismatch for o in outputs if o.mismatch})
-    if not differences:
-        return ""
-    return f"not as asked ({'; '.join(differences)}): kept, and the lock records it"

@@ -85,7 +85,7 @@ CASES = {
     ),
     "unknown model": (
         "version: 1\nmodel: flux-ultra-max\njobs:\n  - {name: a, prompt: p}\n",
-        ":2 job \"a\": model: unknown model 'flux-ultra-max'; known models: flux-pro,",
+        ":2 job \"a\": model: unknown model 'flux-ultra-max'; close ones: ",
     ),
     "bad size": (
         "version: 1\njobs:\n  - name: hero\n    prompt: p\n    matrix: {style: [neon]}\n"

@@ -58,11 +58,12 @@ def test_plan_table_shows_sizes_seeds_and_totals(tmp_path: Path) -> None:
     assert lines[0].split() == ["STATE", "NAME", "MODEL", "SIZE", "SEED", "IMAGES", "CREDITS"]
     assert lines[1].split()[:4] == ["new", "a-square_hd", "flux-pro", "1024x1024"]
     assert lines[2].split()[:4] == ["new", "a-portrait_16_9", "flux-pro", "576x1024"]
-    assert lines[3].split()[:4] == ["new", "ultra", "flux-pro/v1.1-ultra", "3136x1344"]
+    # 21:9's size is not documented: a likely one, marked, and the image's own is recorded.
+    assert lines[3].split()[:4] == ["new", "ultra", "flux-pro/v1.1-ultra", "3136x1344?"]
     assert lines[1].split()[5:] == ["2", "4", "(estimate)"]  # 2 started megapixels each
     assert lines[-1] == (
         f"{spec}: 3 requests (3 new), 5 images; to do: 3, estimated credits: 11 (price table "
-        "of 2026-11-25 for flux-pro, flux-pro/v1.1-ultra; the first answers will show the "
+        "of 2026-11-26 for flux-pro, flux-pro/v1.1-ultra; the first answers will show the "
         "real cost)"
     )
 

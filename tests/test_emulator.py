@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
-from strategies import all_models, from_schema, models
+from strategies import all_models, from_schema, models, required_inputs
 
 from flux_pipeline.emulator import EmulatorConfig, EmulatorServer, credits_for, encode_png
 from flux_pipeline.registry import API_PATH, PRESETS, registry
@@ -37,7 +37,7 @@ IMAGES_SHAPE = {
                     "url": {"type": "string"},
                     "width": {"type": "integer"},
                     "height": {"type": "integer"},
-                    "content_type": {"enum": ["image/jpeg", "image/png"]},
+                    "content_type": {"enum": ["image/jpeg", "image/png", "image/webp"]},
                 },
             },
         },
@@ -233,7 +233,8 @@ def test_random_sizes_give_images_of_that_size(
     side = st.integers(low // 32 + (low % 32 > 0), high // 32).map(lambda k: k * 32)
     width, height = data.draw(side), data.draw(side)
     server.emulator.configure(shape="images", delivery="url")
-    body = {"model": model, "prompt": "p", "image_size": {"width": width, "height": height}}
+    size = {"width": width, "height": height}
+    body = {"model": model, "prompt": "p", "image_size": size, **required_inputs(model)}
     (image,) = fetch_images(http, post(http, server, body).json())
     fmt = registry()[model].output_format(body) or "png"
     assert decoded(image) == (fmt, width, height)

@@ -14,7 +14,8 @@ from typing import Any
 
 import pytest
 import yaml
-from helpers import invoke
+from helpers import KEY, invoke
+from PIL import Image, ImageChops, ImageStat
 
 from flux_pipeline.emulator import EmulatorServer
 
@@ -159,3 +160,71 @@ def run_workflow(
                 assert result.exit_code == 0, (line, result.stdout, result.stderr)
                 ran.append(line.split()[1])
     return ran
+
+
+def mean_difference(a: Image.Image, b: Image.Image) -> float:
+    """Mean absolute difference per channel (0..255) of two images at a's size."""
+    diff = ImageChops.difference(a.convert("RGB"), b.convert("RGB").resize(a.size))
+    return sum(ImageStat.Stat(diff).mean) / 3
+
+
+def test_product_edits_are_derived_from_their_photos_and_rerun_only_what_changed(
+    tmp_path: Path, emulator: EmulatorServer
+) -> None:
+    folder = copy_examples(tmp_path)
+    spec = folder / "product-edits.yaml"
+    result = invoke("run", "--base-url", emulator.url, str(spec), env=KEY)
+    assert result.exit_code == 0, result.stderr
+    assert emulator.emulator.counters.snapshot()["paid"] == 9
+    lock = json.loads((folder / "product-edits.lock.json").read_text())
+    entries = lock["requests"]
+    assert len(entries) == 9
+    # The lock names each input by path and hash, never its bytes: it stays small.
+    text = (folder / "product-edits.lock.json").read_text()
+    assert "base64" not in text and len(text) < 15_000
+    photos = {
+        p: Image.open(folder / p) for p in ("photos/mug.jpg", "photos/lamp.jpg", "photos/vase.jpg")
+    }
+    for entry in entries.values():
+        (output,) = entry["outputs"]
+        with Image.open(folder / output["path"]) as image:
+            # Above the caption strip, the image is its own photo (resized, lightly tinted),
+            # far closer to it than to the other photos.
+            top = image.crop((0, 0, image.width, image.height * 3 // 4))
+            own = entry["vars"]["photo"]
+            distances = {
+                p: mean_difference(top, im.crop((0, 0, im.width, im.height * 3 // 4)))
+                for p, im in photos.items()
+            }
+            assert min(distances, key=distances.__getitem__) == own, distances
+            assert distances[own] < 40
+        reference = entry["body"]["image_url"]
+        assert reference.startswith(f"file:{entry['vars']['photo']}#sha256=")
+    # Edit one photo: exactly its three requests are stale, and a rerun sends those three.
+    with Image.open(folder / "photos/mug.jpg") as mug:
+        mug.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(folder / "photos/mug.jpg")
+    check = invoke("check", str(spec))
+    assert check.exit_code == 1
+    stale = [line for line in check.stdout.splitlines() if "input photos/mug.jpg changed" in line]
+    assert len(stale) == 3 and all("mug-" in line for line in stale)
+    again = invoke("run", "--base-url", emulator.url, str(spec), env=KEY)
+    assert again.exit_code == 0, again.stderr
+    assert "3 done, 6 skipped" in again.stdout
+    assert emulator.emulator.counters.snapshot()["paid"] == 12
+
+
+def test_flux2_comparison_runs_every_model_at_the_same_seed(
+    tmp_path: Path, emulator: EmulatorServer
+) -> None:
+    folder = copy_examples(tmp_path)
+    spec = folder / "flux2-comparison.yaml"
+    result = invoke("run", "--base-url", emulator.url, str(spec), env=KEY)
+    assert result.exit_code == 0, result.stderr
+    entries = json.loads((folder / "flux2-comparison.lock.json").read_text())["requests"]
+    assert {e["body"]["model"] for e in entries.values()} == {
+        "flux-pro",
+        "blackforestlabs/flux-2-pro",
+        "blackforestlabs/flux-2-max",
+    }
+    assert {e["seed"] for e in entries.values()} == {20261126}
+    assert all(e["outputs"][0]["width"] == 1024 for e in entries.values())

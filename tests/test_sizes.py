@@ -7,11 +7,12 @@ from pathlib import Path
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from strategies import all_models, models, sides
+from strategies import all_models, models, required_inputs, sides
 
 from flux_pipeline.registry import (
-    ASPECT_SIZES,
+    KONTEXT_SIZES,
     PRESETS,
+    ULTRA_SIZES,
     _validator,
     check_body,
     is_valid_body,
@@ -29,7 +30,8 @@ EXPECTED_PRESETS = {
 
 
 def body(model: str, **fields: object) -> dict[str, object]:
-    return {"model": model, "prompt": "a kettle", **fields}
+    """A body of `model` with the input image it requires, if any."""
+    return {"model": model, "prompt": "a kettle", **required_inputs(model), **fields}
 
 
 @given(model=models, width=sides, height=sides)
@@ -66,14 +68,29 @@ def test_default_size_is_landscape_4_3(model: str) -> None:
     assert registry()[model].size(body(model)) == (1024, 768)
 
 
-@pytest.mark.parametrize("ratio", sorted(ASPECT_SIZES))
+@pytest.mark.parametrize("ratio", sorted(ULTRA_SIZES))
 def test_ultra_sizes_follow_the_aspect_ratio(ratio: str) -> None:
     ultra = registry()["flux-pro/v1.1-ultra"]
     assert check_body(body(ultra.name, aspect_ratio=ratio)) == []
-    width, height = ultra.size(body(ultra.name, aspect_ratio=ratio))
+    width, height = ultra.likely_size(body(ultra.name, aspect_ratio=ratio))
     a, b = map(int, ratio.split(":"))
     assert abs(width / height - a / b) < 0.02
     assert 3_500_000 < width * height < 4_600_000
+    # Only the default ratio's size is documented: another is recorded, not checked.
+    documented = ultra.size(body(ultra.name, aspect_ratio=ratio))
+    assert documented == ((2752, 1536) if ratio == "16:9" else None)
+
+
+@pytest.mark.parametrize("ratio", sorted(KONTEXT_SIZES))
+@pytest.mark.parametrize("kind", ["text-to-image", "image-to-image"])
+def test_kontext_checks_only_the_documented_default_sizes(ratio: str, kind: str) -> None:
+    kontext = registry()[f"flux/kontext-pro/{kind}"]
+    request = body(kontext.name, aspect_ratio=ratio)
+    documented = {"text-to-image": ("1:1", (1024, 1024)), "image-to-image": ("16:9", (1184, 880))}
+    default_ratio, default_size = documented[kind]
+    assert kontext.size(request) == (default_size if ratio == default_ratio else None)
+    width, height = kontext.likely_size(request)
+    assert 600_000 < width * height < 1_200_000 and width % 16 == height % 16 == 0
 
 
 def test_ultra_rejects_image_size() -> None:
@@ -106,7 +123,8 @@ def test_out_of_range_fields_are_rejected_with_their_path(field: str, value: obj
 @given(model=all_models, count=st.integers(min_value=-5, max_value=10))
 def test_num_images_range_for_every_model(model: str, count: int) -> None:
     errors = check_body(body(model, num_images=count))
-    assert (not errors) == (1 <= count <= 4)
+    takes_count = "num_images" in registry()[model].fields  # FLUX.2 pro and max make one
+    assert (not errors) == (takes_count and 1 <= count <= 4)
 
 
 @given(model=all_models, steps=st.integers(min_value=-5, max_value=80))

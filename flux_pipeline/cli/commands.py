@@ -210,6 +210,26 @@ def gallery(
 
 
 @cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print each model's request schema as JSON.")
+def models(as_json: bool) -> None:
+    """List the FLUX models the tool knows: sizes, input images, request fields.
+
+    Every model is read from the provider's OpenAPI document shipped with the tool, with the
+    rules the documents state only in prose (sizes in multiples of 32, preset sizes, input
+    image counts); `validate` checks each request against exactly this.
+    """
+    from ..registry import registry
+    from .reports import models_table
+
+    if as_json:
+        schemas = {name: m.request_schema for name, m in registry().items()}
+        click.echo(json.dumps(schemas, indent=2))
+        return
+    click.echo(models_table(registry().values()))
+    click.echo(f"{len(registry())} models")
+
+
+@cli.command()
 @click.option("--lock", "of_lock", is_flag=True, help="Print the lock file's schema instead.")
 def schema(of_lock: bool) -> None:
     """Print the JSON Schema of the spec language, for editors (or of the lock, --lock).

@@ -11,6 +11,7 @@ from ..budget import price_table
 from ..compare import CheckReport, LockDiff
 from ..errors import plural
 from ..planning import Plan, PlanItem
+from ..registry import SIZE_OF_INPUT, Model
 from ..results import RunResult, Status
 
 
@@ -41,7 +42,7 @@ def plan_table(plan: Plan) -> str:
                 item.state.kind.value,
                 item.request.id,
                 item.request.model,
-                f"{item.width}x{item.height}",
+                f"{item.width}x{item.height}" + ("" if item.size_checked else "?"),
                 str(item.request.seed),
                 str(item.images),
                 credits_text(item),
@@ -59,6 +60,10 @@ def plan_table(plan: Plan) -> str:
             "the first answers will show the real cost)"
         )
     reasons = [f"  {i.request.id}: {i.state.reason}" for i in plan.items if i.state.reason]
+    if not all(i.size_checked for i in plan.items):
+        reasons.append(
+            "  SIZE?: the documents do not state this size; the image's own size is recorded"
+        )
     if plan.cached:
         summary += f" ({plan.cached} restored from the cache of earlier outputs)"
     if plan.gone:
@@ -139,3 +144,48 @@ def run_summary(result: RunResult) -> str:
     else:
         lines += [f"  not sent: {reason} ({n})" for reason, n in unsent.items()]
     return "\n".join(lines)
+
+
+def models_table(models: Iterable[Model]) -> str:
+    """Every model: its sizes, whether it takes input images, its fields."""
+    rows = [["MODEL", "SIZES", "FORMATS", "INPUTS", "FIELDS"]]
+    for model in models:
+        formats = model.request_schema["properties"].get("output_format", {}).get("enum", ["-"])
+        rows.append(
+            [
+                model.name,
+                sizes_text(model),
+                "/".join(formats),
+                inputs_text(model),
+                fields_text(model),
+            ]
+        )
+    return table(rows)
+
+
+def sizes_text(model: Model) -> str:
+    if model.size_range:
+        low, high = model.size_range
+        return f"image_size {low}..{high} (x32) or preset"
+    if model.ratios:
+        return f"aspect_ratio {model.ratios[0]}..{model.ratios[-1]}"
+    if model.name in SIZE_OF_INPUT:
+        return "the input's size"
+    return "not stated (recorded)"
+
+
+def inputs_text(model: Model) -> str:
+    schema = model.request_schema["properties"]
+    if "image_urls" in schema:
+        item = schema["image_urls"]
+        return f"image_urls {item.get('minItems', 0)}..{item['maxItems']}"
+    if "image_url" in schema:
+        arrays = [b for b in schema["image_url"].get("anyOf", []) if b.get("type") == "array"]
+        return f"image_url (1..{arrays[0]['maxItems']})" if arrays else "image_url"
+    return "-"
+
+
+def fields_text(model: Model) -> str:
+    hidden = {"model", "prompt", "image_size", "aspect_ratio", "output_format"}
+    hidden |= {"image_url", "image_urls"}
+    return ", ".join(sorted(model.fields - hidden))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import gzip
+import hashlib
 import json
 import math
 import random
@@ -15,7 +16,9 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from typing import Any
+from urllib.parse import urlsplit
 
+import httpx
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -23,9 +26,14 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from ..bodies import body_hash
-from ..registry import API_PATH, Model, check_body, get_model
+from ..images import probe
+from ..inputs import input_values
+from ..registry import API_PATH, SIZE_OF_INPUT, Model, check_body, get_model
 from .config import CHUNK, FAULT_STATUSES, Counters, EmulatorConfig, credits_for
-from .images import Picture
+from .images import Picture, indexed_png
+
+USD_PER_CREDIT = 0.025  # the emulator's figure, not the provider's
+LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 
 
 def error_body(status: int, message: str, path: str, **extra: Any) -> dict[str, Any]:
@@ -49,15 +57,31 @@ class _Order:
     height: int
     count: int
     cost: float
+    source: bytes | None = None  # the first input image, for an edit
 
     @classmethod
-    def of(cls, body: dict[str, Any], price_factor: float) -> _Order:
+    def of(cls, body: dict[str, Any], price_factor: float, source: Source | None) -> _Order:
         model = get_model(body["model"])
         assert model is not None  # check_body passed
-        width, height = model.size(body)
+        sized_by_input = model.name in SIZE_OF_INPUT or not (
+            {"image_size", "aspect_ratio"} & model.fields
+        )
+        if source is not None and sized_by_input:
+            width, height = source.width, source.height
+        else:
+            width, height = model.likely_size(body)
         count = model.num_images(body)
         cost = count * credits_for(model.name, width, height, price_factor)
-        return cls(model, width, height, count, cost)
+        return cls(model, width, height, count, cost, source.data if source else None)
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """An input image the emulator received (or fetched)."""
+
+    data: bytes
+    width: int
+    height: int
 
 
 class Emulator:
@@ -137,7 +161,11 @@ class Emulator:
         if problems:
             details = [f"{p.path}: {p.message}" for p in problems]
             return self._answer(400, "Body validation error", path, details=details)
-        order = _Order.of(body, config.price_factor)
+        try:
+            source = await self._source(body)
+        except ValueError as exc:
+            return self._answer(400, f"Body validation error: {exc}", path)
+        order = _Order.of(body, config.price_factor, source)
         failing = bool(config.fail_rate) and self._random.random() < config.fail_rate
         refused = None if failing else self._bill(body, order)
         if refused is not None:
@@ -156,6 +184,45 @@ class Emulator:
         with self.counters.lock:
             self.counters.delivered += 1
         return answer
+
+    async def _source(self, body: dict[str, Any]) -> Source | None:
+        """The first input image of an edit, every input checked as the API would: a `data:`
+        URI of an image, or a URL. A loopback URL is fetched; another host's is not (the
+        emulator is offline): a stand-in picture is drawn from the URL. ValueError if an
+        input cannot be read."""
+        values = input_values(body)
+        with self.counters.lock:
+            self.counters.inputs += len(values)
+        sources = [await self._read_input(v) for v in values]
+        return sources[0] if sources else None
+
+    async def _read_input(self, value: str) -> Source:
+        if value.startswith("data:"):
+            header, _, text = value.partition(",")
+            if not header.endswith(";base64"):
+                raise ValueError("an input data: URI must be base64")
+            try:
+                data = base64.b64decode(text, validate=True)
+            except ValueError:
+                raise ValueError("an input data: URI is not valid base64") from None
+        elif urlsplit(value).hostname in LOOPBACK:
+            try:
+                async with httpx.AsyncClient(timeout=10) as client:
+                    answer = await client.get(value)
+                answer.raise_for_status()
+            except httpx.HTTPError as exc:
+                raise ValueError(f"cannot fetch the input {value}: {exc}") from None
+            data = answer.content
+        elif value.startswith(("https://", "http://")):
+            digest = hashlib.sha256(value.encode()).digest()
+            data = indexed_png(512, 512, digest, value[-60:])
+        else:
+            raise ValueError(f"{value[:40]!r} is neither a URL nor a data: URI")
+        try:
+            info = probe(data)
+        except ValueError as exc:
+            raise ValueError(f"an input is not an image: {exc}") from None
+        return Source(data, info.width, info.height)
 
     def _refusal(self, request: Request) -> Response | None:
         """The answer to a request refused before its body is read: no key (401), a
@@ -193,7 +260,8 @@ class Emulator:
             self.counters.paid += 1
             self.counters.credits += order.cost
             self.counters.generated += order.count
-            self.counters.paid_bodies[body_hash(body)] += 1  # as the lock records it
+            # As the lock records it (an edit's inputs as sent: the same bytes, the same hash).
+            self.counters.paid_bodies[body_hash(body)] += 1
         return None
 
     def _answer_generation(self, request: Request, body: dict[str, Any], order: _Order) -> Response:
@@ -208,7 +276,9 @@ class Emulator:
         seed = body.get("seed") or self._random.randint(1, 2**31 - 1)
         fmt = model.output_format(body) or "png"
         images = [
-            Picture(model.name, body["prompt"], seed, width, height, fmt, i, config.mangle)
+            Picture(
+                model.name, body["prompt"], seed, width, height, fmt, i, config.mangle, order.source
+            )
             for i in range(count)
         ]
         with self.counters.lock:
@@ -231,7 +301,8 @@ class Emulator:
             return JSONResponse(
                 {
                     "data": [{key: link, other: None} for link in links],
-                    "meta": {"usage": {"credits_used": cost}},
+                    # The newer documents require usd_spent too: the emulator's own rate.
+                    "meta": {"usage": {"credits_used": cost, "usd_spent": cost * USD_PER_CREDIT}},
                 }
             )
         return JSONResponse(

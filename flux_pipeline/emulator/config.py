@@ -77,6 +77,7 @@ class Counters:
     credits: float = 0.0  # credits billed
     delivered: int = 0  # billed generations whose answer was written back
     paid_bodies: Counter[str] = field(default_factory=Counter)  # sha256 of bodies that were paid
+    inputs: int = 0  # input images received (data: URIs and URLs)
     downloads: Counter[str] = field(default_factory=Counter)  # "ok", "truncated", "missing"
     authorizations: list[str] = field(default_factory=list)  # Authorization headers seen
 
@@ -89,6 +90,7 @@ class Counters:
                 "paid": self.paid,
                 "credits": self.credits,
                 "delivered": self.delivered,
+                "inputs": self.inputs,
                 "downloads": dict(self.downloads),
             }
 

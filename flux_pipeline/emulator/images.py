@@ -107,8 +107,8 @@ def render_image(
 ) -> bytes:
     """A deterministic picture. A PNG is indexed: a palette from the inputs' hash over pixels
     shared by its size, captioned in its metadata, so that serving one costs the emulator the
-    same at 64x64 as at 1440x1440 and it is never what a benchmark measures. A JPEG is drawn:
-    a gradient and shapes from the hash, with a caption."""
+    same at 64x64 as at 1440x1440 and it is never what a benchmark measures. A JPEG or WebP
+    is drawn: a gradient and shapes from the hash, with a caption."""
     from PIL import Image, ImageDraw
 
     digest = hashlib.sha256(
@@ -140,8 +140,38 @@ def render_image(
             draw.rectangle((left - 4, top - 4, right + 4, bottom + 4), fill=(0, 0, 0))
             draw.text(xy, text, fill=(255, 255, 255), font=font, anchor=anchor)
     out = io.BytesIO()
-    image.save(out, format="JPEG", quality=85)
+    image.save(out, format=fmt.upper(), quality=85)
     return out.getvalue()
+
+
+#: How much of an edit's picture is the prompt's tint (the rest is the input, resized).
+EDIT_TINT = 0.2
+
+
+def edited_image(
+    source: bytes, prompt: str, seed: int, width: int, height: int, fmt: str, index: int
+) -> bytes:
+    """An edit's picture: the input resized to the output, tinted by a colour from the
+    prompt and seed, captioned; so a test can see that the input was used."""
+    from PIL import Image, ImageDraw
+
+    digest = hashlib.sha256(json.dumps([prompt, seed, index]).encode()).digest()
+    with Image.open(io.BytesIO(source)) as opened:
+        image = opened.convert("RGB").resize((width, height), Image.Resampling.BILINEAR)
+    image = Image.blend(image, Image.new("RGB", image.size, _palette(digest)[0]), EDIT_TINT)
+    if min(width, height) >= 128:
+        draw = ImageDraw.Draw(image)
+        font = _font(max(10, min(width, height) // 32))
+        text = f"{' '.join(prompt.split()[:6])} / seed {seed}"
+        left, top, right, bottom = draw.textbbox((8, height - 8), text, font=font, anchor="ls")
+        draw.rectangle((left - 4, top - 4, right + 4, bottom + 4), fill=(0, 0, 0))
+        draw.text((8, height - 8), text, fill=(255, 255, 255), font=font, anchor="ls")
+    out = io.BytesIO()
+    image.save(out, format=fmt.upper(), **({"quality": 85} if fmt != "png" else {}))
+    return out.getvalue()
+
+
+MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,18 +184,21 @@ class Picture:
     fmt: str
     index: int
     mangle: str | None = None
+    source: bytes | None = None  # the input image of an edit: the picture is derived from it
 
     @property
     def file_name(self) -> str:
+        inputs = hashlib.sha256(self.source).hexdigest() if self.source else ""
         key = json.dumps(
             [self.model, self.prompt, self.seed, self.width, self.height, self.fmt, self.index]
+            + ([inputs] if inputs else [])
         )
-        ext = "png" if self.fmt == "png" else "jpg"
+        ext = {"png": "png", "jpeg": "jpg", "webp": "webp"}[self.fmt]
         return f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.{ext}"
 
     @property
     def content_type(self) -> str:
-        return "image/png" if self.fmt == "png" else "image/jpeg"
+        return MEDIA_TYPES[self.fmt]
 
     def render(self) -> bytes:
         width, height, fmt = self.width, self.height, self.fmt
@@ -177,6 +210,8 @@ class Picture:
             width, height = width // 2, height // 2
         if self.mangle == "wrong-format":
             fmt = "jpeg" if fmt == "png" else "png"
+        if self.source is not None:
+            return edited_image(self.source, self.prompt, self.seed, width, height, fmt, self.index)
         return render_image(self.model, self.prompt, self.seed, width, height, fmt, self.index)
 
 

@@ -1,0 +1,144 @@
+"""Input images from local files: `image_file()`, `files:` axes and the `stem` filter; every
+bad input is one clear line with its spec line, before any request is sent."""
+
+from __future__ import annotations
+
+import json
+import struct
+import zlib
+from pathlib import Path
+
+import pytest
+from helpers import KEY, build_file_tree, invoke, write_spec
+from PIL import Image
+
+from flux_pipeline.emulator import EmulatorServer
+from flux_pipeline.emulator.config import PNG_SIGNATURE
+from flux_pipeline.inputs import MAX_INPUT_BYTES, parse_reference
+from flux_pipeline.planning import plan
+from flux_pipeline.spec import load_spec
+
+EDIT_SPEC = """
+version: 1
+model: flux/kontext-pro/image-to-image
+jobs:
+  - name: "{{{{ photo | stem }}}}-{{{{ edit }}}}"
+    prompt: "{{{{ edit }}}}"
+    matrix:
+      photo: {photos}
+      edit: [marble, dusk]
+    request:
+      image_url: "{{{{ image_file(photo) }}}}"
+"""
+
+
+def photo(path: Path, size: tuple[int, int] = (96, 64), colour: tuple[int, ...] = (30, 90, 170)):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, colour).save(path)
+    return path
+
+
+def png_claiming(width: int, height: int) -> bytes:
+    """A small, sound PNG whose header claims `width` x `height` pixels."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = zlib.crc32(kind + data) & 0xFFFFFFFF
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (
+        PNG_SIGNATURE
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + chunk(b"IEND", b"")
+    )
+
+
+def test_files_axis_gives_sorted_spec_relative_paths_and_image_file_a_reference(
+    tmp_path: Path,
+) -> None:
+    for name in ("b.png", "a.png", "notes.txt"):
+        if name.endswith(".png"):
+            photo(tmp_path / "photos" / name)
+        else:
+            (tmp_path / "photos" / name).write_text("x")
+    spec = write_spec(tmp_path, EDIT_SPEC.format(photos='{files: "photos/*.png"}'))
+    items = plan(load_spec(spec)).items
+    assert [i.request.id for i in items] == ["a-marble", "a-dusk", "b-marble", "b-dusk"]
+    assert items[0].request.vars == {"photo": "photos/a.png", "edit": "marble"}
+    reference = parse_reference(items[0].request.body["image_url"])
+    assert reference is not None and reference.path == "photos/a.png"
+    assert reference.size == (96, 64)
+    # Same bytes, same reference: the request's identity is the input's content.
+    assert items[0].request.body["image_url"] == items[1].request.body["image_url"]
+
+
+BAD_INPUTS = {
+    "outside the folder": ("[../outside.png]", "input '../outside.png' is outside the spec's"),
+    "missing": ("[photos/none.png]", "input 'photos/none.png' not found"),
+    "not an image": ("[photos/notes.png]", "input 'photos/notes.png' is not an image the API"),
+    "too many pixels": ("[photos/huge.png]", "more than the 40 megapixels an input may have"),
+    "too many bytes": ("[photos/big.jpg]", f"more than the {MAX_INPUT_BYTES:,} an input"),
+    "empty files axis": ('{files: "photos/*.webp"}', "files: 'photos/*.webp' matches no file"),
+    "files axis outside": ('{files: "../*.png"}', "files: '../*.png' must stay inside"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_a_bad_input_is_one_clear_line_and_nothing_is_sent(
+    tmp_path: Path, emulator: EmulatorServer, case: str
+) -> None:
+    photos, message = BAD_INPUTS[case]
+    root = tmp_path / "project"
+    photo(tmp_path / "outside.png")
+    build_file_tree(root, {"photos/notes.png": "not a picture", "photos/ok.png": b""})
+    photo(root / "photos/ok.png")
+    (root / "photos/huge.png").write_bytes(png_claiming(8000, 6000))
+    with (root / "photos/big.jpg").open("wb") as big:
+        big.truncate(MAX_INPUT_BYTES + 1)
+    spec = write_spec(root, EDIT_SPEC.format(photos=photos))
+    before = emulator.emulator.counters.snapshot()["requests"]
+    for command in (["validate"], ["run", "--base-url", emulator.url]):
+        result = invoke(*command, str(spec), env=KEY)
+        assert result.exit_code == 1, result.stdout + result.stderr
+        errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+        assert errors and all(message in line for line in errors), result.stderr
+        assert all(f"{spec}:" in line for line in errors)  # file:line of the spec
+        assert len({line.split(" {")[0] for line in errors}) == 1
+    assert emulator.emulator.counters.snapshot()["requests"] == before
+
+
+def test_an_input_changed_after_planning_fails_its_request_before_it_is_paid(
+    tmp_path: Path, emulator: EmulatorServer
+) -> None:
+    from flux_pipeline.errors import RequestFailed
+    from flux_pipeline.inputs import Sender
+
+    image = photo(tmp_path / "photos/a.png")
+    spec = write_spec(tmp_path, EDIT_SPEC.format(photos="[photos/a.png]"))
+    (item, _) = plan(load_spec(spec)).items
+    photo(image, colour=(200, 10, 10))
+    with pytest.raises(RequestFailed, match="changed since the request was planned"):
+        Sender(tmp_path).wire_body(item.request.id, item.request.body)
+
+
+def test_a_url_input_is_sent_as_written_and_a_lock_of_edits_holds_no_base64(
+    tmp_path: Path, emulator: EmulatorServer
+) -> None:
+    photo(tmp_path / "photos/a.png", size=(640, 480))
+    spec = write_spec(
+        tmp_path,
+        EDIT_SPEC.format(photos="[photos/a.png]")
+        .replace(
+            'image_url: "{{ image_file(photo) }}"',
+            'image_urls: ["{{ image_file(photo) }}", "https://example.com/b.jpg"]',
+        )
+        .replace("flux/kontext-pro/image-to-image", "blackforestlabs/flux-2-edit"),
+    )
+    result = invoke("run", "--base-url", emulator.url, str(spec), env=KEY)
+    assert result.exit_code == 0, result.stderr
+    lock = (tmp_path / "spec.lock.json").read_text()
+    assert "base64" not in lock and len(lock) < 4_000
+    bodies = [e["body"] for e in json.loads(lock)["requests"].values()]
+    assert all(b["image_urls"][1] == "https://example.com/b.jpg" for b in bodies)
+    assert all(b["image_urls"][0].startswith("file:photos/a.png#sha256=") for b in bodies)
