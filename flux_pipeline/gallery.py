@@ -22,6 +22,7 @@ from .compare import diff_locks, lock_at
 from .errors import ConfigError
 from .expansion import Request
 from .lock import Entry, Output, read_lock
+from .inputs import references
 from .spec import Spec
 
 THUMB = 320  # longest side of a thumbnail, in pixels
@@ -148,6 +149,29 @@ class _Figure:
     href: str | None = None
     thumb: str | None = None
     size: str = ""
+    inputs: tuple[_Input, ...] = ()  # an edit's input images, shown beside it
+
+
+@dataclass(frozen=True, slots=True)
+class _Input:
+    path: str
+    href: str
+    thumb: str
+
+
+def _inputs(
+    request: Request, spec_folder: Path, page_folder: Path, thumbs: Path
+) -> tuple[_Input, ...]:
+    """The local input images of an edit that are still on disk, as the page links them."""
+    shown = []
+    for reference in references(request.body):
+        source = spec_folder / reference.path
+        if source.is_file():
+            thumb = thumbnail(source, reference.sha256, thumbs)
+            shown.append(
+                _Input(reference.path, _href(source, page_folder), _href(thumb, page_folder))
+            )
+    return tuple(shown)
 
 
 def _href(path: Path, page_folder: Path) -> str:
@@ -157,8 +181,9 @@ def _href(path: Path, page_folder: Path) -> str:
 def _figure(cell: Cell, base: Path, page_folder: Path, thumbs: Path) -> _Figure:
     request, output = cell.request, cell.output
     prompt = str(request.body.get("prompt", ""))
+    inputs = _inputs(request, base, page_folder, thumbs)
     if output is None or not (base / output.path).is_file():
-        return _Figure(request.id, request.seed, prompt)
+        return _Figure(request.id, request.seed, prompt, inputs=inputs)
     image = base / output.path
     thumb = thumbnail(image, output.sha256, thumbs)
     return _Figure(
@@ -168,6 +193,7 @@ def _figure(cell: Cell, base: Path, page_folder: Path, thumbs: Path) -> _Figure:
         _href(image, page_folder),
         _href(thumb, page_folder),
         f"{output.width}x{output.height}",
+        inputs,
     )
 
 

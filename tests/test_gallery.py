@@ -167,3 +167,27 @@ def test_gallery_before_any_run_says_so(tmp_path: Path) -> None:
     result = invoke("gallery", str(spec))
     assert result.exit_code == 2
     assert result.stderr == f"error: {spec}: no lock yet; run the spec first\n"
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed")
+def test_an_edit_shows_its_input_beside_it_on_a_files_axis_grid(
+    tmp_path: Path, emulator: EmulatorServer
+) -> None:
+    examples = Path(__file__).parents[1] / "examples"
+    shutil.copytree(examples / "photos", tmp_path / "photos")
+    spec = tmp_path / "product-edits.yaml"
+    shutil.copy(examples / "product-edits.yaml", spec)
+    assert invoke("run", "--base-url", emulator.url, str(spec), env=KEY).exit_code == 0
+    assert invoke("gallery", str(spec)).exit_code == 0
+    page = tmp_path / "out/product-edits/gallery.html"
+    text = page.read_text()
+    inputs = re.findall(
+        r'<a href="([^"]+)"><img src="([^"]+)" alt="input (photos/[a-z]+\.jpg)"', text
+    )
+    assert len(inputs) == 9  # one beside each edit
+    for href, thumb, path in inputs:
+        assert (page.parent / href).resolve() == (tmp_path / path).resolve()
+        assert (page.parent / thumb).is_file()
+    assert "photo = photos/mug.jpg" in text  # the files: axis is a grid axis
+    dom = chromium("--window-size=1600,4000", "--dump-dom", page.as_uri(), profile=tmp_path / "p")
+    assert re.search(r'<body data-loaded="18" data-images="18"', dom), dom[:500]
