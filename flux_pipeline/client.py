@@ -249,20 +249,24 @@ class ApiClient:
         return self._redactor(text)
 
     async def generate(
-        self, request_id: str, body: Mapping[str, Any], attempts: list[Attempt]
+        self,
+        request_id: str,
+        body: Mapping[str, Any],
+        attempts: list[Attempt],
+        throttle: Throttle | None = None,
     ) -> Generation:
         """POST one body, retrying as the policy allows. Raises RequestFailed or RunStopped.
 
         Failures (408, 409, 5xx, timeouts) count against `retries`; 429s do not: they slow
-        the whole run down (`throttle`), and the request fails only after `max_wait` seconds
-        of them."""
+        the whole run down (`throttle`, or the one given for the body's model family), and the
+        request fails only after `max_wait` seconds of them."""
         content = json.dumps(
             body, separators=(",", ":"), ensure_ascii=False, allow_nan=False
         ).encode()
         failures = 0
         throttled_since: float | None = None
         while True:
-            verdict = await self._attempt(request_id, content, attempts)
+            verdict = await self._attempt(request_id, content, attempts, throttle or self.throttle)
             if isinstance(verdict, Generation):
                 return replace(verdict, attempts=len(attempts))
             if verdict.action is Action.STOP:
@@ -284,12 +288,12 @@ class ApiClient:
             failures += 1
 
     async def _attempt(
-        self, request_id: str, content: bytes, attempts: list[Attempt]
+        self, request_id: str, content: bytes, attempts: list[Attempt], throttle: Throttle
     ) -> Generation | Verdict:
         """One POST, holding a slot of the throttle; the answer, or what to do about it."""
         if self.before_send is not None:
             await self.before_send()
-        slot = await self.throttle.acquire()
+        slot = await throttle.acquire()
         outcome, wait = "other", None
         started = time.monotonic()
         try:
@@ -318,4 +322,4 @@ class ApiClient:
                 outcome, wait = "overloaded", verdict.wait
             return verdict
         finally:
-            self.throttle.release(slot, outcome=outcome, wait=wait)
+            throttle.release(slot, outcome=outcome, wait=wait)

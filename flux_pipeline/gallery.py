@@ -21,8 +21,8 @@ from .atomic import write_atomic
 from .compare import diff_locks, lock_at
 from .errors import ConfigError
 from .expansion import Request
-from .lock import Entry, Output, read_lock
 from .inputs import references
+from .lock import Entry, Output, read_lock
 from .spec import Spec
 
 THUMB = 320  # longest side of a thumbnail, in pixels

@@ -14,6 +14,11 @@ second) and answer 429 above it. `Throttle` keeps the run just under the cap:
   `Retry-After` when it gives one, else for an exponential backoff with full jitter whose
   level rises with each wave of overloads and falls back on success.
 
+Where the provider caps a model family on its own (Black Forest Labs: 6 jobs in flight for
+Kontext Max, against 24 for the rest), that family has a throttle of its own (`Throttles`),
+whose ceiling is the cap: its requests do not start with a burst of refusals, and its 429s
+slow only that family down.
+
 Time and randomness come in as `clock`, `sleep` and `rng`, so tests can drive it.
 """
 
@@ -22,8 +27,9 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,3 +129,34 @@ class Throttle:
             ceiling = min(self._max_pause, self._base_pause * 2 ** (self._level - 1))
             wait = self._rng.uniform(0, ceiling)
         self._paused_until = max(self._paused_until, self._clock() + wait)
+
+
+#: Jobs in flight the provider allows a model family, by model-name prefix, where it is fewer
+#: than the rest (`openapi/README.md`: "6 for Kontext Max").
+FAMILY_CAPS: dict[str, int] = {"flux/kontext-max/": 6}
+
+
+class Throttles:
+    """A run's throttles: one for every model, but one of its own for a family the provider
+    caps apart (`FAMILY_CAPS`), made when the run first sends to it."""
+
+    def __init__(self, ceiling: int, caps: Mapping[str, int] | None = None, **options: Any):
+        self.run = Throttle(ceiling, **options)
+        self._caps = FAMILY_CAPS if caps is None else caps
+        self._options = options
+        self._families: dict[str, Throttle] = {}
+
+    def of(self, model: str) -> Throttle:
+        """The throttle requests of `model` go through."""
+        for prefix, cap in self._caps.items():
+            if model.startswith(prefix):
+                throttle = self._families.get(prefix)
+                if throttle is None:
+                    ceiling = min(self.run.ceiling, cap)
+                    throttle = self._families[prefix] = Throttle(ceiling, **self._options)
+                return throttle
+        return self.run
+
+    @property
+    def overloads(self) -> int:
+        return self.run.overloads + sum(t.overloads for t in self._families.values())

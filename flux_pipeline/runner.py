@@ -257,8 +257,8 @@ def _result(state: Run, seconds: float) -> RunResult:
         seconds,
         state.stopped,
         state.interrupted,
-        throttle.overloads,
-        throttle.limit if throttle.overloads else None,
+        state.throttles.overloads,
+        throttle.limit if state.throttles.overloads else None,
         state.budget.spent,
         state.budget.estimated,
     )

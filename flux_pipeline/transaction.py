@@ -32,7 +32,7 @@ from .fetcher import ImageFetcher, StoredImage
 from .inputs import Sender
 from .journal import Journal
 from .keeper import LockKeeper
-from .limits import Throttle
+from .limits import Throttles
 from .lock import Entry, Output, mismatch_warning
 from .options import RunOptions
 from .output_folder import OutputFolder
@@ -111,7 +111,8 @@ class Run:
         self.sender = Sender(spec.folder)
         self.pacer = Pacer(options.rate)
         policy = RetryPolicy(retries=options.retries, max_wait=options.max_wait)
-        self.throttle = Throttle(options.concurrency)
+        self.throttles = Throttles(options.concurrency)
+        self.throttle = self.throttles.run
         self.client = ApiClient(
             http, base_url, api_key, policy, before_send=self._before_send, throttle=self.throttle
         )
@@ -251,7 +252,8 @@ class Run:
         request = item.request
         self.posting += 1
         try:
-            generation = await self.client.generate(request.id, body, attempts)
+            throttle = self.throttles.of(request.model)
+            generation = await self.client.generate(request.id, body, attempts, throttle)
         except BaseException as exc:
             self.settle(reservation, **charge_of_failure(exc, attempts))
             raise

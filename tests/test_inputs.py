@@ -3,6 +3,7 @@ bad input is one clear line with its spec line, before any request is sent."""
 
 from __future__ import annotations
 
+import io
 import json
 import struct
 import zlib
@@ -142,3 +143,52 @@ def test_a_url_input_is_sent_as_written_and_a_lock_of_edits_holds_no_base64(
     bodies = [e["body"] for e in json.loads(lock)["requests"].values()]
     assert all(b["image_urls"][1] == "https://example.com/b.jpg" for b in bodies)
     assert all(b["image_urls"][0].startswith("file:photos/a.png#sha256=") for b in bodies)
+
+
+def test_the_emulator_fetches_a_loopback_input_and_refuses_what_it_cannot_read(
+    emulator: EmulatorServer,
+) -> None:
+    import httpx
+
+    from flux_pipeline.registry import API_PATH
+
+    headers = {"Authorization": "Bearer k"}
+    with httpx.Client(timeout=30) as http:
+        made = http.post(
+            emulator.url + API_PATH,
+            json={"model": "flux/schnell", "prompt": "source", "image_size": "square"},
+            headers=headers,
+        ).json()
+        source_url = made["data"][0]["url"]
+        assert source_url.startswith("http://127.0.0.1")
+        edit = {"model": "flux/dev/image-to-image", "prompt": "edit", "image_url": source_url}
+        answer = http.post(emulator.url + API_PATH, json=edit, headers=headers)
+        assert answer.status_code == 200, answer.text
+        edited = http.get(answer.json()["data"][0]["url"]).content
+        with Image.open(io.BytesIO(edited)) as image:
+            assert image.size == (512, 512)  # flux/dev/image-to-image: the input's size
+        for bad, says in (
+            (source_url.replace("/files/", "/files/none-"), "cannot fetch the input"),
+            ("data:image/png;base64,bm90IGFuIGltYWdl", "an input is not an image"),
+        ):
+            refused = http.post(
+                emulator.url + API_PATH, json={**edit, "image_url": bad}, headers=headers
+            )
+            assert refused.status_code == 400 and says in refused.json()["message"]
+
+
+def test_diff_and_body_changes_name_the_input_that_changed(tmp_path: Path) -> None:
+    from flux_pipeline.bodies import body_changes
+
+    image = photo(tmp_path / "photos/a.png")
+    spec = write_spec(tmp_path, EDIT_SPEC.format(photos="[photos/a.png]"))
+    before = plan(load_spec(spec)).items[0].request.body
+    photo(image, colour=(1, 2, 3))
+    after = plan(load_spec(spec)).items[0].request.body
+    assert body_changes(before, after) == ["input photos/a.png changed"]
+    assert body_changes(before, {**after, "prompt": "other"}) == [
+        "prompt",
+        "input photos/a.png changed",
+    ]
+    moved = {**after, "image_url": after["image_url"].replace("photos/a.png", "photos/b.png")}
+    assert body_changes(before, moved) == ["image_url"]

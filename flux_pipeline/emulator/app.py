@@ -12,6 +12,7 @@ import math
 import random
 import time
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
@@ -94,6 +95,8 @@ class Emulator:
         self._files: dict[str, Picture] = {}
         self._spent = 0.0
         self._in_flight = 0  # billed generations not yet answered
+        self._family_in_flight: Counter[str] = Counter()  # the same, by capped family
+        self.most_in_flight: Counter[str] = Counter()  # the most a family had at once
         self._tokens = max(self.config.rate_limit or 0.0, 1.0)
         self._refilled = time.monotonic()
         self.app = Starlette(
@@ -166,17 +169,26 @@ class Emulator:
         except ValueError as exc:
             return self._answer(400, f"Body validation error: {exc}", path)
         order = _Order.of(body, config.price_factor, source)
+        family = self._family(order.model.name)
+        if family and self._family_in_flight[family] >= dict(config.family_in_flight)[family]:
+            cap = dict(config.family_in_flight)[family]
+            return self._answer(429, f"Too many requests: at most {cap} {family}* tasks", path)
         failing = bool(config.fail_rate) and self._random.random() < config.fail_rate
         refused = None if failing else self._bill(body, order)
         if refused is not None:
             return refused  # out of credits
         self._in_flight += 1
+        self._family_in_flight[family] += 1
+        self.most_in_flight[family] = max(
+            self.most_in_flight[family], self._family_in_flight[family]
+        )
         try:
             low, high = config.latency
             if high > 0:
                 await asyncio.sleep(self._random.uniform(low, high))
         finally:
             self._in_flight -= 1
+            self._family_in_flight[family] -= 1
         if failing:
             status = self._random.choice(FAULT_STATUSES)
             return self._answer(status, "Internal server error (emulated)", path)
@@ -184,6 +196,10 @@ class Emulator:
         with self.counters.lock:
             self.counters.delivered += 1
         return answer
+
+    def _family(self, model: str) -> str:
+        """The capped family `model` belongs to, or "" (the rest, under max_in_flight)."""
+        return next((p for p, _ in self.config.family_in_flight if model.startswith(p)), "")
 
     async def _source(self, body: dict[str, Any]) -> Source | None:
         """The first input image of an edit, every input checked as the API would: a `data:`

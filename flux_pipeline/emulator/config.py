@@ -40,6 +40,9 @@ class EmulatorConfig:
     retry_after: str | None = None  # Retry-After sent with 429 (default: seconds to next slot)
     send_retry_after: bool = True  # False: a 429 says nothing of when to come back
     max_in_flight: int | None = None  # generations at once before 429 (BFL's active task cap)
+    # Generations at once of a model family (by model-name prefix) before 429, e.g.
+    # (("flux/kontext-max/", 6),) as Black Forest Labs caps Kontext Max.
+    family_in_flight: tuple[tuple[str, int], ...] = ()
     quota_exhausted: bool = False  # every generation answered 429 "quota exceeded"
     truncate_rate: float = 0.0  # share of downloads cut short under a full Content-Length
     slow_download: float = 0.0  # seconds over which each download trickles

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 from click.testing import Result
-from helpers import invoke, schnell_spec
+from helpers import invoke, schnell_spec, write_spec
 
 from flux_pipeline import load_spec
 from flux_pipeline.emulator import EmulatorServer
-from flux_pipeline.limits import Throttle
+from flux_pipeline.limits import Throttle, Throttles
 from flux_pipeline.runner import RunOptions, Status, run
 
 KEY = {"AIMLAPI_KEY": "k"}
@@ -39,6 +39,44 @@ def test_a_run_settles_under_a_cap_on_requests_in_flight(
     # the ceiling, and fewer 429s than requests.
     assert result.limit is not None and 1 <= result.limit <= 16
     assert result.overloads < 120
+
+
+def test_kontext_max_keeps_to_its_own_cap_of_six_from_the_first_request(
+    tmp_path: Path, emulator: EmulatorServer
+) -> None:
+    """Black Forest Labs caps Kontext Max at 6 jobs in flight: its requests go through a
+    throttle of their own whose ceiling is 6, so 24 of them at -j 32 meet no 429 at all,
+    while the rest of the run keeps the run's limit."""
+    family = "flux/kontext-max/"
+    emulator.emulator.configure(family_in_flight=((family, 6),), latency=(0.05, 0.05))
+    spec = load_spec(
+        write_spec(
+            tmp_path,
+            """
+            version: 1
+            defaults: {aspect_ratio: "1:1", output_format: png}
+            jobs:
+              - {name: "max-{{ i }}", prompt: "p {{ i }}", model: x,
+                 matrix: {i: [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17,
+                              18, 19, 20, 21, 22, 23]},
+                 request: {model: flux/kontext-max/text-to-image}}
+            """.replace("model: x,", ""),
+        )
+    )
+    result = run(spec, base_url=emulator.url, api_key="k", options=RunOptions(concurrency=32))
+    assert result.count(Status.DONE) == 24 and result.ok
+    assert emulator.emulator.counters.snapshot()["statuses"].get(429, 0) == 0
+    assert result.overloads == 0
+    assert 1 <= emulator.emulator.most_in_flight[family] <= 6
+
+
+def test_family_throttles_are_apart_and_capped() -> None:
+    throttles = Throttles(32)
+    kontext = throttles.of("flux/kontext-max/image-to-image")
+    assert kontext is throttles.of("flux/kontext-max/text-to-image")
+    assert kontext.ceiling == 6 and throttles.of("flux-pro") is throttles.run
+    assert throttles.of("flux/kontext-pro/image-to-image") is throttles.run
+    assert Throttles(4).of("flux/kontext-max/text-to-image").ceiling == 4  # -j stays the ceiling
 
 
 @pytest.mark.parametrize("retry_after", [True, False], ids=["Retry-After", "no Retry-After"])
