@@ -28,6 +28,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
+class Explained(ValueError):
+    """A value error whose message is written for the spec's author: shown as it is."""
+
+
 def did_you_mean(word: str, choices: Iterable[str], cutoff: float = 0.6) -> str:
     """` (did you mean 'prompt'?)` when `word` is close to one of `choices`, else ``."""
     close = difflib.get_close_matches(word, list(choices), n=1, cutoff=cutoff)

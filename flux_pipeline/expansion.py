@@ -9,20 +9,17 @@ position in its job). Expansion order is the order of the spec, so it is determi
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import itertools
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
-import yaml
-
-from .bodies import body_hash
-from .errors import Problem, SpecInvalid
+from .bodies import body_hash, canonical_json
+from .errors import Explained, Problem, SpecInvalid
 from .inputs import InputFiles
+from .matrix import columns, matrix_combinations, read_cases_file, resolved_matrix
 from .render import (
     TEMPLATE_ERRORS,
     Renderer,
@@ -32,7 +29,7 @@ from .render import (
     step_budget,
     template_folders,
 )
-from .spec import Job, Spec, load_yaml
+from .spec import Job, Spec
 
 SEED_MAX = 2**31 - 1  # within every backend's 32-bit signed range; the API's minimum is 1
 
@@ -75,116 +72,6 @@ def derive_seed(spec_name: str, request_name: str, repeat: int) -> int:
 
 
 # ----- combinations ------------------------------------------------------------------------
-
-
-def matrix_combinations(matrix: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """The combinations of a matrix, exactly as GitHub Actions computes them.
-
-    `exclude` entries remove every combination they match (a partial match is enough) and
-    apply first. Each `include` entry is then added to every original combination whose
-    original values it does not overwrite (values added by an earlier include may be
-    overwritten); an entry that fits no combination becomes a new one.
-    """
-    axes = {k: v for k, v in matrix.items() if k not in ("include", "exclude")}
-    include = list(matrix.get("include", ()))
-    exclude = list(matrix.get("exclude", ()))
-    if not axes:
-        return [dict(entry) for entry in include]
-    names = list(axes)
-    combos = [dict(zip(names, values, strict=True)) for values in itertools.product(*axes.values())]
-    combos = [c for c in combos if not any(_matches(c, e) for e in exclude)]
-    originals = [dict(c) for c in combos]
-    extra: list[dict[str, Any]] = []
-    for entry in include:
-        fitted = False
-        for combo, original in zip(combos, originals, strict=True):
-            if all(original[k] == v for k, v in entry.items() if k in original):
-                combo.update(entry)
-                fitted = True
-        if not fitted:
-            extra.append(dict(entry))
-    return combos + extra
-
-
-def _matches(combo: Mapping[str, Any], entry: Mapping[str, Any]) -> bool:
-    return all(k in combo and combo[k] == v for k, v in entry.items())
-
-
-def _cell(text: str) -> Any:
-    """A CSV cell as YAML would read the plain scalar: numbers and booleans get their type."""
-    if text == "":
-        return text
-    try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
-    return value if isinstance(value, int | float | bool) else text
-
-
-def read_cases_file(path: Path, file: str, line: int) -> list[dict[str, Any]]:
-    """Rows of a CSV, YAML or JSON file as mappings. Raises SpecInvalid on a bad file."""
-
-    def fail(message: str, at: int | None = line, where: str = file) -> SpecInvalid:
-        return SpecInvalid([Problem(message, file=where, line=at, path="cases_file")])
-
-    suffix = path.suffix.lower()
-    if suffix == ".csv":
-        try:
-            with path.open(newline="", encoding="utf-8") as handle:
-                reader = csv.DictReader(handle)
-                rows = []
-                for row in reader:
-                    if None in row or any(v is None for v in row.values()):
-                        raise fail(
-                            f"row {reader.line_num} has a different number of columns "
-                            f"than the header",
-                            reader.line_num,
-                            str(path),
-                        )
-                    rows.append({k: _cell(v) for k, v in row.items()})
-                return rows
-        except FileNotFoundError:
-            raise fail(f"cases_file not found: {path}") from None
-        except (OSError, UnicodeDecodeError, csv.Error) as exc:
-            raise fail(f"cannot read cases_file {path}: {exc}") from exc
-    if suffix in (".yaml", ".yml", ".json"):
-        data = load_yaml(path, what="cases")  # JSON is YAML
-        if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
-            raise fail(f"cases_file {path} must hold a list of mappings")
-        return [dict(r) for r in data]
-    raise fail(f"cases_file must be .csv, .yaml, .yml or .json, not {path.name!r}")
-
-
-def files_axis(folder: Path, pattern: str) -> list[str]:
-    """The values of a `{files: GLOB}` axis: the files the glob matches inside the spec's
-    folder, as sorted POSIX paths relative to it. ValueError if it matches none."""
-    if Path(pattern).is_absolute() or ".." in PurePosixPath(pattern).parts:
-        raise ValueError(f"files: {pattern!r} must stay inside the spec's folder")
-    root = folder.resolve()
-    found = sorted(
-        p.relative_to(root).as_posix()
-        for p in root.glob(pattern)
-        if p.is_file() and p.resolve().is_relative_to(root)
-    )
-    if not found:
-        raise ValueError(f"files: {pattern!r} matches no file in {folder}")
-    return found
-
-
-def resolved_matrix(spec: Spec, job: Job) -> Mapping[str, Any] | None:
-    """The job's matrix with each `{files: GLOB}` axis made its list of paths."""
-    if job.matrix is None or not any(isinstance(v, dict) for v in job.matrix.values()):
-        return job.matrix
-    matrix = dict(job.matrix)
-    for axis, value in job.matrix.items():
-        if isinstance(value, dict) and axis not in ("include", "exclude"):
-            try:
-                matrix[axis] = files_axis(spec.folder, value["files"])
-            except ValueError as exc:
-                where = f"matrix.{axis}"
-                problem = Problem(str(exc), str(spec.path), job.line, job.name, path=where)
-                raise SpecInvalid([problem]) from None
-    return matrix
 
 
 def _inside(folder: Path, relative: str) -> Path | None:
@@ -260,6 +147,25 @@ def _compile_job(spec: Spec, renderer: Renderer, job: Job) -> _CompiledJob:
     return _CompiledJob(job, name, prompt, fields, lines)
 
 
+def _seed_key(job: Job, name: str, context: Mapping[str, Any]) -> str:
+    """What a derived seed depends on besides the spec and the repeat: the request's name, or
+    the values of the job's `seed_from` variables."""
+    if job.seed_from is None:
+        return name
+    missing = [v for v in job.seed_from if v not in context]
+    if missing:
+        raise Explained(f"seed_from names {missing[0]!r}, which is no variable of this request")
+    return canonical_json({v: context[v] for v in job.seed_from})
+
+
+def _shown(combo: Mapping[str, Any]) -> Mapping[str, Any]:
+    """A combination as the lock's `vars` show it: a row once, under its axis's name."""
+    hidden = columns(combo)
+    if not hidden:
+        return combo
+    return {k: v for k, v in combo.items() if k not in hidden}
+
+
 def _render_job(
     spec: Spec, compiled: _CompiledJob, combos: Sequence[Mapping[str, Any]], problems: list[Problem]
 ) -> Iterator[Request]:
@@ -269,7 +175,8 @@ def _render_job(
     for index, combo in enumerate(combos):
         for repeat in range(1, job.repeat + 1):
             context = {**spec.vars, **combo, "repeat": repeat, "index": index}
-            shown = {**combo, "repeat": repeat} if job.repeat > 1 else combo
+            shown = _shown(combo)
+            shown = {**shown, "repeat": repeat} if job.repeat > 1 else shown
             path, line = "name", job.line
             try:
                 name = str(compiled.name.render(context))
@@ -279,13 +186,18 @@ def _render_job(
                 body = {"prompt": compiled.prompt.render(context).strip()}
                 for key, value in compiled.fields.items():
                     path, line = key, compiled.field_lines.get(key, job.line)
-                    body[key] = render_value(value, context)
+                    rendered = render_value(value, context)
+                    if rendered is not None:  # null, or a template giving none: left out
+                        body[key] = rendered
+                path, line = "seed_from", job.line
+                seed = body.get("seed")
+                if seed is None:
+                    seed = body["seed"] = derive_seed(
+                        spec.name, _seed_key(job, name, context), repeat
+                    )
             except TEMPLATE_ERRORS as exc:
                 problems.append(Problem(describe_error(exc), file, line, job.name, shown, path))
                 continue
-            seed = body.get("seed")
-            if seed is None:
-                seed = body["seed"] = derive_seed(spec.name, name, repeat)
             yield Request(
                 id=name,
                 job=job.name,

@@ -68,6 +68,8 @@ def _value(combo: Mapping[str, Any], var: str | None) -> Any:
     if var is None:
         return ""
     value = combo.get(var, MISSING)
+    if isinstance(value, Mapping):  # a row of a {rows: FILE} axis: its cells
+        return " · ".join(map(str, value.values()))
     return value if isinstance(value, str | int | float | bool) else str(value)
 
 
@@ -96,6 +98,11 @@ def layout(
         by_job.setdefault(request.job, []).append(request)
     for job, members in by_job.items():
         axes = _axes(members)
+        # A row axis (its values are mappings) makes the rows; the next axis the columns.
+        row_axes = [a for a in axes if isinstance(members[0].vars.get(a), Mapping)]
+        if row_axes and rows is None and cols is None:
+            rows = row_axes[0]
+            cols = next((a for a in axes if a != rows), None)
         col_var = cols if cols in axes else (axes[0] if axes else None)
         rest = [a for a in axes if a != col_var]
         row_var = rows if rows in rest else (rest[0] if rest else None)

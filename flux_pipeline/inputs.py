@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import RequestFailed
+from .errors import Explained, RequestFailed
 from .images import probe
 
 #: The request fields that hold input images (one URI, or a list of them).
@@ -42,7 +42,7 @@ _REFERENCE = re.compile(
 _URL = re.compile(r"(https?://|data:image/[a-z]+;base64,)", re.IGNORECASE)
 
 
-class InputError(ValueError):
+class InputError(Explained):
     """An input image that cannot be sent: missing, outside the spec's folder, not an image,
     too large, or changed since the request was planned."""
 

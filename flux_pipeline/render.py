@@ -37,7 +37,8 @@ from jinja2.exceptions import SecurityError
 from jinja2.nativetypes import NativeCodeGenerator
 from jinja2.sandbox import ImmutableSandboxedEnvironment, safe_range
 
-from .inputs import InputError, InputFiles
+from .errors import Explained
+from .inputs import InputFiles
 
 COUNTED = "__flux_counted"  # the global that counts a loop's iterations
 MAX_RENDERED_CHARS = 100_000
@@ -366,7 +367,7 @@ def describe_error(exc: Exception) -> str:
         return f"template syntax error: {exc.message} (template line {exc.lineno})"
     if isinstance(exc, jinja2.TemplateNotFound):
         return f"template file not found in the spec's folder or templates/: {exc.name}"
-    if isinstance(exc, InputError):
+    if isinstance(exc, Explained):
         return str(exc)
     return f"template error: {type(exc).__name__}: {exc}"
 

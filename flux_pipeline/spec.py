@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
@@ -88,6 +88,14 @@ SPEC_SCHEMA: dict[str, Any] = {
                                     "additionalProperties": False,
                                     "properties": {"files": {"type": "string", "minLength": 1}},
                                 },
+                                {
+                                    "type": "object",
+                                    "description": "One value per row of a CSV, YAML or JSON "
+                                    "file; the row's columns are variables too.",
+                                    "required": ["rows"],
+                                    "additionalProperties": False,
+                                    "properties": {"rows": {"type": "string", "minLength": 1}},
+                                },
                             ]
                         },
                     },
@@ -101,6 +109,14 @@ SPEC_SCHEMA: dict[str, Any] = {
                         "minimum": 1,
                         "maximum": MAX_REPEAT,
                         "description": "Variants of each combination, each with its own seed.",
+                    },
+                    "seed_from": {
+                        "type": "array",
+                        "items": {"type": "string"},
+                        "uniqueItems": True,
+                        "description": "The variables a derived seed depends on (with the "
+                        "spec's name and the repeat), instead of the request's name: requests "
+                        "that differ only in other variables (a model axis) share a seed.",
                     },
                     "request": _REQUEST,
                 },
@@ -167,6 +183,8 @@ class Job:
     repeat: int
     request: Mapping[str, Any]
     request_lines: Mapping[str, int]
+    seed_from: tuple[str, ...] | None = None  # the variables a derived seed depends on
+    matrix_lines: Mapping[str, int] = field(default_factory=dict)  # axis (or entries) -> line
 
 
 @dataclass(frozen=True, slots=True)
@@ -285,6 +303,8 @@ def _job(position: int, raw: Any) -> Job:
         cases_file=raw.get("cases_file"),
         cases_line=lines.get("cases_file", line),
         repeat=raw.get("repeat", 1),
+        seed_from=tuple(raw["seed_from"]) if "seed_from" in raw else None,
+        matrix_lines=_lines(raw.get("matrix")),
         request=dict(raw.get("request", {})),
         request_lines=_lines(raw.get("request")),
     )

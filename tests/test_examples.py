@@ -235,3 +235,35 @@ def test_flux2_comparison_runs_every_model_at_the_same_seed(
     }
     assert {e["seed"] for e in entries.values()} == {20261126}
     assert all(e["outputs"][0]["width"] == 1024 for e in entries.values())
+
+
+@pytest.mark.parametrize("name", ["catalogue", "model-comparison", "seed-experiment"])
+def test_the_readme_examples_run_offline_end_to_end(
+    tmp_path: Path, emulator: EmulatorServer, name: str
+) -> None:
+    folder = copy_examples(tmp_path)
+    result = invoke("run", "--base-url", emulator.url, str(folder / f"{name}.yaml"), env=KEY)
+    assert result.exit_code == 0, result.stderr
+    entries = json.loads((folder / f"{name}.lock.json").read_text())["requests"]
+    assert all(e["outputs"] for e in entries.values())
+    if name == "catalogue":  # 5 CSV rows x 3 styles, one excluded; names from the row
+        assert len(entries) == 14 and "A102-teapot-flatlay" not in entries
+        assert entries["A101-mug-studio"]["vars"] == {
+            "product": {"sku": "A101", "name": "Mug", "material": "ceramic"},
+            "style": "studio",
+        }
+        assert entries["A101-mug-studio"]["body"]["prompt"].endswith("of a ceramic mug")
+    if name == "model-comparison":  # one seed per subject; guidance only where it exists
+        lighthouse = {k: e for k, e in entries.items() if k.startswith("a-lighthouse")}
+        assert len(lighthouse) == 5 and len({e["seed"] for e in lighthouse.values()}) == 1
+        for entry in entries.values():
+            takes = entry["body"]["model"] in ("flux-pro", "flux/dev")
+            assert ("guidance_scale" in entry["body"]) == takes
+    if name == "seed-experiment":
+        assert {entries[f"lantern-seed-{s}"]["seed"] for s in (101, 202, 303, 404)} == {
+            101,
+            202,
+            303,
+            404,
+        }
+        assert len({entries[f"lantern-steps-{n}"]["seed"] for n in (1, 2, 4)}) == 1

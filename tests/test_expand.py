@@ -303,3 +303,123 @@ def test_undefined_variable_names_variable_job_and_line(tmp_path: Path) -> None:
     with pytest.raises(SpecInvalid) as info:
         expand(load_spec(path))
     assert str(info.value) == f"{path}:4 job \"hero\": prompt: undefined variable 'prodcut'"
+
+
+# ----- row axes, strict exclude, fields left out, seeds for comparisons -----------------------
+
+CATALOGUE = """
+version: 1
+model: flux/schnell
+jobs:
+  - name: "{{{{ sku }}}}-{{{{ style }}}}"
+    prompt: "A {{{{ style }}}} {{{{ product.name }}}} of {{{{ material }}}}"
+    matrix:
+      product: {{rows: products.csv}}
+      style: [studio, flatlay]
+      exclude: {exclude}
+"""
+PRODUCTS = "sku,name,material\nA1,Mug,clay\nA2,Pot,tin\nA3,Cup,glass\n"
+
+
+def catalogue(root: Path, exclude: str = "[]") -> Path:
+    (root / "products.csv").write_text(PRODUCTS)
+    return write_spec(root, CATALOGUE.format(exclude=exclude))
+
+
+def test_a_rows_axis_crosses_with_the_others_and_its_columns_are_variables(
+    tmp_path: Path,
+) -> None:
+    requests = expand(load_spec(catalogue(tmp_path, "[{sku: A2, style: flatlay}]")))
+    assert [r.id for r in requests] == [
+        "A1-studio",
+        "A1-flatlay",
+        "A2-studio",
+        "A3-studio",
+        "A3-flatlay",
+    ]
+    assert requests[0].body["prompt"] == "A studio Mug of clay"
+    assert requests[0].vars == {
+        "product": {"sku": "A1", "name": "Mug", "material": "clay"},
+        "style": "studio",
+    }
+
+
+@pytest.mark.parametrize(
+    ("exclude", "says"),
+    [
+        ("[{skU: A2}]", "'skU' is no axis or row column (did you mean 'sku'?)"),
+        ("[{sku: A9}]", "exclude {sku: A9} matches no combination"),
+        ("[{sku: A1, name: Pot}]", "exclude {sku: A1, name: Pot} matches no combination"),
+        ("[{style: Studio}]", "style has no value 'Studio' (did you mean 'studio'?)"),
+        ("[{colour: red}]", "'colour' is no axis or row column (axes: product, sku, name"),
+    ],
+)
+def test_an_exclude_that_names_nothing_or_matches_nothing_is_an_error(
+    tmp_path: Path, exclude: str, says: str
+) -> None:
+    spec = catalogue(tmp_path, exclude)
+    with pytest.raises(SpecInvalid) as caught:
+        expand(load_spec(spec))
+    (problem,) = caught.value.problems
+    lines = spec.read_text().splitlines()
+    assert problem.line == next(n for n, text in enumerate(lines, 1) if "exclude:" in text)
+    assert says in problem.message and problem.path == "matrix.exclude"
+
+
+def test_an_include_may_add_variables_but_not_near_misses(tmp_path: Path) -> None:
+    spec = spec_with_matrix(
+        tmp_path, {"style": ["a", "b"], "include": [{"style": "a", "light": "x"}]}
+    )
+    assert len(expand(load_spec(spec))) == 2
+    typo = spec_with_matrix(tmp_path, {"style": ["a", "b"], "include": [{"styel": "a"}]}, name="t")
+    with pytest.raises(SpecInvalid, match="'styel' is no axis or row column .did you mean 'style'"):
+        expand(load_spec(typo))
+
+
+def test_a_null_field_or_a_template_giving_none_is_left_out(tmp_path: Path) -> None:
+    spec = write_spec(
+        tmp_path,
+        """
+        version: 1
+        jobs:
+          - name: "{{ model | slug }}"
+            prompt: p
+            matrix: {model: [flux-pro, flux/schnell]}
+            request:
+              model: "{{ model }}"
+              guidance_scale: "{{ 3.5 if model == 'flux-pro' else none }}"
+              num_inference_steps: null
+        """,
+    )
+    pro, schnell = expand(load_spec(spec))
+    assert pro.body["guidance_scale"] == 3.5 and "guidance_scale" not in schnell.body
+    assert "num_inference_steps" not in pro.body
+
+
+def test_seed_from_makes_requests_that_differ_in_other_variables_share_a_seed(
+    tmp_path: Path,
+) -> None:
+    spec = write_spec(
+        tmp_path,
+        """
+        version: 1
+        jobs:
+          - name: "{{ subject }}-{{ model | slug }}"
+            prompt: "{{ subject }}"
+            matrix: {subject: [fox, owl], model: [flux-pro, flux/dev]}
+            seed_from: [subject]
+            request: {model: "{{ model }}"}
+          - name: "x-{{ model | slug }}"
+            prompt: x
+            matrix: {model: [flux-pro]}
+            seed_from: [nosuch]
+        """,
+    )
+    with pytest.raises(SpecInvalid) as caught:
+        expand(load_spec(spec))
+    (problem,) = caught.value.problems
+    assert "seed_from names 'nosuch', which is no variable of this request" in problem.message
+    spec.write_text(spec.read_text().split('  - name: "x-')[0])
+    seeds = {r.id: r.seed for r in expand(load_spec(spec))}
+    assert seeds["fox-flux-pro"] == seeds["fox-flux-dev"] != seeds["owl-flux-pro"]
+    assert seeds["owl-flux-pro"] == seeds["owl-flux-dev"]
