@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["expand", "load_spec", "plan", "validate"]
+__all__ = ["expand", "load_spec", "plan", "run", "validate"]
 
 
 def __getattr__(name: str) -> Any:

@@ -23,7 +23,8 @@ combination and the JSON path of the field. Errors build their message from thes
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable, Mapping
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -74,6 +75,23 @@ class Problem:
 
     def sort_key(self) -> tuple[str, int, str]:
         return (self.file, self.line or 0, str(self))
+
+
+def problem_lines(problems: Sequence[Problem], keep: int = 3) -> list[str]:
+    """Each problem as a line; one problem repeated across combinations (the same spec line,
+    field and message) is shown `keep` times, then counted: 640 identical lines help nobody."""
+    lines: list[str] = []
+    seen: Counter[tuple[Any, ...]] = Counter()
+    for problem in problems:
+        key = (problem.file, problem.line, problem.job, problem.path, problem.message)
+        seen[key] += 1
+        if seen[key] <= keep:
+            lines.append(f"error: {problem}")
+    for (_, _, _, path, message), count in seen.items():
+        if count > keep:
+            what = f"{path}: {message}" if path else message
+            lines.append(f"  ... and {count - keep} more like it ({what})")
+    return lines
 
 
 class FluxPipelineError(Exception):

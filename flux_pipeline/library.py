@@ -2,10 +2,65 @@
 
 from __future__ import annotations
 
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any
+
 from .expansion import Request, expand
 from .lock import read_lock
 from .planning import Plan, plan
+from .results import RunResult, Status
 from .spec import Spec, load_spec
 from .validation import validate
 
-__all__ = ["Plan", "Request", "Spec", "expand", "load_spec", "plan", "read_lock", "validate"]
+__all__ = [
+    "Plan",
+    "Request",
+    "RunResult",
+    "Spec",
+    "Status",
+    "expand",
+    "load_spec",
+    "plan",
+    "read_lock",
+    "run",
+    "validate",
+]
+
+
+def run(
+    spec: Spec | str | Path,
+    *,
+    emulator: bool = False,
+    base_url: str | None = None,
+    api_key: str | None = None,
+    **options: Any,
+) -> RunResult:
+    """Run a spec as `flux-pipeline run` does, from Python (a notebook, a script).
+
+    `emulator=True` starts the built-in emulator on loopback for the run and stops it after
+    (no key, no network). Otherwise the API at `base_url` (default: `FLUX_PIPELINE_BASE_URL`,
+    else the provider's) with `api_key` (default: `AIMLAPI_KEY`). `options` are `run`'s:
+    `concurrency`, `retries`, `only`, `force`, `max_credits`, ... (`options.RunOptions`).
+
+    Raises as the command exits: `SpecInvalid` (exit 1) for a spec with problems,
+    `ConfigError` (exit 2) for no key or a busy output folder. Requests that failed are in
+    the result (`result.ok` is False; exit 3): each request's status, reason and credits in
+    `result.results`, its image files in `result.outputs()`.
+    """
+    from .defaults import API_KEY_ENV, DEFAULT_BASE_URL
+    from .options import RunOptions
+    from .runner import run as run_spec
+
+    if not isinstance(spec, Spec):
+        spec = load_spec(spec)
+    settings = dataclasses.replace(RunOptions(), **options)
+    if emulator:
+        from .emulator import EmulatorServer
+
+        with EmulatorServer() as server:
+            return run_spec(spec, base_url=server.url, api_key="emulator", options=settings)
+    url = base_url or os.environ.get("FLUX_PIPELINE_BASE_URL") or DEFAULT_BASE_URL
+    key = api_key if api_key is not None else os.environ.get(API_KEY_ENV, "")
+    return run_spec(spec, base_url=url, api_key=key, options=settings)

@@ -287,7 +287,7 @@ def check_body(body: Mapping[str, Any]) -> list[FieldError]:
     if not inputs and is_valid_body(body):
         return []
     validator = _validator(model)
-    errors = [_explain(e) for e in sorted(validator.iter_errors(body), key=_error_order)]
+    errors = [f for e in sorted(validator.iter_errors(body), key=_error_order) for f in _explain(e)]
     errors += inputs
     if not errors:  # the fast validator checks formats that jsonschema leaves unchecked
         errors.append(FieldError("", "the body does not match the model's schema"))
@@ -336,8 +336,9 @@ def error_parts(error: ValidationError) -> tuple[dict[str, Any], Any]:
     return dict(schema), error.instance
 
 
-def _explain(error: ValidationError) -> FieldError:
-    """Make jsonschema's message precise: name unknown fields, and look inside `anyOf`."""
+def _explain(error: ValidationError) -> list[FieldError]:
+    """Make jsonschema's message precise: name each unknown field, and look inside `anyOf`
+    (every failing part of the branch of the value's type: width and height both)."""
     schema, instance = error_parts(error)
     if error.validator == "anyOf" and error.context:
         kind = _json_type(instance)
@@ -345,17 +346,25 @@ def _explain(error: ValidationError) -> FieldError:
         matching = {i for i, b in enumerate(branches) if b.get("type") == kind}
         inner = [e for e in error.context if e.schema_path and e.schema_path[0] in matching]
         if inner:
-            return _explain(min(inner, key=lambda e: len(e.path)))
+            return [f for e in sorted(inner, key=_error_order) for f in _explain(e)]
         kinds = " or ".join(_describe(b) for b in branches)
-        return FieldError(_json_path(error), f"{instance!r} is not {kinds}")
+        return [FieldError(_json_path(error), f"{instance!r} is not {kinds}")]
     if error.validator == "additionalProperties":
         allowed = sorted(schema.get("properties", {}))
-        extra: list[str] = sorted(set(instance) - set(allowed))
         path = _json_path(error)
-        word = str(extra[0]) if extra else ""
-        name = ".".join(filter(None, [path, word]))
-        hint = did_you_mean(word, allowed) or f" (allowed: {', '.join(allowed)})"
-        return FieldError(name, f"unknown field{hint}")
+        return [
+            FieldError(
+                ".".join(filter(None, [path, str(word)])),
+                "unknown field"
+                + (did_you_mean(str(word), allowed) or f" (allowed: {', '.join(allowed)})"),
+            )
+            for word in sorted(set(instance) - set(allowed), key=str)
+        ]
+    return [_plain(error)]
+
+
+def _plain(error: ValidationError) -> FieldError:
+    _, instance = error_parts(error)
     if error.validator == "multipleOf":
         return FieldError(
             _json_path(error), f"{instance} is not a multiple of {error.validator_value}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
+from pathlib import Path
 
 from .spec import Spec
 
@@ -51,6 +52,15 @@ class RunResult:
 
     def count(self, status: Status) -> int:
         return sum(1 for r in self.results if r.status == status)
+
+    def outputs(self) -> dict[str, tuple[Path, ...]]:
+        """Each request's image files, as the spec's lock records them after the run."""
+        from .lock import read_lock
+
+        lock = read_lock(self.spec.lock_path)
+        folder = self.spec.lock_path.parent
+        entries = lock.entries if lock else {}
+        return {key: tuple(folder / o.path for o in e.outputs) for key, e in entries.items()}
 
     @property
     def ok(self) -> bool:

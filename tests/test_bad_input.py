@@ -189,3 +189,29 @@ def test_missing_spec_file(tmp_path: Path) -> None:
     result = invoke("validate", str(tmp_path / "nope.yaml"))
     assert result.exit_code == 1
     assert result.stderr.splitlines()[0] == f"error: {tmp_path / 'nope.yaml'}: spec file not found"
+
+
+def test_every_failing_field_of_a_request_is_reported(tmp_path: Path) -> None:
+    spec = write_spec(
+        tmp_path,
+        """
+        version: 1
+        model: flux-pro/v1.1
+        jobs:
+          - name: "a-{{ i }}"
+            prompt: p
+            matrix: {i: [1, 2, 3, 4, 5, 6]}
+            request:
+              guidance_scale: 3.5
+              num_inference_steps: 20
+              image_size: {width: 8192, height: 8192}
+        """,
+    )
+    result = invoke("validate", str(spec))
+    assert result.exit_code == 1
+    lines = result.stderr.splitlines()
+    for field in ("guidance_scale", "num_inference_steps", "image_size.width", "image_size.height"):
+        shown = [line for line in lines if f"}}: {field}: " in line]
+        assert len(shown) == 3, (field, lines)  # the first three combinations, then counted
+        assert any(line.startswith("  ... and 3 more like it (" + field) for line in lines)
+    assert lines[-1] == "24 problems found"

@@ -94,3 +94,25 @@ def test_help_explains_each_command(command: str) -> None:
     result = invoke(*([command] if command else []), "--help")
     assert result.exit_code == 0
     assert "Usage:" in result.stdout and len(result.stdout) > 200
+
+
+def test_global_options_work_after_the_command_and_validate_speaks_json(tmp_path: Path) -> None:
+    spec = write_spec(
+        tmp_path,
+        "version: 1\njobs:\n  - {name: 'a-{{ i }}', prompt: p, matrix: {i: [1, 2, 3]}}\n",
+    )
+    assert invoke("validate", "--debug", str(spec)).exit_code == 0
+    capped = invoke("validate", str(spec), "--max-spec-requests", "2")
+    assert capped.exit_code == 1 and "more than the 2 allowed" in capped.stderr
+    result = invoke("validate", "--json", str(spec))
+    assert result.exit_code == 0
+    assert json.loads(result.stdout) == {
+        "specs": [{"spec": str(spec), "valid": True, "requests": 3, "problems": []}],
+        "problems": 0,
+    }
+    spec.write_text(spec.read_text().replace("prompt: p", "prompt: p, request: {seed: 0}"))
+    failed = invoke("validate", "--json", str(spec))
+    assert failed.exit_code == 1
+    (entry,) = json.loads(failed.stdout)["specs"]
+    assert not entry["valid"] and len(entry["problems"]) == 3
+    assert {(p["line"], p["path"]) for p in entry["problems"]} == {(3, "seed")}

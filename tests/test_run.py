@@ -10,7 +10,7 @@ from typing import Any
 
 import httpx
 import pytest
-from helpers import invoke, write_spec
+from helpers import invoke, schnell_spec, write_spec
 from PIL import Image
 
 from flux_pipeline.atomic import sha256_file
@@ -440,3 +440,25 @@ def test_no_silent_successes_and_words_that_agree(tmp_path: Path, emulator: Emul
     result = invoke("validate", str(bad))
     assert "unknown model 'flux-prp' (did you mean 'flux-pro'?)" in result.stderr
     assert "Port to listen on" in invoke("emulator", "--help").stdout
+
+
+def test_the_python_api_runs_a_spec_on_the_built_in_emulator(tmp_path: Path) -> None:
+    import flux_pipeline
+    from flux_pipeline.errors import SpecInvalid
+
+    spec = schnell_spec(tmp_path, 3)
+    result = flux_pipeline.run(spec, emulator=True, concurrency=2)
+    assert result.ok and [r.status.value for r in result.results] == ["done"] * 3
+    assert all(r.credits for r in result.results)
+    outputs = result.outputs()
+    assert sorted(outputs) == ["n0", "n1", "n2"]
+    assert all(
+        path.is_file() and path.suffix == ".png" for paths in outputs.values() for path in paths
+    )
+    again = flux_pipeline.run(str(spec), emulator=True)
+    assert [r.status.value for r in again.results] == ["skipped"] * 3
+    (tmp_path / "bad.yaml").write_text(
+        "version: 1\njobs: [{name: a, prompt: p, request: {seed: 0}}]\n"
+    )
+    with pytest.raises(SpecInvalid):
+        flux_pipeline.run(tmp_path / "bad.yaml", emulator=True)

@@ -3,6 +3,7 @@ to its exit code in one place (`_Group.invoke`)."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import signal
@@ -15,7 +16,14 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from ..defaults import API_KEY_ENV, MAX_SPEC_REQUESTS
-from ..errors import ConfigError, FluxPipelineError, LockError, SpecInvalid, Terminated
+from ..errors import (
+    ConfigError,
+    FluxPipelineError,
+    LockError,
+    SpecInvalid,
+    Terminated,
+    problem_lines,
+)
 from ..redaction import RedactingStream, Redactor
 
 if TYPE_CHECKING:
@@ -39,8 +47,37 @@ class ExitCode(Exception):
         self.code = code
 
 
+#: The group's own options, accepted after the command too (`run --debug`).
+GLOBAL_FLAGS = frozenset({"--debug", "--allow-output-outside"})
+GLOBAL_VALUES = frozenset({"--max-spec-requests"})
+
+
+def hoist_globals(args: list[str]) -> list[str]:
+    """`args` with the group's options that follow the command moved before it."""
+    hoisted: list[str] = []
+    rest: list[str] = []
+    command_seen = False
+    words = iter(args)
+    for word in words:
+        if word == "--":
+            rest += [word, *words]
+            break
+        name = word.split("=", 1)[0]
+        takes_value = name in GLOBAL_VALUES and "=" not in word
+        target = hoisted if command_seen and (name in GLOBAL_FLAGS | GLOBAL_VALUES) else rest
+        target.append(word)
+        if takes_value:
+            target.append(next(words, ""))
+        elif not word.startswith("-"):
+            command_seen = True
+    return hoisted + rest
+
+
 class _Group(click.Group):
     """Maps every outcome of a command to its exit code, in this one place."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, hoist_globals(args))
 
     def invoke(self, ctx: click.Context) -> Any:
         # Everything the process prints passes the key's redactor, whatever printed it.
@@ -123,6 +160,28 @@ def cli(debug: bool, allow_output_outside: bool, max_spec_requests: int) -> None
     """
 
 
+def _each_spec_quietly(
+    specs: Sequence[Path],
+    work: Callable[[Path], None],
+    together: Callable[[], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Run `work` on every spec, then `together`; every problem found, as data, with the
+    spec it was found in (`spec`: "" for a problem across specs)."""
+    found: list[dict[str, Any]] = []
+    steps = [(str(path), functools.partial(work, path)) for path in specs]
+    for spec, step in steps + ([("", together)] if together else []):
+        try:
+            step()
+        except SpecInvalid as exc:
+            found += [
+                {"spec": spec, **dataclasses.asdict(p), "combo": dict(p.combo)}
+                for p in exc.problems
+            ]
+        except LockError as exc:
+            found.append({"spec": spec, "file": spec, "line": None, "message": str(exc)})
+    return found
+
+
 def _each_spec(
     specs: Sequence[Path],
     work: Callable[[Path], None],
@@ -144,8 +203,8 @@ def _each_spec(
 
 def _report(exc: FluxPipelineError) -> None:
     if isinstance(exc, SpecInvalid):
-        for problem in exc.problems:
-            _err(f"error: {problem}")
+        for line in problem_lines(exc.problems):
+            _err(line)
         count = len(exc.problems)
         _err(f"{count} problem{'s' if count != 1 else ''} found")
     else:

@@ -12,13 +12,20 @@ from typing import Any
 import click
 
 from ..errors import plural
-from .app import EXIT_INVALID, ExitCode, _each_spec, cli, load_spec
+from .app import EXIT_INVALID, ExitCode, _each_spec, _each_spec_quietly, cli, load_spec
 from .params import SPECS, WAIT
 
 
 @cli.command()
 @SPECS
-def validate(specs: Sequence[Path]) -> None:
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print every spec's result and problems (file, line, job, combo, path, message) as "
+    "JSON on stdout, for editors and CI annotations.",
+)
+def validate(specs: Sequence[Path], as_json: bool) -> None:
     """Load, expand and validate specs against the API schema. No network.
 
     Exit 0 when every spec is valid, 1 when any is not; every problem is listed with its
@@ -28,14 +35,27 @@ def validate(specs: Sequence[Path]) -> None:
     from ..validation import check_together
 
     loaded = []
+    report: list[dict[str, Any]] = []
 
     def work(path: Path) -> None:
+        report.append({"spec": str(path), "valid": False, "requests": 0, "problems": []})
         spec = load_spec(path)
         requests = library.validate(spec)
         loaded.append(spec)
-        click.echo(f"{path}: valid, {len(requests)} request{'s' if len(requests) != 1 else ''}")
+        report[-1].update(valid=True, requests=len(requests))
+        if not as_json:
+            click.echo(f"{path}: valid, {plural(len(requests), 'request')}")
 
-    _each_spec(specs, work, lambda: check_together(loaded))
+    if not as_json:
+        _each_spec(specs, work, lambda: check_together(loaded))
+        return
+    problems = _each_spec_quietly(specs, work, lambda: check_together(loaded))
+    for entry in report:
+        entry["problems"] = [p for p in problems if p["spec"] in (entry["spec"], "")]
+        entry["valid"] = entry["valid"] and not entry["problems"]
+    click.echo(json.dumps({"specs": report, "problems": len(problems)}, indent=2))
+    if problems:
+        raise ExitCode(EXIT_INVALID)
 
 
 @cli.command()
