@@ -10,8 +10,9 @@ name, seed and size, and the prompt on hover and below.
 from __future__ import annotations
 
 import io
+import itertools
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,37 +22,13 @@ from .atomic import write_atomic
 from .compare import diff_locks, lock_at
 from .errors import ConfigError
 from .expansion import Request
+from .grid import Cell, Grid, layout
 from .inputs import references
-from .lock import Entry, Output, read_lock
+from .lock import Output, read_lock
 from .spec import Spec
 
+PROGRESS_EVERY = 100  # images between two progress lines
 THUMB = 320  # longest side of a thumbnail, in pixels
-SHEET_CELL = 256
-MISSING = "—"
-
-
-@dataclass(frozen=True, slots=True)
-class Cell:
-    """A request in the grid, with its lock entry if it has one."""
-
-    request: Request
-    entry: Entry | None
-
-    @property
-    def output(self) -> Output | None:
-        return self.entry.outputs[0] if self.entry and self.entry.outputs else None
-
-
-@dataclass(frozen=True, slots=True)
-class Grid:
-    """One section of the page: cells on a rows x cols grid."""
-
-    title: str
-    rows_var: str | None
-    cols_var: str | None
-    rows: tuple[Any, ...]
-    cols: tuple[Any, ...]
-    cells: Mapping[tuple[Any, Any], tuple[Cell, ...]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,67 +39,6 @@ class GalleryResult:
     sheet: Path | None
     grids: tuple[Grid, ...]
     images: int
-
-
-def _value(combo: Mapping[str, Any], var: str | None) -> Any:
-    if var is None:
-        return ""
-    value = combo.get(var, MISSING)
-    if isinstance(value, Mapping):  # a row of a {rows: FILE} axis: its cells
-        return " · ".join(map(str, value.values()))
-    return value if isinstance(value, str | int | float | bool) else str(value)
-
-
-def _axes(members: Sequence[Request]) -> list[str]:
-    """The variables every request of a job has and that take more than one value, in the
-    order the spec gives them (an include's extra variable is a detail, not an axis)."""
-    names = dict.fromkeys(k for r in members for k in r.vars)
-    return [
-        name
-        for name in names
-        if all(name in r.vars for r in members) and len({_value(r.vars, name) for r in members}) > 1
-    ]
-
-
-def layout(
-    requests: Sequence[Request],
-    entries: Mapping[str, Entry],
-    rows: str | None = None,
-    cols: str | None = None,
-) -> list[Grid]:
-    """Cells grouped by job, then by the values of the axes that are neither rows nor cols
-    (unless that leaves about one image per section, as rows of cases do)."""
-    grids: list[Grid] = []
-    by_job: dict[str, list[Request]] = {}
-    for request in requests:
-        by_job.setdefault(request.job, []).append(request)
-    for job, members in by_job.items():
-        axes = _axes(members)
-        # A row axis (its values are mappings) makes the rows; the next axis the columns.
-        row_axes = [a for a in axes if isinstance(members[0].vars.get(a), Mapping)]
-        if row_axes and rows is None and cols is None:
-            rows = row_axes[0]
-            cols = next((a for a in axes if a != rows), None)
-        col_var = cols if cols in axes else (axes[0] if axes else None)
-        rest = [a for a in axes if a != col_var]
-        row_var = rows if rows in rest else (rest[0] if rest else None)
-        others = [a for a in axes if a not in (col_var, row_var)]
-        if len({tuple(_value(r.vars, a) for a in others) for r in members}) * 2 > len(members):
-            others = []
-        sections: dict[tuple[Any, ...], list[Request]] = {}
-        for request in members:
-            key = tuple(_value(request.vars, a) for a in others)
-            sections.setdefault(key, []).append(request)
-        for key, section in sections.items():
-            title = job + "".join(f"  ·  {a} = {v}" for a, v in zip(others, key, strict=True))
-            row_values = tuple(dict.fromkeys(_value(r.vars, row_var) for r in section))
-            col_values = tuple(dict.fromkeys(_value(r.vars, col_var) for r in section))
-            cells: dict[tuple[Any, Any], tuple[Cell, ...]] = {}
-            for r in section:
-                at = (_value(r.vars, row_var), _value(r.vars, col_var))
-                cells[at] = (*cells.get(at, ()), Cell(r, entries.get(r.id)))
-            grids.append(Grid(title, row_var, col_var, row_values, col_values, cells))
-    return grids
 
 
 # ----- thumbnails ------------------------------------------------------------------------------
@@ -185,8 +101,10 @@ def _href(path: Path, page_folder: Path) -> str:
     return Path(os.path.relpath(path, page_folder)).as_posix()
 
 
-def _figure(cell: Cell, base: Path, page_folder: Path, thumbs: Path) -> _Figure:
-    request, output = cell.request, cell.output
+def _figure(
+    cell: Cell, output: Output | None, base: Path, page_folder: Path, thumbs: Path
+) -> _Figure:
+    request = cell.request
     prompt = str(request.body.get("prompt", ""))
     inputs = _inputs(request, base, page_folder, thumbs)
     if output is None or not (base / output.path).is_file():
@@ -194,7 +112,7 @@ def _figure(cell: Cell, base: Path, page_folder: Path, thumbs: Path) -> _Figure:
     image = base / output.path
     thumb = thumbnail(image, output.sha256, thumbs)
     return _Figure(
-        request.id,
+        Path(output.path).stem,
         request.seed,
         prompt,
         _href(image, page_folder),
@@ -204,12 +122,16 @@ def _figure(cell: Cell, base: Path, page_folder: Path, thumbs: Path) -> _Figure:
     )
 
 
-def _section(grid: Grid, base: Path, page_folder: Path, thumbs: Path) -> dict[str, Any]:
+def _section(grid: Grid, figure: Callable[[Cell, Output | None], _Figure]) -> dict[str, Any]:
     rows = [
         {
             "value": row,
             "cells": [
-                [_figure(c, base, page_folder, thumbs) for c in grid.cells.get((row, col), ())]
+                [
+                    figure(c, output)
+                    for c in grid.cells.get((row, col), ())
+                    for output in c.outputs or (None,)
+                ]
                 for col in grid.cols
             ],
         }
@@ -236,13 +158,28 @@ def _template() -> Any:
 
 
 def render_page(
-    spec: Spec, grids: Iterable[Grid], page: Path, changes: dict[str, Any] | None = None
+    spec: Spec,
+    grids: Sequence[Grid],
+    page: Path,
+    changes: dict[str, Any] | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> tuple[str, int]:
     """The gallery page's HTML (the packaged template, autoescaped) and how many images it
-    shows."""
+    shows; `progress(done, total)` is told of every `PROGRESS_EVERY` images (thumbnails are
+    the slow part)."""
     base = spec.lock_path.parent
     thumbs = spec.output / ".thumbs"
-    sections = [_section(grid, base, page.parent, thumbs) for grid in grids]
+    total = sum(len(c.outputs) or 1 for g in grids for cells in g.cells.values() for c in cells)
+    counter = itertools.count(1)
+
+    def figure(cell: Cell, output: Output | None) -> _Figure:
+        made = _figure(cell, output, base, page.parent, thumbs)
+        done = next(counter)
+        if progress is not None and (done % PROGRESS_EVERY == 0 or done == total):
+            progress(done, total)
+        return made
+
+    sections = [_section(grid, figure) for grid in grids]
     shown = sum(
         figure.href is not None
         for section in sections
@@ -296,6 +233,8 @@ def changes(spec: Spec, ref: str, page: Path) -> dict[str, Any]:
             {
                 "id": key,
                 "fields": ", ".join(fields),
+                "before_prompt": old.entries[key].body.get("prompt", ""),
+                "after_prompt": new.entries[key].body.get("prompt", ""),
                 "before": _href(then, page.parent) if then else None,
                 "after": _href(now, page.parent),
                 "href": _href(base / after.path, page.parent),
@@ -304,56 +243,6 @@ def changes(spec: Spec, ref: str, page: Path) -> dict[str, Any]:
     found["added"] = ", ".join(diff.added) or "none"
     found["removed"] = ", ".join(diff.removed) or "none"
     return found
-
-
-# ----- the contact sheet -----------------------------------------------------------------------
-
-
-def contact_sheet(spec: Spec, grids: Sequence[Grid]) -> Any:
-    """One labelled PNG of every grid: a title band, column labels, then rows of cells."""
-    from PIL import Image, ImageDraw, ImageFont
-
-    font = ImageFont.load_default(size=14)
-    label_w, title_h, head_h, caption_h = 160, 32, 24, 22
-    width = label_w + SHEET_CELL * max((len(g.cols) for g in grids), default=1)
-    height = sum(title_h + head_h + len(g.rows) * (SHEET_CELL + caption_h) for g in grids)
-    sheet = Image.new("RGB", (width, max(height, 1)), (250, 250, 250))
-    draw = ImageDraw.Draw(sheet)
-    base = spec.lock_path.parent
-    y = 0
-    for grid in grids:
-        draw.rectangle((0, y, width, y + title_h), fill=(40, 40, 40))
-        draw.text((8, y + 8), grid.title, fill=(255, 255, 255), font=font)
-        y += title_h
-        for i, col in enumerate(grid.cols):
-            label = f"{grid.cols_var} = {col}" if grid.cols_var else ""
-            draw.text((label_w + i * SHEET_CELL + 6, y + 4), label, fill=(30, 30, 30), font=font)
-        y += head_h
-        for row in grid.rows:
-            if grid.rows_var:
-                draw.text((6, y + 6), f"{grid.rows_var} = {row}", fill=(30, 30, 30), font=font)
-            for i, col in enumerate(grid.cols):
-                here = grid.cells.get((row, col), ())
-                cell = here[0] if here else None
-                x = label_w + i * SHEET_CELL
-                output = cell.output if cell else None
-                if cell and output and (base / output.path).is_file():
-                    with Image.open(base / output.path) as image:
-                        image.thumbnail((SHEET_CELL - 8, SHEET_CELL - 8))
-                        sheet.paste(image.convert("RGB"), (x + 4, y + 4))
-                elif cell:
-                    draw.rectangle(
-                        (x + 4, y + 4, x + SHEET_CELL - 4, y + SHEET_CELL - 4), fill=(225, 225, 225)
-                    )
-                if cell:
-                    draw.text(
-                        (x + 6, y + SHEET_CELL + 2),
-                        cell.request.id[:30],
-                        fill=(60, 60, 60),
-                        font=font,
-                    )
-            y += SHEET_CELL + caption_h
-    return sheet
 
 
 # ----- the whole job ---------------------------------------------------------------------------
@@ -368,6 +257,7 @@ def build_gallery(
     cols: str | None = None,
     png: bool = False,
     changed: str | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> GalleryResult:
     """Write the gallery page (and with `png`, a contact sheet beside it)."""
     lock = read_lock(spec.lock_path)
@@ -378,12 +268,14 @@ def build_gallery(
     if changed:  # just the changed requests, old beside new
         text, shown = render_page(spec, [], page, changes(spec, changed, page))
     else:
-        text, shown = render_page(spec, grids, page)
+        text, shown = render_page(spec, grids, page, progress=progress)
     write_atomic(page, text.encode())
     sheet_path = None
     if png:
         sheet_path = page.with_suffix(".png")
         out = io.BytesIO()
+        from .sheet import contact_sheet
+
         contact_sheet(spec, grids).save(out, format="PNG")
         write_atomic(sheet_path, out.getvalue())
     return GalleryResult(page, sheet_path, tuple(grids), shown)

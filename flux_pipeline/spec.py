@@ -15,7 +15,8 @@ from jsonschema.exceptions import ValidationError
 
 from .defaults import MAX_SPEC_REQUESTS
 from .errors import Problem, SpecInvalid, did_you_mean
-from .registry import DEFAULT_MODEL, error_parts
+from .registry import DEFAULT_MODEL
+from .schema_errors import error_parts
 from .yaml_lines import LineDict, line_of, load_yaml
 
 MAX_REPEAT = 1000

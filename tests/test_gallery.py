@@ -12,6 +12,7 @@ from helpers import invoke, write_spec
 from PIL import Image
 
 from flux_pipeline.emulator import EmulatorServer
+from flux_pipeline.sheet import LABEL_CHARS, LINE_H, _lines
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 KEY = {"AIMLAPI_KEY": "test-key"}
@@ -127,16 +128,24 @@ def test_contact_sheet_matches_the_grid(tmp_path: Path, emulator: EmulatorServer
     result = invoke("gallery", str(spec), "--png")
     assert result.exit_code == 0
     sheet = tmp_path / "out/grid/gallery.png"
+    head, caption = LINE_H + 8, 3 * LINE_H + 4  # one line of column labels; 3 of captions
     with Image.open(sheet) as image:
         # label column + 3 columns of 256; title band + column labels + 2 rows of 256 + caption
-        assert image.size == (160 + 3 * 256, 32 + 24 + 2 * (256 + 22))
+        assert image.size == (160 + 3 * 256, 32 + head + 2 * (256 + caption))
         rgb = image.convert("RGB")
         filled = [
-            rgb.getpixel((160 + c * 256 + 128, 32 + 24 + r * 278 + 128)) != (250, 250, 250)
+            rgb.getpixel((160 + c * 256 + 128, 32 + head + r * (256 + caption) + 128))
+            != (250, 250, 250)
             for r in range(2)
             for c in range(3)
         ]
     assert filled == [True] * 6
+
+
+def test_contact_sheet_labels_wrap_instead_of_being_cut() -> None:
+    label = "product = Espresso Machine with a Steam Wand"
+    lines = _lines(label, LABEL_CHARS, most=12)
+    assert " ".join(lines) == label and all(len(line) <= LABEL_CHARS for line in lines)
 
 
 def test_changed_shows_old_and_new_side_by_side(tmp_path: Path, emulator: EmulatorServer) -> None:
@@ -158,6 +167,9 @@ def test_changed_shows_old_and_new_side_by_side(tmp_path: Path, emulator: Emulat
     assert "Changed since HEAD" in text
     assert text.count('class="pair"') == 6
     assert text.count(' before"') == 6  # every old image came out of git
+    # The prompts, old beside new.
+    assert '<p class="prompt old">A retro kettle</p>' in text
+    assert '<p class="prompt new">A retro kettle at dawn</p>' in text
     for link in re.findall(r'src="([^"]+)"', text):
         assert (tmp_path / "out/grid" / link).is_file()
 
@@ -191,3 +203,59 @@ def test_an_edit_shows_its_input_beside_it_on_a_files_axis_grid(
     assert "photo = photos/mug.jpg" in text  # the files: axis is a grid axis
     dom = chromium("--window-size=1600,4000", "--dump-dom", page.as_uri(), profile=tmp_path / "p")
     assert re.search(r'<body data-loaded="18" data-images="18"', dom), dom[:500]
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed")
+def test_every_image_of_repeats_and_num_images_is_shown_with_rendered_titles(
+    tmp_path: Path, emulator: EmulatorServer
+) -> None:
+    spec = write_spec(
+        tmp_path,
+        """
+        version: 1
+        model: flux/schnell
+        defaults: {image_size: {width: 64, height: 64}, num_images: 2}
+        jobs:
+          - {name: "lantern-{{ repeat }}", prompt: a lantern, repeat: 4}
+        """,
+    )
+    assert invoke("run", "--base-url", emulator.url, str(spec), env=KEY).exit_code == 0
+    result = invoke("gallery", "--png", str(spec))
+    assert result.exit_code == 0 and ": 8 images" in result.stdout
+    page = tmp_path / "out/spec/gallery.html"
+    text = page.read_text()
+    assert "{{" not in text and "lantern-1 … lantern-4 (4 requests)" in text
+    assert all(f"lantern-{r}-{k}" in text for r in range(1, 5) for k in (1, 2))
+    dom = chromium("--window-size=1600,3000", "--dump-dom", page.as_uri(), profile=tmp_path / "p")
+    assert re.search(r'<body data-loaded="8" data-images="8"', dom), dom[:500]
+    with Image.open(tmp_path / "out/spec/gallery.png") as sheet:
+        assert sheet.width >= 8 * 256  # eight images side by side in one cell row
+
+
+def test_rows_and_cols_are_checked_against_the_axes(
+    tmp_path: Path, emulator: EmulatorServer
+) -> None:
+    spec = spec_run(tmp_path, emulator)
+    result = invoke("gallery", str(spec), "--rows", "prodcut")
+    assert result.exit_code == 2
+    assert "--rows 'prodcut' is no axis of the spec (did you mean 'product'?)" in result.stderr
+
+
+def test_a_large_gallery_reports_progress_on_stderr(
+    tmp_path: Path, emulator: EmulatorServer
+) -> None:
+    spec = write_spec(
+        tmp_path,
+        """
+        version: 1
+        model: flux/schnell
+        defaults: {image_size: {width: 64, height: 64}}
+        jobs:
+          - {name: "n-{{ i }}-{{ j }}", prompt: "p {{ i }} {{ j }}",
+             matrix: {i: [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11], j: [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]}}
+        """,
+    )
+    assert invoke("run", "--base-url", emulator.url, "-j", "16", str(spec), env=KEY).exit_code == 0
+    result = invoke("gallery", str(spec))
+    assert result.exit_code == 0
+    assert "gallery: 100/120 images" in result.stderr and "gallery: 120/120 images" in result.stderr

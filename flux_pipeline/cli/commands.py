@@ -223,6 +223,7 @@ def gallery(
         cols=cols,
         png=png,
         changed=changed,
+        progress=lambda done, total: click.echo(f"gallery: {done}/{total} images", err=True),
     )
     click.echo(f"{result.page}: {result.images} images")
     if result.sheet:
