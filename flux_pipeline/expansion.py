@@ -196,7 +196,8 @@ def _render_job(
                         spec.name, _seed_key(job, name, context), repeat
                     )
             except TEMPLATE_ERRORS as exc:
-                problems.append(Problem(describe_error(exc), file, line, job.name, shown, path))
+                said = describe_error(exc, context)
+                problems.append(Problem(said, file, line, job.name, shown, path))
                 continue
             yield Request(
                 id=name,

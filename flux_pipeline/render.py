@@ -37,7 +37,7 @@ from jinja2.exceptions import SecurityError
 from jinja2.nativetypes import NativeCodeGenerator
 from jinja2.sandbox import ImmutableSandboxedEnvironment, safe_range
 
-from .errors import Explained
+from .errors import Explained, did_you_mean
 from .inputs import InputFiles
 
 COUNTED = "__flux_counted"  # the global that counts a loop's iterations
@@ -354,12 +354,14 @@ def render_value(value: Any, context: Mapping[str, Any]) -> Any:
     return value
 
 
-def describe_error(exc: Exception) -> str:
-    """A one-line account of a Jinja failure for a spec error message."""
+def describe_error(exc: Exception, names: Iterable[str] = ()) -> str:
+    """A one-line account of a Jinja failure for a spec error message; an undefined variable
+    close to one of `names` (the variables the template had) gets a "did you mean"."""
     if isinstance(exc, jinja2.UndefinedError):
         match = re.search(r"'([^']+)' is undefined", str(exc))
         if match:
-            return f"undefined variable {match.group(1)!r}"
+            known = [n for n in names if not n.startswith("__")]
+            return f"undefined variable {match.group(1)!r}{did_you_mean(match.group(1), known)}"
         return str(exc)
     if isinstance(exc, SecurityError):
         return f"unsafe template: {exc}"

@@ -7,6 +7,7 @@ aliases would expand past a fixed size (a "billion laughs") is refused.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -114,6 +115,33 @@ def _expanded_size(value: Any, memo: dict[int, int]) -> int:
     return total
 
 
+_NO_SPACE_AFTER_COLON = re.compile(r"^\s*(?:-\s+)?[A-Za-z_][\w-]*:[^\s/]")
+
+
+def yaml_problem(exc: yaml.MarkedYAMLError, text: str) -> tuple[str, int | None]:
+    """PyYAML's error as a user can act on it: at the line where the construct began (an
+    unclosed quote's), saying where the parser gave up, with a hint for common mistakes."""
+    problem, begun = exc.problem_mark, exc.context_mark
+    gave_up = problem.line + 1 if problem else None
+    line = begun.line + 1 if begun else gave_up
+    message = " ".join(str(x) for x in (exc.context, exc.problem) if x)
+    if begun and problem and begun.line != problem.line:
+        message += f" (it began at line {begun.line + 1}; the parser gave up at line {gave_up})"
+    lines = text.splitlines()
+    near = lines[max(0, (gave_up or 1) - 2) : gave_up or 1]
+    if "\t" in "".join(near) or "'\\t'" in message:
+        hint = "YAML indents with spaces, not tabs"
+    elif "quoted scalar" in message:
+        hint = f"the quote opened at line {line} is never closed"
+    elif any(_NO_SPACE_AFTER_COLON.match(n) for n in near):
+        hint = "a key needs a space after its colon (`name: a`, not `name:a`)"
+    elif "mapping values are not allowed" in message or "expected <block end>" in message:
+        hint = f"check the indentation of line {gave_up}: the keys of one mapping line up"
+    else:
+        return message, line
+    return f"{message}; hint: {hint}", line
+
+
 def load_yaml(path: Path, *, what: str = "spec") -> Any:
     """Parse one YAML file safely, raising SpecInvalid with the file and line on any problem."""
     file = str(path)
@@ -143,7 +171,8 @@ def load_yaml(path: Path, *, what: str = "spec") -> Any:
         message = " ".join(str(x) for x in (exc.context, exc.problem) if x)
         if "nesting depth" in message:  # newer PyYAML parsers have a limit of their own
             raise fail("YAML is nested too deeply", mark.line + 1 if mark else None) from None
-        raise fail(f"YAML error: {message}", mark.line + 1 if mark else None) from None
+        message, line = yaml_problem(exc, text)
+        raise fail(f"YAML error: {message}", line) from None
     except yaml.YAMLError as exc:
         raise fail(f"YAML error: {exc}") from None
     except (ValueError, TypeError, OverflowError) as exc:  # a tag's constructor: `!!float x`

@@ -215,3 +215,42 @@ def test_every_failing_field_of_a_request_is_reported(tmp_path: Path) -> None:
         assert len(shown) == 3, (field, lines)  # the first three combinations, then counted
         assert any(line.startswith("  ... and 3 more like it (" + field) for line in lines)
     assert lines[-1] == "24 problems found"
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "says"),
+    [
+        (
+            'version: 1\njobs:\n  - name: "abc\n    prompt: p\n  - name: b\n    prompt: q\n\n\n',
+            3,
+            "the quote opened at line 3 is never closed",
+        ),
+        ("version: 1\njobs:\n  - name: a\n     prompt: p\n", 4, "check the indentation of line 4"),
+        (
+            "version: 1\njobs:\n  - name:a\n    prompt: p\n",
+            4,
+            "a key needs a space after its colon",
+        ),
+        ("version: 1\njobs:\n\t- name: a\n", 3, "YAML indents with spaces, not tabs"),
+    ],
+    ids=["unclosed quote", "indentation", "no space after colon", "tab"],
+)
+def test_yaml_errors_point_where_the_mistake_is_with_a_hint(
+    tmp_path: Path, text: str, line: int, says: str
+) -> None:
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(text)
+    result = invoke("validate", str(spec))
+    assert result.exit_code == 1
+    assert result.stderr.startswith(f"error: {spec}:{line}: YAML error: ")
+    assert f"hint: {says}" in result.stderr
+
+
+def test_an_undefined_variable_close_to_a_defined_one_gets_a_did_you_mean(tmp_path: Path) -> None:
+    spec = write_spec(
+        tmp_path,
+        "version: 1\njobs:\n"
+        "  - {name: 'a-{{ style }}', prompt: '{{ stlye }}', matrix: {style: [x]}}\n",
+    )
+    result = invoke("validate", str(spec))
+    assert "prompt: undefined variable 'stlye' (did you mean 'style'?)" in result.stderr
