@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import click
 import jsonschema
 import pytest
 import yaml
 from helpers import invoke, write_spec
+
+from flux_pipeline.cli.app import cli
 
 ROOT = Path(__file__).parents[1]
 SHIPPED = sorted([*ROOT.glob("examples/*.yaml"), *ROOT.glob("specs/*.yaml")])
@@ -89,11 +92,16 @@ def test_validate_reports_every_spec_and_fails_if_any_is_invalid(tmp_path: Path)
     assert result.stderr.startswith(f"error: {bad}:1: version: 1 was expected")
 
 
-@pytest.mark.parametrize("command", ["", "validate", "plan", "run", "emulator", "schema"])
-def test_help_explains_each_command(command: str) -> None:
+@pytest.mark.parametrize("command", ["", *sorted(cli.commands)])
+def test_help_explains_each_command_and_its_exit_codes(command: str) -> None:
     result = invoke(*([command] if command else []), "--help")
     assert result.exit_code == 0
     assert "Usage:" in result.stdout and len(result.stdout) > 200
+    assert "Exit 0" in result.stdout or "Exit codes: 0 ok" in result.stdout
+    # Every option says what it does.
+    group = cli.commands[command] if command else cli
+    options = [p for p in group.params if isinstance(p, click.Option)]
+    assert all(p.help for p in options), [p.name for p in options if not p.help]
 
 
 def test_global_options_work_after_the_command_and_validate_speaks_json(tmp_path: Path) -> None:

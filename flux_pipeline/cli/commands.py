@@ -69,7 +69,10 @@ def plan(specs: Sequence[Path], as_json: bool) -> None:
     table, scaled by what the lock recorded for the same model; a figure no recorded answer
     backs is marked "(estimate)". A request whose images the cache of earlier outputs holds,
     verified, costs nothing ("0 (cache)"). Lock entries no longer in the spec are
-    counted: the next run drops them from the lock.
+    counted: the next run drops them from the lock. A size marked "?" is not stated by the
+    documents: the image's own is recorded.
+
+    Exit 0 (stale requests are not a failure: `check` is the gate); 1 on an invalid spec.
     """
     from .. import library
     from .reports import plan_table
@@ -143,7 +146,10 @@ def check(specs: Sequence[Path], as_json: bool, strict: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the differences as JSON.")
 def diff(spec: Path, ref: str, as_json: bool) -> None:
     """What changed in the spec's lock since REF: requests added, removed, and changed
-    (with the fields that changed)."""
+    (with the fields that changed; "input photos/mug.jpg changed" for an edited input).
+
+    Exit 0 (differences are not a failure); 1 on an invalid spec or an unreadable lock or REF.
+    """
     from .. import library
     from ..compare import diff_locks, lock_at
     from .reports import diff_text
@@ -163,7 +169,8 @@ def diff(spec: Path, ref: str, as_json: bool) -> None:
 def merge(spec: Path, wait: float, partial: bool) -> None:
     """Combine the partial locks of `run --shard K/N` into the spec's lock.
 
-    Each partial lock records the requests its shard was made from. Exit 1, and write
+    Each partial lock records the requests its shard was made from. Exit 0 when merged
+    (each partial lock is listed, then removed). Exit 1, and write
     nothing, when one was made from another version of the spec, when a shard has no partial
     lock (unless --partial), or when two record the same request differently; exit 2 when
     there is nothing to merge or a run holds the output folder.
@@ -210,6 +217,9 @@ def gallery(
     image links to the full size and shows its name, seed, size and prompt. The page has no
     external assets and links to the images relatively: open it from disk or publish the
     folder as a CI artifact.
+
+    Exit 0; 1 on an invalid spec; 2 when the spec has no lock yet, or --rows/--cols names no
+    axis of the spec.
     """
     from .. import library
     from ..gallery import build_gallery
@@ -238,6 +248,8 @@ def models(as_json: bool) -> None:
     Every model is read from the provider's OpenAPI document shipped with the tool, with the
     rules the documents state only in prose (sizes in multiples of 32, preset sizes, input
     image counts); `validate` checks each request against exactly this.
+
+    Exit 0.
     """
     from ..registry import registry
     from .reports import models_table
@@ -261,6 +273,8 @@ def schema(of_lock: bool) -> None:
     \b
       flux-pipeline schema > spec.schema.json
       # yaml-language-server: $schema=spec.schema.json
+
+    Exit 0.
     """
     if of_lock:
         from ..lock import lock_schema

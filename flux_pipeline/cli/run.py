@@ -297,6 +297,8 @@ def emulator(
     \b
       curl -s localhost:8000/v1/images/generations -H 'Authorization: Bearer x' \\
         -H 'Content-Type: application/json' -d '{"model": "flux-pro", "prompt": "a kettle"}'
+
+    Exit 0 when stopped with Ctrl-C; 2 on bad usage.
     """
     from ..emulator import EmulatorConfig, serve_forever
 
