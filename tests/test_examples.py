@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
 import shutil
 import subprocess
 import sys
@@ -14,6 +13,7 @@ from typing import Any
 
 import pytest
 import yaml
+from actions import Runner
 from helpers import KEY, invoke
 from PIL import Image, ImageChops, ImageStat
 
@@ -73,15 +73,17 @@ def test_makefile_validates_runs_checks_and_builds_galleries(tmp_path: Path) -> 
     assert "product-shots" not in rerun.stdout  # the other specs were not touched
 
 
-def test_github_workflow_commands_work_in_job_order(
-    tmp_path: Path, emulator: EmulatorServer, monkeypatch: pytest.MonkeyPatch
+def test_github_workflow_with_the_action_works_in_job_order(
+    tmp_path: Path, emulator: EmulatorServer
 ) -> None:
-    """Two pushes, each run as the workflow's jobs would, the first from a repository without
-    images: the second push starts from what the first committed back and pays nothing."""
+    """Two pushes, each run as the workflow's jobs would (the action's steps in order, four
+    shards then the merge), the first from a repository without images: the second push
+    starts from what the first committed back and pays nothing. Then a fork's pull request,
+    without a key, runs against the emulator."""
     workflow = yaml.safe_load((EXAMPLES / "ci/github-actions.yml").read_text())
     jobs = workflow["jobs"]
-    assert jobs["generate"]["needs"] == "validate" and jobs["merge"]["needs"] == "generate"
-    assert "${{ secrets.AIMLAPI_KEY }}" in json.dumps(jobs["generate"])
+    assert jobs["merge"]["needs"] == "generate"
+    assert "secrets.AIMLAPI_KEY" in json.dumps(jobs["generate"])
     # One run per branch at a time, never cancelled half way (its requests are paid for).
     assert workflow["concurrency"]["group"] == "images-${{ github.ref }}"
     assert workflow["concurrency"]["cancel-in-progress"] is False
@@ -94,36 +96,32 @@ def test_github_workflow_commands_work_in_job_order(
     git(first, "add", "examples")
     git(first, "-c", "user.name=u", "-c", "user.email=u@x", "commit", "-q", "-m", "specs")
     git(first, "push", "-q", "origin", "main")
-    env = {
-        "SPEC": workflow["env"]["SPEC"],
-        "AIMLAPI_KEY": "from-a-secret",
-        "FLUX_PIPELINE_BASE_URL": emulator.url,
-    }
-    ran = run_workflow(jobs, first, env, monkeypatch)
-    assert ran == [
-        "validate",
-        "plan",
-        "run",
-        "run",
-        "run",
-        "run",
-        "merge",
-        "check",
-        "git",
-        "gallery",
-    ]
+    ran = run_workflow(workflow, first, emulator, tmp_path / "artifacts-1")
+    assert ran == ["validate", "run"] * 4 + ["merge", "check", "gallery"]
     assert (first / "examples/out/product-shots/gallery.html").is_file()
     assert not list((first / "examples").glob("*.shard-*"))
     paid = emulator.emulator.counters.snapshot()["paid"]
     assert paid > 0
+    # The key reached the emulator, and nothing printed it (the action masks it too).
+    assert emulator.emulator.counters.authorizations[-1] == "Bearer from-a-secret"
     # The next push: a fresh checkout holds the lock and the images, not the tool's own files.
     second = tmp_path / "second-push"
     git(tmp_path, "clone", "-q", str(origin), str(second))
     kept = sorted(p.name for p in (second / "examples/out/product-shots").iterdir())
     assert "product-shots.lock.json" in os.listdir(second / "examples")
     assert kept and all(name.endswith((".png", ".jpg")) for name in kept)
-    run_workflow(jobs, second, env, monkeypatch)
+    run_workflow(workflow, second, emulator, tmp_path / "artifacts-2")
     assert emulator.emulator.counters.snapshot()["paid"] == paid  # nothing paid again
+    # A fork's pull request: no key, so the emulator, offline; nothing is committed.
+    fork = tmp_path / "fork"
+    git(tmp_path, "clone", "-q", str(origin), str(fork))
+    (fork / "examples/quickstart.yaml").write_text(
+        (fork / "examples/quickstart.yaml").read_text().replace("soft light", "hard light")
+    )
+    pull = Runner(fork, tmp_path / "artifacts-3", event="pull_request")
+    pull.action({"specs": "examples/quickstart.yaml"})
+    assert emulator.emulator.counters.snapshot()["paid"] == paid  # the API was not called
+    assert (fork / "examples/out/quickstart/gallery.html").is_file()
 
 
 def git(cwd: Path, *args: str) -> str:
@@ -132,34 +130,22 @@ def git(cwd: Path, *args: str) -> str:
 
 
 def run_workflow(
-    jobs: dict[str, Any], root: Path, env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+    workflow: dict[str, Any], root: Path, emulator: EmulatorServer, artifacts: Path
 ) -> list[str]:
-    """The workflow's steps in job order, in `root`: `flux-pipeline` in-process, the commit
-    step through bash; the commands run."""
-    monkeypatch.chdir(root)
-    shards = jobs["generate"]["strategy"]["matrix"]["shard"]
-    ran = []
-    for name, matrix in [("validate", [None]), ("generate", shards), ("merge", [None])]:
-        for shard in matrix:
-            for step in jobs[name]["steps"]:
-                line = step.get("run", "")
-                if line.startswith("git ") or "\ngit " in line:
-                    done = subprocess.run(
-                        ["bash", "-e", "-c", line],
-                        env={**os.environ, **env},
-                        cwd=root,
-                        capture_output=True,
-                        text=True,
-                    )
-                    assert done.returncode == 0, done.stderr
-                    ran.append("git")
-                if not line.startswith("flux-pipeline "):
-                    continue  # setup, install and artifact steps
-                line = line.replace("${{ matrix.shard }}", str(shard)).replace("$SPEC", env["SPEC"])
-                result = invoke(*shlex.split(line)[1:], env=env)
-                assert result.exit_code == 0, (line, result.stdout, result.stderr)
-                ran.append(line.split()[1])
-    return ran
+    """A push's run of the workflow in `root`: the generate job once per shard, then the
+    merge job; the flux-pipeline commands run, in order."""
+    runner = Runner(
+        root,
+        artifacts,
+        event="push",
+        secrets={"AIMLAPI_KEY": "from-a-secret"},
+        env={"FLUX_PIPELINE_BASE_URL": emulator.url},
+    )
+    jobs = workflow["jobs"]
+    for shard in jobs["generate"]["strategy"]["matrix"]["shard"]:
+        runner.job(jobs["generate"], workflow["env"], {"shard": shard})
+    runner.job(jobs["merge"], workflow["env"], {})
+    return runner.ran
 
 
 def mean_difference(a: Image.Image, b: Image.Image) -> float:

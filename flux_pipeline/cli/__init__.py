@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from . import commands, run  # noqa: F401  (they register their commands with the group)
+from . import commands, project, run  # noqa: F401  (they register their commands with the group)
 from .app import cli, main
 
 __all__ = ["cli", "main"]

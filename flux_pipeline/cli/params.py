@@ -74,3 +74,18 @@ class SecondsRangeType(_ParamType):
         if not 0 <= span[0] <= span[1]:
             self.fail(f"{value!r}: a range goes from low to high, both >= 0", param, ctx)
         return span
+
+
+def complete_request_names(ctx: click.Context, param: Any, incomplete: str) -> list[Any]:
+    """`--only` completion: the request names of the specs already on the command line."""
+    from click.shell_completion import CompletionItem
+
+    from .. import library
+
+    names: list[str] = []
+    for path in ctx.params.get("specs") or ():
+        try:
+            names += [r.id for r in library.expand(library.load_spec(path))]
+        except Exception:  # noqa: BLE001 - a spec with problems completes nothing
+            continue
+    return [CompletionItem(n) for n in dict.fromkeys(names) if n.startswith(incomplete)]

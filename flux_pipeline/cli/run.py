@@ -13,7 +13,14 @@ import click
 from ..defaults import API_KEY_ENV, DEFAULT_BASE_URL
 from ..errors import Terminated
 from .app import EXIT_FAILED, ExitCode, _each_spec, cli, load_spec
-from .params import SPECS, WAIT, RateType, SecondsRangeType, ShardType
+from .params import (
+    SPECS,
+    WAIT,
+    RateType,
+    SecondsRangeType,
+    ShardType,
+    complete_request_names,
+)
 
 if TYPE_CHECKING:
     from ..pacing import Rate
@@ -52,6 +59,7 @@ if TYPE_CHECKING:
     "--only",
     multiple=True,
     metavar="GLOB",
+    shell_complete=complete_request_names,
     help="Run only requests whose name matches (repeatable).",
 )
 @click.option("--force", is_flag=True, help="Redo requests even if they are up to date.")

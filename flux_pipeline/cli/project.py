@@ -1,0 +1,144 @@
+"""The commands that fit the tool into a project: `init` (a starter spec, the `.gitignore`
+entry, a CI workflow) and `completion` (click's shell completion script)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from .app import cli
+
+PROG = "flux-pipeline"
+COMPLETE_VAR = "_FLUX_PIPELINE_COMPLETE"
+SHELLS = ("bash", "zsh", "fish")
+
+STARTER_SPEC = """\
+# yaml-language-server: $schema=https://raw.githubusercontent.com/flux-pipeline/flux-pipeline/main/docs/spec.schema.json
+# A starter spec: 2 products x 2 styles = 4 images. Try it offline, then for real:
+#   flux-pipeline plan {name}
+#   flux-pipeline run --emulator {name}      # the built-in emulator: no key, no credits
+#   AIMLAPI_KEY=... flux-pipeline run {name} # the API; {lock} records what was made
+version: 1
+name: {stem}
+model: flux-pro                 # `flux-pipeline models` lists the others
+defaults:
+  output_format: png
+  image_size: square            # 512x512; a preset or {{width: W, height: H}} (multiples of 32)
+jobs:
+  - name: "{{{{ product | slug }}}}-{{{{ style }}}}"   # the request's id and file name
+    prompt: A {{{{ style }}}} studio photograph of a {{{{ product }}}}, soft light
+    matrix:                     # every combination of the axes
+      product: [copper kettle, toaster]
+      style: [minimal, retro]
+"""
+
+GITIGNORE_LINES = (
+    "# flux-pipeline: its working files (keep the lock and the images you commit)",
+    "**/.flux-cache/",
+    "**/.thumbs/",
+    "**/.journal.jsonl",
+    ".flux-tmp-*",
+)
+
+WORKFLOW = """\
+# Generate the images of {spec} on every push that changes it; the lock and the images are
+# committed back, so the next run pays only for what changed.
+name: images
+on:
+  push:
+    branches: [main]
+    paths: ["{spec}", "templates/**", "data/**"]
+  pull_request:
+    paths: ["{spec}", "templates/**", "data/**"]
+concurrency:
+  group: images-${{{{ github.ref }}}}
+  cancel-in-progress: false   # a cancelled run has paid for its requests
+permissions:
+  contents: write
+jobs:
+  images:
+    runs-on: ubuntu-latest
+    steps:
+      - uses: actions/checkout@v4
+      - uses: flux-pipeline/flux-pipeline@main
+        with:
+          specs: {spec}
+          # A fork's pull request has no secret: the action then runs against the emulator
+          # (emulator: auto), which checks everything but the API itself.
+          api-key: ${{{{ secrets.AIMLAPI_KEY }}}}
+      - name: Commit the lock and the images
+        if: github.event_name == 'push'
+        run: |
+          git config user.name "github-actions[bot]"
+          git config user.email "41898282+github-actions[bot]@users.noreply.github.com"
+          git add -A {folder}
+          git diff --cached --quiet || git commit -m "images: {spec}" && git push
+"""
+
+
+@cli.command()
+@click.argument("shell", type=click.Choice(SHELLS))
+def completion(shell: str) -> None:
+    """Print the shell completion script for SHELL (bash, zsh or fish).
+
+    Commands, options and spec paths complete; `run --only` completes request names from the
+    specs given before it. Load it from your shell's start-up file:
+
+    \b
+      bash:  eval "$(flux-pipeline completion bash)"        (~/.bashrc)
+      zsh:   eval "$(flux-pipeline completion zsh)"         (~/.zshrc)
+      fish:  flux-pipeline completion fish | source         (~/.config/fish/config.fish)
+
+    Exit 0; 2 for another shell.
+    """
+    from click.shell_completion import get_completion_class
+
+    kind = get_completion_class(shell)
+    assert kind is not None  # click ships all three
+    click.echo(kind(cli, {}, PROG, COMPLETE_VAR).source())
+
+
+@cli.command()
+@click.argument("spec", default="images.flux.yaml", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--ci", is_flag=True, help="Also write .github/workflows/images.yml (the action).")
+def init(spec: Path, ci: bool) -> None:
+    """Start a project: a commented spec (SPEC, default images.flux.yaml) that validates and
+    runs offline, the tool's working folders in .gitignore, and with --ci a GitHub workflow
+    that uses the flux-pipeline action. Nothing is overwritten.
+
+    Exit 0; 2 when SPEC or the workflow already exists.
+    """
+    from ..errors import ConfigError
+
+    if spec.exists():
+        raise ConfigError(f"{spec} already exists; nothing was written")
+    workflow = Path(".github/workflows/images.yml")
+    if ci and workflow.exists():
+        raise ConfigError(f"{workflow} already exists; nothing was written")
+    stem = spec.name.split(".")[0]
+    lock = spec.with_name(spec.name.removesuffix(".yaml").removesuffix(".yml") + ".lock.json")
+    _write(spec, STARTER_SPEC.format(name=spec, stem=stem, lock=lock.name))
+    ignored = _add_to_gitignore(spec.parent / ".gitignore")
+    if ci:
+        made = f"{lock.as_posix()} {(spec.parent / 'out' / stem).as_posix()}"
+        _write(workflow, WORKFLOW.format(spec=spec.as_posix(), folder=made))
+    click.echo(f"wrote {spec}" + (f" and {workflow}" if ci else ""))
+    if ignored:
+        click.echo(f"added {', '.join(ignored)} to {spec.parent / '.gitignore'}")
+    click.echo(f"next: flux-pipeline run --emulator {spec}")
+
+
+def _write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+
+
+def _add_to_gitignore(path: Path) -> list[str]:
+    """Add the tool's folders to a .gitignore (made if need be); the lines added."""
+    existing = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
+    missing = [line for line in GITIGNORE_LINES[1:] if line not in existing]
+    if missing:
+        lines = [*existing, *([""] if existing else []), GITIGNORE_LINES[0], *missing]
+        path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return missing
