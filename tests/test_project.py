@@ -61,7 +61,7 @@ def test_pre_commit_hooks_validate_and_check_the_specs_that_changed(tmp_path: Pa
     assert "good.flux.yaml: valid, 1 request" in passed.stdout or "Passed" in passed.stdout
     failed = hook("flux-pipeline-validate", good, bad)
     assert failed.returncode == 1, failed.stdout
-    assert 'specs/bad.yaml:1 job "a": seed: 0 is less than the minimum of 1' in failed.stdout
+    assert 'specs/bad.yaml:2 job "a": seed: 0 is less than the minimum of 1' in failed.stdout
     stale = hook("flux-pipeline-check", good)
     assert stale.returncode == 1 and "good.flux.yaml" in stale.stdout
 

@@ -4,6 +4,7 @@ latencies, and the arguments and options several commands share."""
 from __future__ import annotations
 
 import importlib
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -83,7 +84,11 @@ def complete_request_names(ctx: click.Context, param: Any, incomplete: str) -> l
     from .. import library
 
     names: list[str] = []
-    for path in ctx.params.get("specs") or ():
+    specs = ctx.params.get("specs")
+    if not specs:  # an option still waiting for its value stops click's parse of the rest
+        words = os.environ.get("COMP_WORDS", "").split()
+        specs = [w for w in words if w.endswith((".yaml", ".yml")) and Path(w).is_file()]
+    for path in specs:
         try:
             names += [r.id for r in library.expand(library.load_spec(path))]
         except Exception:  # noqa: BLE001 - a spec with problems completes nothing
