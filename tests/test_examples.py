@@ -148,6 +148,15 @@ def run_workflow(
     return runner.ran
 
 
+def run_example(tmp_path: Path, emulator: EmulatorServer, name: str) -> tuple[Path, dict[str, Any]]:
+    """Run one example spec (copied with its files) against the emulator: its folder, and
+    its lock's entries."""
+    folder = copy_examples(tmp_path)
+    result = invoke("run", "--base-url", emulator.url, str(folder / f"{name}.yaml"), env=KEY)
+    assert result.exit_code == 0, result.stderr
+    return folder, json.loads((folder / f"{name}.lock.json").read_text())["requests"]
+
+
 def mean_difference(a: Image.Image, b: Image.Image) -> float:
     """Mean absolute difference per channel (0..255) of two images at a's size."""
     diff = ImageChops.difference(a.convert("RGB"), b.convert("RGB").resize(a.size))
@@ -157,13 +166,9 @@ def mean_difference(a: Image.Image, b: Image.Image) -> float:
 def test_product_edits_are_derived_from_their_photos_and_rerun_only_what_changed(
     tmp_path: Path, emulator: EmulatorServer
 ) -> None:
-    folder = copy_examples(tmp_path)
+    folder, entries = run_example(tmp_path, emulator, "product-edits")
     spec = folder / "product-edits.yaml"
-    result = invoke("run", "--base-url", emulator.url, str(spec), env=KEY)
-    assert result.exit_code == 0, result.stderr
     assert emulator.emulator.counters.snapshot()["paid"] == 9
-    lock = json.loads((folder / "product-edits.lock.json").read_text())
-    entries = lock["requests"]
     assert len(entries) == 9
     # The lock names each input by path and hash, never its bytes: it stays small.
     text = (folder / "product-edits.lock.json").read_text()
@@ -209,11 +214,7 @@ def test_product_edits_are_derived_from_their_photos_and_rerun_only_what_changed
 def test_flux2_comparison_runs_every_model_at_the_same_seed(
     tmp_path: Path, emulator: EmulatorServer
 ) -> None:
-    folder = copy_examples(tmp_path)
-    spec = folder / "flux2-comparison.yaml"
-    result = invoke("run", "--base-url", emulator.url, str(spec), env=KEY)
-    assert result.exit_code == 0, result.stderr
-    entries = json.loads((folder / "flux2-comparison.lock.json").read_text())["requests"]
+    _, entries = run_example(tmp_path, emulator, "flux2-comparison")
     assert {e["body"]["model"] for e in entries.values()} == {
         "flux-pro",
         "blackforestlabs/flux-2-pro",
@@ -227,10 +228,7 @@ def test_flux2_comparison_runs_every_model_at_the_same_seed(
 def test_the_readme_examples_run_offline_end_to_end(
     tmp_path: Path, emulator: EmulatorServer, name: str
 ) -> None:
-    folder = copy_examples(tmp_path)
-    result = invoke("run", "--base-url", emulator.url, str(folder / f"{name}.yaml"), env=KEY)
-    assert result.exit_code == 0, result.stderr
-    entries = json.loads((folder / f"{name}.lock.json").read_text())["requests"]
+    _, entries = run_example(tmp_path, emulator, name)
     assert all(e["outputs"] for e in entries.values())
     if name == "catalogue":  # 5 CSV rows x 3 styles, one excluded; names from the row
         assert len(entries) == 14 and "A102-teapot-flatlay" not in entries

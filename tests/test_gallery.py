@@ -32,8 +32,13 @@ SPEC = """
 def spec_run(
     root: Path, server: EmulatorServer, prompt: str = "A {{ style }} {{ product }}"
 ) -> Path:
-    spec = write_spec(root, SPEC.format(prompt=prompt))
-    result = invoke("run", "--base-url", server.url, str(spec), env=KEY)
+    return run_text(root, server, SPEC.format(prompt=prompt))
+
+
+def run_text(root: Path, server: EmulatorServer, text: str, *args: str) -> Path:
+    """Write a spec and run it against the emulator, which must succeed."""
+    spec = write_spec(root, text)
+    result = invoke("run", "--base-url", server.url, *args, str(spec), env=KEY)
     assert result.exit_code == 0, result.stdout + result.stderr
     return spec
 
@@ -209,8 +214,9 @@ def test_an_edit_shows_its_input_beside_it_on_a_files_axis_grid(
 def test_every_image_of_repeats_and_num_images_is_shown_with_rendered_titles(
     tmp_path: Path, emulator: EmulatorServer
 ) -> None:
-    spec = write_spec(
+    spec = run_text(
         tmp_path,
+        emulator,
         """
         version: 1
         model: flux/schnell
@@ -219,7 +225,6 @@ def test_every_image_of_repeats_and_num_images_is_shown_with_rendered_titles(
           - {name: "lantern-{{ repeat }}", prompt: a lantern, repeat: 4}
         """,
     )
-    assert invoke("run", "--base-url", emulator.url, str(spec), env=KEY).exit_code == 0
     result = invoke("gallery", "--png", str(spec))
     assert result.exit_code == 0 and ": 8 images" in result.stdout
     page = tmp_path / "out/spec/gallery.html"
@@ -244,8 +249,9 @@ def test_rows_and_cols_are_checked_against_the_axes(
 def test_a_large_gallery_reports_progress_on_stderr(
     tmp_path: Path, emulator: EmulatorServer
 ) -> None:
-    spec = write_spec(
+    spec = run_text(
         tmp_path,
+        emulator,
         """
         version: 1
         model: flux/schnell
@@ -254,8 +260,9 @@ def test_a_large_gallery_reports_progress_on_stderr(
           - {name: "n-{{ i }}-{{ j }}", prompt: "p {{ i }} {{ j }}",
              matrix: {i: [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11], j: [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]}}
         """,
+        "-j",
+        "16",
     )
-    assert invoke("run", "--base-url", emulator.url, "-j", "16", str(spec), env=KEY).exit_code == 0
     result = invoke("gallery", str(spec))
     assert result.exit_code == 0
     assert "gallery: 100/120 images" in result.stderr and "gallery: 120/120 images" in result.stderr
