@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -140,15 +140,14 @@ class Throttles:
     """A run's throttles: one for every model, but one of its own for a family the provider
     caps apart (`FAMILY_CAPS`), made when the run first sends to it."""
 
-    def __init__(self, ceiling: int, caps: Mapping[str, int] | None = None, **options: Any):
+    def __init__(self, ceiling: int, **options: Any) -> None:
         self.run = Throttle(ceiling, **options)
-        self._caps = FAMILY_CAPS if caps is None else caps
         self._options = options
         self._families: dict[str, Throttle] = {}
 
     def of(self, model: str) -> Throttle:
         """The throttle requests of `model` go through."""
-        for prefix, cap in self._caps.items():
+        for prefix, cap in FAMILY_CAPS.items():
             if model.startswith(prefix):
                 throttle = self._families.get(prefix)
                 if throttle is None:
