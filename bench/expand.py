@@ -78,7 +78,7 @@ def edit_plan(edits: int, photos: int) -> None:
     reads = 0
     check = inputs.InputFiles._check
 
-    def counted(self: inputs.InputFiles, *args: object) -> inputs.InputImage:
+    def counted(self: inputs.InputFiles, *args: object) -> inputs.Reference:
         nonlocal reads
         reads += 1
         return check(self, *args)  # type: ignore[arg-type]

@@ -1,8 +1,8 @@
 """Grid expansion: a `Spec` becomes the ordered list of API requests it describes.
 
 For each job, the combinations come from `matrix` (GitHub Actions semantics; an axis written
-`{files: GLOB}` takes one value per matching file, sorted), then `cases`, then `cases_file`;
-each combination is repeated `repeat` times. Templates see the spec's
+`{files: GLOB}` or `{rows: FILE}` takes its values from files: `matrix.py`), then `cases`,
+then `cases_file`; each combination is repeated `repeat` times. Templates see the spec's
 `vars`, the combination's values, `repeat` (1..N) and `index` (the combination's 0-based
 position in its job). Expansion order is the order of the spec, so it is deterministic.
 """

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 EXTENSIONS = {"png": ".png", "jpeg": ".jpg", "webp": ".webp"}
+MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 MAX_PIXELS = 64_000_000  # far past any FLUX size; anything larger is refused unread
 
 

@@ -23,12 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from .errors import Explained, RequestFailed
-from .images import probe
+from .images import MEDIA_TYPES, probe
 
 #: The request fields that hold input images (one URI, or a list of them).
 IMAGE_FIELDS = ("image_url", "image_urls")
-#: Formats the provider's models read, as `data:` URI media types.
-MEDIA_TYPES = {"jpeg": "image/jpeg", "png": "image/png", "webp": "image/webp"}
 #: The documents state no limit on inputs; these keep a request's body (the base64 of its
 #: inputs) within what an HTTP API takes in one JSON body.
 MAX_INPUT_BYTES = 20_000_000
@@ -48,33 +46,19 @@ class InputError(Explained):
 
 
 @dataclass(frozen=True, slots=True)
-class InputImage:
-    """A local input image: its path from the spec's folder, hash, format and size."""
+class Reference:
+    """A local input image, as a request body refers to it: its path from the spec's folder,
+    the sha256 of its bytes and its size."""
 
     path: str  # POSIX, relative to the spec's folder
     sha256: str
-    format: str
     width: int
     height: int
 
     @property
-    def reference(self) -> str:
+    def text(self) -> str:
         """What a request body carries in place of the image's bytes."""
         return f"file:{self.path}#sha256={self.sha256}&size={self.width}x{self.height}"
-
-    @property
-    def size(self) -> tuple[int, int]:
-        return self.width, self.height
-
-
-@dataclass(frozen=True, slots=True)
-class Reference:
-    """A reference parsed back from a request body."""
-
-    path: str
-    sha256: str
-    width: int
-    height: int
 
     @property
     def size(self) -> tuple[int, int]:
@@ -129,7 +113,7 @@ class InputFiles:
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder.resolve()
-        self._seen: dict[tuple[Path, int, int], InputImage] = {}
+        self._seen: dict[tuple[Path, int, int], Reference] = {}
 
     def resolve(self, relative: str) -> Path:
         """The file `relative` names, inside the spec's folder tree (InputError otherwise)."""
@@ -142,7 +126,7 @@ class InputFiles:
             raise InputError(f"input {relative!r} is outside the spec's folder")
         return target
 
-    def load(self, relative: str) -> InputImage:
+    def load(self, relative: str) -> Reference:
         """The checked input image at `relative` (read and hashed once while it is unchanged)."""
         target = self.resolve(relative)
         try:
@@ -157,7 +141,7 @@ class InputFiles:
             image = self._seen[key] = self._check(relative, target, stat.st_size)
         return image
 
-    def _check(self, relative: str, target: Path, size: int) -> InputImage:
+    def _check(self, relative: str, target: Path, size: int) -> Reference:
         if not target.is_file():
             raise InputError(f"input {relative!r} is not a file")
         if size > MAX_INPUT_BYTES:
@@ -177,7 +161,7 @@ class InputFiles:
             )
         path = target.relative_to(self.folder).as_posix()
         digest = hashlib.sha256(data).hexdigest()
-        return InputImage(path, digest, info.format, info.width, info.height)
+        return Reference(path, digest, info.width, info.height)
 
 
 class Sender:

@@ -148,17 +148,20 @@ class Model:
         height = size.get("height", props["height"]["default"])
         return int(width), int(height)
 
-    def likely_size(self, body: Mapping[str, Any]) -> tuple[int, int]:
+    def likely_size(
+        self, body: Mapping[str, Any], input_size: tuple[int, int] | None = None
+    ) -> tuple[int, int]:
         """The documented size, or where there is none a likely one: for estimates, and the
-        size the emulator draws."""
-        documented = self.size(body)
-        if documented is not None:
-            return documented
-        if "aspect_ratio" in self.fields:
+        size the emulator draws. A model without a size of its own makes its input's size
+        (`input_size`: the first input's, if known otherwise than from a reference)."""
+        if "aspect_ratio" in self.fields or "image_size" in self.fields:
+            documented = self.size(body)
+            if documented is not None:
+                return documented
             ratio = body.get("aspect_ratio", self.default("aspect_ratio"))
             return (ULTRA_SIZES if self.name == "flux-pro/v1.1-ultra" else KONTEXT_SIZES)[ratio]
         inputs = references(body)
-        return inputs[0].size if inputs else FALLBACK_SIZE
+        return input_size or (inputs[0].size if inputs else FALLBACK_SIZE)
 
     def output_format(self, body: Mapping[str, Any]) -> str | None:
         """`png` or `jpeg` when the model lets the request choose; None when it does not say."""

@@ -98,7 +98,7 @@ def stem(value: Any) -> str:
 def _image_file(inputs: InputFiles) -> Callable[[Any], str]:
     def image_file(path: Any) -> str:
         """A local input image, checked, as the reference the client sends as a data: URI."""
-        return inputs.load(path).reference
+        return inputs.load(path).text
 
     return image_file
 

@@ -3,7 +3,6 @@ to its exit code in one place (`_Group.invoke`)."""
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import os
 import signal
@@ -160,44 +159,27 @@ def cli(debug: bool, allow_output_outside: bool, max_spec_requests: int) -> None
     """
 
 
-def _each_spec_quietly(
-    specs: Sequence[Path],
-    work: Callable[[Path], None],
-    together: Callable[[], None] | None = None,
-) -> list[dict[str, Any]]:
-    """Run `work` on every spec, then `together`; every problem found, as data, with the
-    spec it was found in (`spec`: "" for a problem across specs)."""
-    found: list[dict[str, Any]] = []
-    steps = [(str(path), functools.partial(work, path)) for path in specs]
-    for spec, step in steps + ([("", together)] if together else []):
-        try:
-            step()
-        except SpecInvalid as exc:
-            found += [
-                {"spec": spec, **dataclasses.asdict(p), "combo": dict(p.combo)}
-                for p in exc.problems
-            ]
-        except LockError as exc:
-            found.append({"spec": spec, "file": spec, "line": None, "message": str(exc)})
-    return found
-
-
 def _each_spec(
     specs: Sequence[Path],
     work: Callable[[Path], None],
     together: Callable[[], None] | None = None,
+    failed: Callable[[str, SpecInvalid | LockError], None] | None = None,
 ) -> None:
-    """Run `work` on every spec, then `together` (checks across them), report every invalid
-    one, and exit 1 if any was."""
-    failed = False
-    steps: list[Callable[[], None]] = [functools.partial(work, path) for path in specs]
-    for step in steps + ([together] if together else []):
+    """Run `work` on every spec, then `together` (checks across them). Each invalid one goes
+    to `failed` with its spec ("" for a problem across specs); by default it is reported and
+    the command exits 1 at the end."""
+    invalid = False
+    steps = [(str(path), functools.partial(work, path)) for path in specs]
+    for spec, step in steps + ([("", together)] if together else []):
         try:
             step()
         except (SpecInvalid, LockError) as exc:
-            failed = True
-            _report(exc)
-    if failed:
+            invalid = True
+            if failed is None:
+                _report(exc)
+            else:
+                failed(spec, exc)
+    if invalid and failed is None:
         raise ExitCode(EXIT_INVALID)
 
 

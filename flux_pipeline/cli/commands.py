@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import click
 
-from ..errors import plural
-from .app import EXIT_INVALID, ExitCode, _each_spec, _each_spec_quietly, cli, load_spec
+from ..errors import LockError, SpecInvalid, plural
+from .app import EXIT_INVALID, ExitCode, _each_spec, cli, load_spec
 from .params import SPECS, WAIT
 
 
@@ -49,7 +50,17 @@ def validate(specs: Sequence[Path], as_json: bool) -> None:
     if not as_json:
         _each_spec(specs, work, lambda: check_together(loaded))
         return
-    problems = _each_spec_quietly(specs, work, lambda: check_together(loaded))
+    problems: list[dict[str, Any]] = []
+
+    def failed(spec: str, exc: SpecInvalid | LockError) -> None:
+        if isinstance(exc, SpecInvalid):
+            problems.extend(
+                {"spec": spec, **asdict(p), "combo": dict(p.combo)} for p in exc.problems
+            )
+        else:
+            problems.append({"spec": spec, "file": spec, "line": None, "message": str(exc)})
+
+    _each_spec(specs, work, lambda: check_together(loaded), failed)
     for entry in report:
         entry["problems"] = [p for p in problems if p["spec"] in (entry["spec"], "")]
         entry["valid"] = entry["valid"] and not entry["problems"]

@@ -29,7 +29,7 @@ from starlette.routing import Route
 from ..bodies import body_hash
 from ..images import probe
 from ..inputs import input_values
-from ..registry import API_PATH, SIZE_OF_INPUT, Model, check_body, get_model
+from ..registry import API_PATH, Model, check_body, get_model
 from .config import CHUNK, FAULT_STATUSES, Counters, EmulatorConfig, credits_for
 from .images import Picture, indexed_png
 
@@ -64,13 +64,7 @@ class _Order:
     def of(cls, body: dict[str, Any], price_factor: float, source: Source | None) -> _Order:
         model = get_model(body["model"])
         assert model is not None  # check_body passed
-        sized_by_input = model.name in SIZE_OF_INPUT or not (
-            {"image_size", "aspect_ratio"} & model.fields
-        )
-        if source is not None and sized_by_input:
-            width, height = source.width, source.height
-        else:
-            width, height = model.likely_size(body)
+        width, height = model.likely_size(body, (source.width, source.height) if source else None)
         count = model.num_images(body)
         cost = count * credits_for(model.name, width, height, price_factor)
         return cls(model, width, height, count, cost, source.data if source else None)
@@ -169,9 +163,8 @@ class Emulator:
         except ValueError as exc:
             return self._answer(400, f"Body validation error: {exc}", path)
         order = _Order.of(body, config.price_factor, source)
-        family = self._family(order.model.name)
-        if family and self._family_in_flight[family] >= dict(config.family_in_flight)[family]:
-            cap = dict(config.family_in_flight)[family]
+        family, cap = self._family(order.model.name)
+        if cap is not None and self._family_in_flight[family] >= cap:
             return self._answer(429, f"Too many requests: at most {cap} {family}* tasks", path)
         failing = bool(config.fail_rate) and self._random.random() < config.fail_rate
         refused = None if failing else self._bill(body, order)
@@ -197,9 +190,11 @@ class Emulator:
             self.counters.delivered += 1
         return answer
 
-    def _family(self, model: str) -> str:
-        """The capped family `model` belongs to, or "" (the rest, under max_in_flight)."""
-        return next((p for p, _ in self.config.family_in_flight if model.startswith(p)), "")
+    def _family(self, model: str) -> tuple[str, int | None]:
+        """The capped family `model` belongs to and its cap, or ("", None): the rest, under
+        max_in_flight."""
+        caps = self.config.family_in_flight
+        return next(((p, n) for p, n in caps if model.startswith(p)), ("", None))
 
     async def _source(self, body: dict[str, Any]) -> Source | None:
         """The first input image of an edit, every input checked as the API would: a `data:`
@@ -276,7 +271,8 @@ class Emulator:
             self.counters.paid += 1
             self.counters.credits += order.cost
             self.counters.generated += order.count
-            # As the lock records it (an edit's inputs as sent: the same bytes, the same hash).
+            # The hash the lock records for a text-to-image body; an edit's is of its inputs
+            # as sent (the same bytes give the same hash, so paying twice still shows).
             self.counters.paid_bodies[body_hash(body)] += 1
         return None
 

@@ -13,6 +13,7 @@ import zlib
 from dataclasses import dataclass
 from typing import Any
 
+from ..images import EXTENSIONS, MEDIA_TYPES
 from .config import PNG_SIGNATURE
 
 
@@ -171,9 +172,6 @@ def edited_image(
     return out.getvalue()
 
 
-MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
-
-
 @dataclass(frozen=True, slots=True)
 class Picture:
     model: str
@@ -193,8 +191,7 @@ class Picture:
             [self.model, self.prompt, self.seed, self.width, self.height, self.fmt, self.index]
             + ([inputs] if inputs else [])
         )
-        ext = {"png": "png", "jpeg": "jpg", "webp": "webp"}[self.fmt]
-        return f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.{ext}"
+        return f"{hashlib.sha256(key.encode()).hexdigest()[:32]}{EXTENSIONS[self.fmt]}"
 
     @property
     def content_type(self) -> str:
