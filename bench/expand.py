@@ -18,12 +18,12 @@ import jsonschema
 import yaml
 from _common import report
 
-from flux_pipeline import inputs
-from flux_pipeline.expansion import expand_collect
-from flux_pipeline.planning import plan
-from flux_pipeline.registry import registry
-from flux_pipeline.spec import load_spec
-from flux_pipeline.validation import check_requests
+from flux_pipeline.language.expansion import expand_collect
+from flux_pipeline.language.spec import load_spec
+from flux_pipeline.language.validation import check_requests
+from flux_pipeline.provider import inputs
+from flux_pipeline.provider.registry import registry
+from flux_pipeline.store.planning import plan
 
 NAIVE_SAMPLE = 2000
 

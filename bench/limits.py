@@ -30,7 +30,7 @@ from typing import Any
 from _common import emulator_process, matrix_spec, report
 
 from flux_pipeline import load_spec
-from flux_pipeline.runner import RunOptions, Status, run
+from flux_pipeline.running.runner import RunOptions, Status, run
 
 SCENARIOS = {
     "(a) 8 in flight": (["--max-in-flight", "8"], lambda latency: 8 / latency),

@@ -29,8 +29,8 @@ import httpx
 from _common import Emulator, emulator_process, matrix_spec, process_cpu, report
 
 from flux_pipeline import load_spec, plan
-from flux_pipeline.client import make_http_client
-from flux_pipeline.runner import RunOptions, Status, run_async, run_event_loop
+from flux_pipeline.provider.client import make_http_client
+from flux_pipeline.running.runner import RunOptions, Status, run_async, run_event_loop
 
 SIZE = {"width": 64, "height": 64}  # the image asked for (--size)
 

@@ -36,7 +36,7 @@ from _common import matrix_spec, report
 
 from flux_pipeline import load_spec, validate
 from flux_pipeline.emulator import EmulatorConfig, EmulatorServer
-from flux_pipeline.recovery import FILE_NAME, generation_from_json, read_pending
+from flux_pipeline.running.recovery import FILE_NAME, generation_from_json, read_pending
 
 
 def start(url: str, spec: Path, concurrency: int, *extra: str) -> subprocess.Popen[str]:

@@ -7,12 +7,12 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .expansion import Request, expand
-from .lock import read_lock
-from .planning import Plan, plan
-from .results import RunResult, Status
-from .spec import Spec, load_spec
-from .validation import validate
+from .language.expansion import Request, expand
+from .language.spec import Spec, load_spec
+from .language.validation import validate
+from .running.results import RunResult, Status
+from .store.lock import read_lock
+from .store.planning import Plan, plan
 
 __all__ = [
     "Plan",
@@ -50,8 +50,8 @@ def run(
     `result.results`, its image files in `result.outputs()`.
     """
     from .defaults import API_KEY_ENV, DEFAULT_BASE_URL
-    from .options import RunOptions
-    from .runner import run as run_spec
+    from .running.options import RunOptions
+    from .running.runner import run as run_spec
 
     if not isinstance(spec, Spec):
         spec = load_spec(spec)

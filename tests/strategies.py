@@ -9,7 +9,7 @@ from typing import Any
 from hypothesis import strategies as st
 from PIL import Image
 
-from flux_pipeline.registry import registry
+from flux_pipeline.provider.registry import registry
 
 models = st.sampled_from(sorted(m for m in registry() if registry()[m].size_range))
 all_models = st.sampled_from(sorted(registry()))

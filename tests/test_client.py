@@ -11,8 +11,9 @@ import httpx
 import pytest
 from PIL import Image
 
-from flux_pipeline.atomic import sha256_file
-from flux_pipeline.client import (
+from flux_pipeline.emulator import EmulatorServer
+from flux_pipeline.errors import BadImage, BadResponse
+from flux_pipeline.provider.client import (
     Action,
     ApiClient,
     CookielessClient,
@@ -20,10 +21,9 @@ from flux_pipeline.client import (
     classify,
     retry_after,
 )
-from flux_pipeline.emulator import EmulatorServer
-from flux_pipeline.errors import BadImage, BadResponse
-from flux_pipeline.fetcher import ImageFetcher
-from flux_pipeline.responses import parse_generation
+from flux_pipeline.provider.responses import parse_generation
+from flux_pipeline.store.atomic import sha256_file
+from flux_pipeline.store.fetcher import ImageFetcher
 
 
 def test_data_shape_with_url_or_base64_and_credits() -> None:

@@ -17,7 +17,7 @@ from PIL import Image
 from strategies import all_models, from_schema, models, required_inputs
 
 from flux_pipeline.emulator import EmulatorConfig, EmulatorServer, credits_for, encode_png
-from flux_pipeline.registry import API_PATH, PRESETS, registry
+from flux_pipeline.provider.registry import API_PATH, PRESETS, registry
 
 ERROR_KEYS = {"message", "path", "requestId", "statusCode", "timestamp"}
 AUTH = {"Authorization": "Bearer test-key"}

@@ -14,7 +14,7 @@ from strategies import axis_values, matrices
 
 from flux_pipeline import expand, load_spec
 from flux_pipeline.errors import SpecInvalid
-from flux_pipeline.expansion import derive_seed, matrix_combinations
+from flux_pipeline.language.expansion import derive_seed, matrix_combinations
 
 
 def spec_with_matrix(

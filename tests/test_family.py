@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from strategies import TINY_PNG, all_models, from_schema, required_inputs
 
 from flux_pipeline.cli.reports import models_table
-from flux_pipeline.registry import check_body, registry
+from flux_pipeline.provider.registry import check_body, registry
 
 RATIOS = ["21:9", "16:9", "4:3", "3:2", "1:1", "2:3", "3:4", "9:16", "9:21"]
 FLUX2 = sorted(m for m in registry() if m.startswith("blackforestlabs/flux-2"))

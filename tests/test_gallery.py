@@ -12,7 +12,7 @@ from helpers import invoke, write_spec
 from PIL import Image
 
 from flux_pipeline.emulator import EmulatorServer
-from flux_pipeline.sheet import LABEL_CHARS, LINE_H, _lines
+from flux_pipeline.review.sheet import LABEL_CHARS, LINE_H, _lines
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 KEY = {"AIMLAPI_KEY": "test-key"}

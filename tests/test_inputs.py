@@ -15,9 +15,9 @@ from PIL import Image
 
 from flux_pipeline.emulator import EmulatorServer
 from flux_pipeline.emulator.config import PNG_SIGNATURE
-from flux_pipeline.inputs import MAX_INPUT_BYTES, parse_reference
-from flux_pipeline.planning import plan
-from flux_pipeline.spec import load_spec
+from flux_pipeline.language.spec import load_spec
+from flux_pipeline.provider.inputs import MAX_INPUT_BYTES, parse_reference
+from flux_pipeline.store.planning import plan
 
 EDIT_SPEC = """
 version: 1
@@ -113,7 +113,7 @@ def test_an_input_changed_after_planning_fails_its_request_before_it_is_paid(
     tmp_path: Path, emulator: EmulatorServer
 ) -> None:
     from flux_pipeline.errors import RequestFailed
-    from flux_pipeline.inputs import Sender
+    from flux_pipeline.provider.inputs import Sender
 
     image = photo(tmp_path / "photos/a.png")
     spec = write_spec(tmp_path, EDIT_SPEC.format(photos="[photos/a.png]"))
@@ -150,7 +150,7 @@ def test_the_emulator_fetches_a_loopback_input_and_refuses_what_it_cannot_read(
 ) -> None:
     import httpx
 
-    from flux_pipeline.registry import API_PATH
+    from flux_pipeline.provider.registry import API_PATH
 
     headers = {"Authorization": "Bearer k"}
     with httpx.Client(timeout=30) as http:
@@ -178,7 +178,7 @@ def test_the_emulator_fetches_a_loopback_input_and_refuses_what_it_cannot_read(
 
 
 def test_diff_and_body_changes_name_the_input_that_changed(tmp_path: Path) -> None:
-    from flux_pipeline.bodies import body_changes
+    from flux_pipeline.language.bodies import body_changes
 
     image = photo(tmp_path / "photos/a.png")
     spec = write_spec(tmp_path, EDIT_SPEC.format(photos="[photos/a.png]"))

@@ -12,11 +12,11 @@ from helpers import invoke, write_spec
 from hypothesis import given
 from hypothesis import strategies as st
 
-from flux_pipeline import cache
-from flux_pipeline.atomic import sha256_file
 from flux_pipeline.emulator import EmulatorServer
 from flux_pipeline.errors import LockError
-from flux_pipeline.lock import Entry, Output, read_lock, render_lock, write_lock
+from flux_pipeline.store import cache
+from flux_pipeline.store.atomic import sha256_file
+from flux_pipeline.store.lock import Entry, Output, read_lock, render_lock, write_lock
 
 names = st.text(min_size=1, max_size=12)
 scalars = st.one_of(st.integers(), st.text(max_size=8), st.booleans(), st.none())

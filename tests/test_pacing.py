@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from flux_pipeline.pacing import Pacer, Rate
+from flux_pipeline.provider.pacing import Pacer, Rate
 
 
 @pytest.mark.parametrize(("text", "per_second"), [("10/s", 10), ("120/m", 2), ("0.5/s", 0.5)])

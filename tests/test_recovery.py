@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from flux_pipeline.errors import OutputFolderBusy
-from flux_pipeline.keeper import LockKeeper
-from flux_pipeline.lock import Entry, Output, read_lock
-from flux_pipeline.recovery import (
+from flux_pipeline.provider.responses import Delivery, Generation
+from flux_pipeline.running.keeper import LockKeeper
+from flux_pipeline.running.recovery import (
     WriteAhead,
     answer_line,
     done_line,
@@ -26,8 +26,8 @@ from flux_pipeline.recovery import (
     rewrite,
     sound,
 )
-from flux_pipeline.responses import Delivery, Generation
-from flux_pipeline.writer_lock import hold_output_folder
+from flux_pipeline.store.lock import Entry, Output, read_lock
+from flux_pipeline.store.writer_lock import hold_output_folder
 
 ANSWER = Generation(images=(Delivery(url="https://cdn.example/a.png", width=64, height=64),))
 
@@ -156,7 +156,7 @@ def test_a_keeper_with_nothing_changed_writes_nothing(tmp_path: Path) -> None:
 HOLD = """
 import sys
 from pathlib import Path
-from flux_pipeline.writer_lock import hold_output_folder
+from flux_pipeline.store.writer_lock import hold_output_folder
 spec, lock = Path("s.yaml"), Path("s.lock.json")
 with hold_output_folder(Path(sys.argv[1]), command="run", spec=spec, lock_path=lock):
     print("held", flush=True)

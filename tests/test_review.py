@@ -10,8 +10,8 @@ import pytest
 from helpers import grid, invoke
 from helpers import run_ok as run
 
-from flux_pipeline.cache import HashIndex
 from flux_pipeline.emulator import EmulatorServer
+from flux_pipeline.store.cache import HashIndex
 
 
 def check_json(spec: Path) -> tuple[int, dict[str, object]]:

@@ -13,11 +13,11 @@ import pytest
 from helpers import invoke, schnell_spec, write_spec
 from PIL import Image
 
-from flux_pipeline.atomic import sha256_file
-from flux_pipeline.client import ApiClient, RetryPolicy
 from flux_pipeline.emulator import EmulatorServer
 from flux_pipeline.errors import RequestFailed
-from flux_pipeline.limits import Throttle
+from flux_pipeline.provider.client import ApiClient, RetryPolicy
+from flux_pipeline.provider.limits import Throttle
+from flux_pipeline.store.atomic import sha256_file
 
 EXAMPLES = Path(__file__).parents[1] / "examples"
 SENTINEL = "sk-SENTINEL-0123456789abcdef"

@@ -11,11 +11,11 @@ from helpers import write_spec
 
 from flux_pipeline import load_spec, plan
 from flux_pipeline.errors import RequestFailed
-from flux_pipeline.options import RunOptions
-from flux_pipeline.output_folder import OutputFolder
-from flux_pipeline.planning import PlanItem, RequestState, State
-from flux_pipeline.runner import select
-from flux_pipeline.shards import Shard
+from flux_pipeline.running.options import RunOptions
+from flux_pipeline.running.runner import select
+from flux_pipeline.store.output_folder import OutputFolder
+from flux_pipeline.store.planning import PlanItem, RequestState, State
+from flux_pipeline.store.shards import Shard
 
 
 def items(tmp_path: Path) -> list[PlanItem]:

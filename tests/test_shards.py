@@ -12,7 +12,7 @@ from helpers import run_ok as run
 
 from flux_pipeline import load_spec
 from flux_pipeline.emulator import EmulatorServer
-from flux_pipeline.shards import Shard, shard_of
+from flux_pipeline.store.shards import Shard, shard_of
 
 
 @pytest.mark.parametrize("count", [1, 2, 3, 7])

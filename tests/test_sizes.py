@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from strategies import all_models, models, required_inputs, sides
 
-from flux_pipeline.registry import (
+from flux_pipeline.provider.registry import (
     KONTEXT_SIZES,
     PRESETS,
     ULTRA_SIZES,
@@ -165,7 +165,7 @@ def test_embedded_documents_are_the_providers_unchanged() -> None:
     # models than the tool embeds so far: those are not checked here.)
     embedded = [
         d
-        for d in resources.files("flux_pipeline.openapi").iterdir()
+        for d in resources.files("flux_pipeline.provider.openapi").iterdir()
         if d.name.endswith(".openapi.json")
     ]
     assert embedded

@@ -1,5 +1,6 @@
 """The command line: a thin layer over the library (`app` maps outcomes to exit codes;
-`commands` and `run` parse options, call the library and print through `reports`)."""
+`commands`, `run` and `project` parse options, call the library and print through `reports`).
+The top stage: it may import every other."""
 
 from __future__ import annotations
 

@@ -23,10 +23,10 @@ from ..errors import (
     Terminated,
     problem_lines,
 )
-from ..redaction import RedactingStream, Redactor
+from ..provider.redaction import RedactingStream, Redactor
 
 if TYPE_CHECKING:
-    from ..spec import Spec
+    from ..language.spec import Spec
 
 EXIT_INVALID = 1
 EXIT_USAGE = 2
@@ -201,7 +201,7 @@ def main() -> None:
 def load_spec(path: Path) -> Spec:
     """Load a spec as the command line was told to (`--allow-output-outside`,
     `--max-spec-requests`)."""
-    from ..spec import load_spec as load
+    from ..language.spec import load_spec as load
 
     params = click.get_current_context().find_root().params
     return load(

@@ -33,7 +33,7 @@ def validate(specs: Sequence[Path], as_json: bool) -> None:
     file:line, job, combination and field.
     """
     from .. import library
-    from ..validation import check_together
+    from ..language.validation import check_together
 
     loaded = []
     report: list[dict[str, Any]] = []
@@ -120,7 +120,7 @@ def check(specs: Sequence[Path], as_json: bool, strict: bool) -> None:
     that changed), missing, corrupt, or in the lock but no longer in the spec (with --strict,
     also when an image is not as asked).
     """
-    from ..compare import check as check_spec
+    from ..review.compare import check as check_spec
     from .reports import check_text
 
     reports: list[Any] = []
@@ -162,7 +162,7 @@ def diff(spec: Path, ref: str, as_json: bool) -> None:
     Exit 0 (differences are not a failure); 1 on an invalid spec or an unreadable lock or REF.
     """
     from .. import library
-    from ..compare import diff_locks, lock_at
+    from ..review.compare import diff_locks, lock_at
     from .reports import diff_text
 
     loaded = load_spec(spec)
@@ -186,7 +186,7 @@ def merge(spec: Path, wait: float, partial: bool) -> None:
     lock (unless --partial), or when two record the same request differently; exit 2 when
     there is nothing to merge or a run holds the output folder.
     """
-    from ..shards import merge as merge_shards
+    from ..store.shards import merge as merge_shards
 
     result = merge_shards(load_spec(spec), wait=wait, partial=partial)
     merged = plural(len(result.merged), "partial lock")
@@ -233,7 +233,7 @@ def gallery(
     axis of the spec.
     """
     from .. import library
-    from ..gallery import build_gallery
+    from ..review.gallery import build_gallery
 
     loaded = load_spec(spec)
     result = build_gallery(
@@ -262,7 +262,7 @@ def models(as_json: bool) -> None:
 
     Exit 0.
     """
-    from ..registry import registry
+    from ..provider.registry import registry
     from .reports import models_table
 
     if as_json:
@@ -288,10 +288,10 @@ def schema(of_lock: bool) -> None:
     Exit 0.
     """
     if of_lock:
-        from ..lock import lock_schema
+        from ..store.lock import lock_schema
 
         click.echo(json.dumps(lock_schema(), indent=2))
         return
-    from ..spec import spec_schema_json
+    from ..language.spec import spec_schema_json
 
     click.echo(spec_schema_json(), nl=False)

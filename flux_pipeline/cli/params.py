@@ -51,12 +51,12 @@ class _Parsed(_ParamType):
 
 def RateType() -> _Parsed:  # noqa: N802  (used as a type, like click's own)
     """`10/s` or `100/m`, as a `pacing.Rate`."""
-    return _Parsed("RATE", "..pacing", "Rate")
+    return _Parsed("RATE", "..provider.pacing", "Rate")
 
 
 def ShardType() -> _Parsed:  # noqa: N802
     """`K/N` with 1 <= K <= N, as a `shards.Shard`."""
-    return _Parsed("K/N", "..shards", "Shard")
+    return _Parsed("K/N", "..store.shards", "Shard")
 
 
 class SecondsRangeType(_ParamType):

@@ -9,9 +9,9 @@ from collections.abc import Sequence
 from types import TracebackType
 from typing import Any
 
-from ..expansion import Request
-from ..results import RequestResult, Status
-from ..spec import Spec
+from ..language.expansion import Request
+from ..language.spec import Spec
+from ..running.results import RequestResult, Status
 
 
 class Progress:

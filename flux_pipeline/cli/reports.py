@@ -7,12 +7,12 @@ import json
 from collections import Counter
 from collections.abc import Iterable, Sequence
 
-from ..budget import price_table
-from ..compare import CheckReport, LockDiff
 from ..errors import plural
-from ..planning import Plan, PlanItem
-from ..registry import SIZE_OF_INPUT, Model
-from ..results import RunResult, Status
+from ..provider.prices import price_table
+from ..provider.registry import SIZE_OF_INPUT, Model
+from ..review.compare import CheckReport, LockDiff
+from ..running.results import RunResult, Status
+from ..store.planning import Plan, PlanItem
 
 
 def table(rows: Sequence[Sequence[str]], right: frozenset[int] = frozenset()) -> str:

@@ -23,7 +23,7 @@ from .params import (
 )
 
 if TYPE_CHECKING:
-    from ..pacing import Rate
+    from ..provider.pacing import Rate
 
 
 @cli.command()
@@ -149,9 +149,9 @@ def run(
     terminated (SIGTERM); finished work is kept in every case.
     """
     from .. import library
-    from ..redaction import clean_key
-    from ..runner import RunOptions, todo, unmatched_only
-    from ..validation import check_together
+    from ..language.validation import check_together
+    from ..provider.redaction import clean_key
+    from ..running.runner import RunOptions, todo, unmatched_only
     from .reports import dry_run_lines
 
     options["only"] = tuple(options["only"])
@@ -180,7 +180,7 @@ def run(
 
 
 def _run_all(loaded: Sequence[tuple[Any, Any]], base_url: str, key: str, options: Any) -> None:
-    from ..runner import run as run_spec
+    from ..running.runner import run as run_spec
     from .progress import Progress
     from .reports import run_summary
 

@@ -1,5 +1,7 @@
 """A local emulator of the FLUX image API, on a real HTTP server (starlette + uvicorn).
 
+It sits beside `running` (it may import `store`, `language` and `provider`, never `cli`).
+
 It serves `POST /v1/images/generations` as the provider's documents describe it: a bearer key
 must be present (any value), bodies are validated with the same embedded schemas as the client,
 and it answers in either documented response shape, delivering images by URL (served from

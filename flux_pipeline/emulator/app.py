@@ -26,10 +26,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from ..bodies import body_hash
-from ..images import probe
-from ..inputs import input_values
-from ..registry import API_PATH, Model, check_body, get_model
+from ..language.bodies import body_hash
+from ..provider.images import probe
+from ..provider.inputs import input_values
+from ..provider.registry import API_PATH, Model, check_body, get_model
 from .config import CHUNK, FAULT_STATUSES, Counters, EmulatorConfig, credits_for
 from .images import Picture, indexed_png
 

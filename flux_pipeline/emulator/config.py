@@ -7,7 +7,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..budget import estimate
+from ..provider.prices import estimate
 
 FAULT_STATUSES = (500, 502, 503, 504)
 MANGLES = (

@@ -13,7 +13,7 @@ import zlib
 from dataclasses import dataclass
 from typing import Any
 
-from ..images import EXTENSIONS, MEDIA_TYPES
+from ..provider.images import EXTENSIONS, MEDIA_TYPES
 from .config import PNG_SIGNATURE
 
 

@@ -11,8 +11,10 @@ from pathlib import Path
 import pytest
 from helpers import invoke, schnell_spec
 
-from flux_pipeline.budget import Budget, Cost, Reservation, estimate, learned_ratios
 from flux_pipeline.emulator import EmulatorServer
+from flux_pipeline.provider.prices import estimate
+from flux_pipeline.running.budget import Budget, Cost, Reservation
+from flux_pipeline.store.costs import learned_ratios
 
 KEY = {"AIMLAPI_KEY": "test-key"}
 

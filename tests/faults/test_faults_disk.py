@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from helpers import invoke, start_run, wait_for_lock, write_spec
 
-from flux_pipeline.atomic import sha256_file
 from flux_pipeline.emulator import EmulatorServer
+from flux_pipeline.store.atomic import sha256_file
 
 SPEC = """
     version: 1
@@ -132,9 +132,9 @@ def test_an_image_file_removed_while_written_is_fetched_again(
 
     import httpx
 
-    from flux_pipeline.atomic import PendingFile
-    from flux_pipeline.client import ApiClient
-    from flux_pipeline.fetcher import ImageFetcher
+    from flux_pipeline.provider.client import ApiClient
+    from flux_pipeline.store.atomic import PendingFile
+    from flux_pipeline.store.fetcher import ImageFetcher
 
     commit = PendingFile.commit
     removed: list[Path] = []

@@ -13,8 +13,8 @@ import pytest
 from helpers import KEY, invoke, write_spec
 from PIL import Image
 
-from flux_pipeline.atomic import sha256_file
 from flux_pipeline.emulator import EmulatorServer
+from flux_pipeline.store.atomic import sha256_file
 
 SPEC = """
     version: 1

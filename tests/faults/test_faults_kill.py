@@ -15,15 +15,17 @@ from pathlib import Path
 import pytest
 from helpers import invoke, known_answers, write_spec
 
-from flux_pipeline.atomic import TEMP_PREFIX, sha256_file
 from flux_pipeline.emulator import EmulatorServer
+from flux_pipeline.store.atomic import TEMP_PREFIX, sha256_file
 
 # Runs the CLI with one function wrapped to signal the process itself on its third call,
 # at the point named on the command line.
 WRAPPER = r"""
 import asyncio, os, signal, sys, time
 point, sig = sys.argv[1], getattr(signal, sys.argv[2])
-from flux_pipeline import atomic, client, fetcher
+from flux_pipeline.store import atomic
+from flux_pipeline.provider import client
+from flux_pipeline.store import fetcher
 calls = {"n": 0}
 
 def third():

@@ -20,8 +20,8 @@ from helpers import invoke, schnell_spec, write_spec
 
 from flux_pipeline import load_spec
 from flux_pipeline.emulator import EmulatorServer
-from flux_pipeline.limits import Throttle, Throttles
-from flux_pipeline.runner import RunOptions, Status, run
+from flux_pipeline.provider.limits import Throttle, Throttles
+from flux_pipeline.running.runner import RunOptions, Status, run
 
 KEY = {"AIMLAPI_KEY": "k"}
 
@@ -262,7 +262,7 @@ def test_a_redirected_post_names_where_it_was_sent(
     ids=["message", "error.message"],
 )
 def test_both_error_body_shapes_show_their_message(body: bytes) -> None:
-    from flux_pipeline.client import RetryPolicy, classify
+    from flux_pipeline.provider.client import RetryPolicy, classify
 
     assert classify(422, {}, body, RetryPolicy()).reason == "HTTP 422: Bad thing"
 

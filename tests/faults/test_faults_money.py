@@ -25,9 +25,9 @@ import pytest
 from click.testing import Result
 from helpers import invoke, known_answers, schnell_spec
 
-from flux_pipeline import atomic
-from flux_pipeline.atomic import TEMP_PREFIX, sweep_temp_files, temp_name
 from flux_pipeline.emulator import EmulatorServer
+from flux_pipeline.store import atomic
+from flux_pipeline.store.atomic import TEMP_PREFIX, sweep_temp_files, temp_name
 
 
 def spawn(url: str, *args: str) -> subprocess.Popen[str]:

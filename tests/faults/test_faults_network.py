@@ -9,8 +9,8 @@ from typing import Any
 
 from helpers import invoke, write_spec
 
-from flux_pipeline.atomic import TEMP_PREFIX
 from flux_pipeline.emulator import EmulatorServer
+from flux_pipeline.store.atomic import TEMP_PREFIX
 
 KEY = "sk-FAULTS-0123456789"
 SPEC = """
@@ -109,7 +109,7 @@ def test_an_internal_error_is_one_line_and_the_debug_traceback_hides_the_key(
     def broken(*args: Any, **kwargs: Any) -> None:
         raise RuntimeError(f"something broke near Bearer {KEY}")
 
-    monkeypatch.setattr("flux_pipeline.runner.run", broken)
+    monkeypatch.setattr("flux_pipeline.running.runner.run", broken)
     spec = write_spec(tmp_path, SPEC)
     quiet = invoke("run", str(spec), env={"AIMLAPI_KEY": KEY})
     assert quiet.exit_code == 3

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from helpers import invoke, write_spec
 
-from flux_pipeline.atomic import TEMP_PREFIX
 from flux_pipeline.emulator import EmulatorServer
+from flux_pipeline.store.atomic import TEMP_PREFIX
 
 SPEC = """
     version: 1
@@ -61,9 +61,9 @@ def test_an_image_past_the_size_cap_is_refused(tmp_path: Path, emulator: Emulato
 
     import httpx
 
-    from flux_pipeline.client import ApiClient
     from flux_pipeline.errors import BadImage
-    from flux_pipeline.fetcher import ImageFetcher
+    from flux_pipeline.provider.client import ApiClient
+    from flux_pipeline.store.fetcher import ImageFetcher
 
     async def go() -> None:
         async with httpx.AsyncClient() as http:

@@ -120,7 +120,7 @@ def test_a_key_that_cannot_be_sent_is_refused_without_showing_it(
 
 
 def test_the_redactor_masks_escaped_forms_and_runs_of_the_key() -> None:
-    from flux_pipeline.redaction import Redactor
+    from flux_pipeline.provider.redaction import Redactor
 
     redact = Redactor('sk-"quoted"\\key-0123456789')
     assert redact('{"k": "sk-\\"quoted\\"\\\\key-0123456789"}') == '{"k": "[redacted]"}'

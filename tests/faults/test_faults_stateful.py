@@ -20,13 +20,13 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from flux_pipeline import load_spec
-from flux_pipeline.atomic import sha256_file
-from flux_pipeline.bodies import body_hash
-from flux_pipeline.client import make_http_client
-from flux_pipeline.compare import check
 from flux_pipeline.emulator import EmulatorServer
-from flux_pipeline.planning import plan
-from flux_pipeline.runner import RunOptions, run, run_async
+from flux_pipeline.language.bodies import body_hash
+from flux_pipeline.provider.client import make_http_client
+from flux_pipeline.review.compare import check
+from flux_pipeline.running.runner import RunOptions, run, run_async
+from flux_pipeline.store.atomic import sha256_file
+from flux_pipeline.store.planning import plan
 
 CONCURRENCY = 2
 # An interruption can leave this many images paid and unkept: the generations under way and

@@ -1,0 +1,236 @@
+"""The combinations of a job's matrix: GitHub Actions semantics, plus axes read from files.
+
+An axis is a list of values, or `{files: GLOB}` (one value per matching file: sorted paths
+relative to the spec's folder), or `{rows: FILE}` (one value per row of a CSV, YAML or JSON
+file, resolved like `cases_file`). A row is the axis's value, as a mapping, and its columns
+are variables of the combination too, so `include`/`exclude` entries and templates can name
+them. `exclude` is strict: an entry with a key that is no axis or row column, or that matches
+no combination, is an error (GitHub ignores them, and every request is still made and paid).
+"""
+
+from __future__ import annotations
+
+import csv
+import itertools
+from collections.abc import Iterable, Mapping
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import yaml
+
+from ..errors import Problem, SpecInvalid, did_you_mean, format_combo
+from .spec import Job, Spec, load_yaml
+
+ENTRIES = ("include", "exclude")
+
+
+class Row(dict[str, Any]):
+    """A row of a `{rows: FILE}` axis: the axis's value, whose columns are variables too."""
+
+    __slots__ = ()
+
+
+def columns(combo: Mapping[str, Any]) -> set[str]:
+    """The row columns a combination holds as variables of their own."""
+    return {c for v in combo.values() if isinstance(v, Row) for c in v}
+
+
+def _flatten(combo: dict[str, Any]) -> dict[str, Any]:
+    """A combination with its rows' columns as variables (an axis of that name wins)."""
+    if not any(isinstance(v, Row) for v in combo.values()):
+        return combo
+    flat: dict[str, Any] = {}
+    for value in combo.values():
+        if isinstance(value, Row):
+            flat.update(value)
+    flat.update(combo)
+    return flat
+
+
+def matrix_combinations(matrix: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The combinations of a matrix, exactly as GitHub Actions computes them.
+
+    `exclude` entries remove every combination they match (a partial match is enough) and
+    apply first. Each `include` entry is then added to every original combination whose
+    original values it does not overwrite (values added by an earlier include may be
+    overwritten); an entry that fits no combination becomes a new one.
+    """
+    axes = {k: v for k, v in matrix.items() if k not in ("include", "exclude")}
+    include = list(matrix.get("include", ()))
+    exclude = list(matrix.get("exclude", ()))
+    if not axes:
+        return [dict(entry) for entry in include]
+    names = list(axes)
+    combos = [
+        _flatten(dict(zip(names, values, strict=True)))
+        for values in itertools.product(*axes.values())
+    ]
+    combos = [c for c in combos if not any(_matches(c, e) for e in exclude)]
+    originals = [dict(c) for c in combos]
+    extra: list[dict[str, Any]] = []
+    for entry in include:
+        fitted = False
+        for combo, original in zip(combos, originals, strict=True):
+            if all(original[k] == v for k, v in entry.items() if k in original):
+                combo.update(entry)
+                fitted = True
+        if not fitted:
+            extra.append(dict(entry))
+    return combos + extra
+
+
+def _matches(combo: Mapping[str, Any], entry: Mapping[str, Any]) -> bool:
+    return all(k in combo and combo[k] == v for k, v in entry.items())
+
+
+def _cell(text: str) -> Any:
+    """A CSV cell as YAML would read the plain scalar: numbers and booleans get their type."""
+    if text == "":
+        return text
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    return value if isinstance(value, int | float | bool) else text
+
+
+def read_cases_file(path: Path, file: str, line: int) -> list[dict[str, Any]]:
+    """Rows of a CSV, YAML or JSON file as mappings. Raises SpecInvalid on a bad file."""
+
+    def fail(message: str, at: int | None = line, where: str = file) -> SpecInvalid:
+        return SpecInvalid([Problem(message, file=where, line=at, path="cases_file")])
+
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        try:
+            with path.open(newline="", encoding="utf-8") as handle:
+                reader = csv.DictReader(handle)
+                rows = []
+                for row in reader:
+                    if None in row or any(v is None for v in row.values()):
+                        raise fail(
+                            f"row {reader.line_num} has a different number of columns "
+                            f"than the header",
+                            reader.line_num,
+                            str(path),
+                        )
+                    rows.append({k: _cell(v) for k, v in row.items()})
+                return rows
+        except FileNotFoundError:
+            raise fail(f"cases_file not found: {path}") from None
+        except (OSError, UnicodeDecodeError, csv.Error) as exc:
+            raise fail(f"cannot read cases_file {path}: {exc}") from exc
+    if suffix in (".yaml", ".yml", ".json"):
+        data = load_yaml(path, what="cases")  # JSON is YAML
+        if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
+            raise fail(f"cases_file {path} must hold a list of mappings")
+        return [dict(r) for r in data]
+    raise fail(f"cases_file must be .csv, .yaml, .yml or .json, not {path.name!r}")
+
+
+def files_axis(folder: Path, pattern: str) -> list[str]:
+    """The values of a `{files: GLOB}` axis: the files the glob matches inside the spec's
+    folder, as sorted POSIX paths relative to it. ValueError if it matches none."""
+    if Path(pattern).is_absolute() or ".." in PurePosixPath(pattern).parts:
+        raise ValueError(f"files: {pattern!r} must stay inside the spec's folder")
+    root = folder.resolve()
+    found = sorted(
+        p.relative_to(root).as_posix()
+        for p in root.glob(pattern)
+        if p.is_file() and p.resolve().is_relative_to(root)
+    )
+    if not found:
+        raise ValueError(f"files: {pattern!r} matches no file in {folder}")
+    return found
+
+
+def rows_axis(folder: Path, relative: str, file: str, line: int) -> list[Row]:
+    """The values of a `{rows: FILE}` axis: the file's rows (ValueError if it has none)."""
+    target = (folder / relative).resolve()
+    if not target.is_relative_to(folder.resolve()):
+        raise ValueError(f"rows: {relative!r} is outside the spec's folder")
+    rows = [Row(r) for r in read_cases_file(target, file, line)]
+    if not rows:
+        raise ValueError(f"rows: {relative!r} has no rows")
+    return rows
+
+
+def resolved_matrix(spec: Spec, job: Job) -> Mapping[str, Any] | None:
+    """The job's matrix with each `{files: GLOB}` and `{rows: FILE}` axis made its values;
+    SpecInvalid at the job's line if one cannot be, or if an exclude entry is wrong."""
+    if job.matrix is None:
+        return None
+    matrix = dict(job.matrix)
+    for axis, value in job.matrix.items():
+        if isinstance(value, dict) and axis not in ENTRIES:
+            try:
+                if "files" in value:
+                    matrix[axis] = files_axis(spec.folder, value["files"])
+                else:
+                    matrix[axis] = rows_axis(spec.folder, value["rows"], str(spec.path), job.line)
+            except ValueError as exc:
+                line = job.matrix_lines.get(axis, job.line)
+                where = f"matrix.{axis}"
+                problem = Problem(str(exc), str(spec.path), line, job.name, path=where)
+                raise SpecInvalid([problem]) from None
+    problems = [
+        Problem(
+            message,
+            str(spec.path),
+            job.matrix_lines.get(kind, job.line),
+            job.name,
+            path=f"matrix.{kind}",
+        )
+        for kind, message in entry_problems(matrix)
+    ]
+    if problems:
+        raise SpecInvalid(problems)
+    return matrix
+
+
+def entry_problems(matrix: Mapping[str, Any]) -> Iterable[tuple[str, str]]:
+    """(include|exclude, message) for each entry that names no axis or row column, or (an
+    exclude) matches no combination; for include, only a key or value that is a near miss of
+    one (an include may add variables and combinations: GitHub Actions semantics)."""
+    axes = {k: list(v) for k, v in matrix.items() if k not in ENTRIES}
+    known: dict[str, list[Any]] = {}
+    for axis, values in axes.items():
+        known[axis] = values
+        for row in (v for v in values if isinstance(v, Row)):
+            for column, cell in row.items():
+                known.setdefault(column, []).append(cell)
+    for kind in ENTRIES:
+        for entry in matrix.get(kind, ()):
+            for key, value in entry.items():
+                message = _entry_key_problem(kind, key, value, known)
+                if message:
+                    yield kind, f"{kind} {format_combo(entry)}: {message}"
+                    break
+            else:
+                if kind == "exclude" and not _satisfiable(entry, axes):
+                    yield kind, f"exclude {format_combo(entry)} matches no combination"
+
+
+def _entry_key_problem(kind: str, key: str, value: Any, known: Mapping[str, list[Any]]) -> str:
+    if key not in known:
+        hint = did_you_mean(key, known)
+        if kind == "exclude" or hint:
+            return f"{key!r} is no axis or row column{hint or ' (axes: ' + ', '.join(known) + ')'}"
+        return ""
+    if value in known[key]:
+        return ""
+    same_but_case = [v for v in known[key] if str(v).lower() == str(value).lower()]
+    if same_but_case:
+        return f"{key} has no value {value!r} (did you mean {same_but_case[0]!r}?)"
+    return ""
+
+
+def _satisfiable(entry: Mapping[str, Any], axes: Mapping[str, list[Any]]) -> bool:
+    """Whether some combination of the axes matches `entry` (without making them all)."""
+    for values in axes.values():
+        rows = [v for v in values if isinstance(v, Row)]
+        if rows:  # the entry's keys that are this axis's columns must fit one row
+            keys = [k for k in entry if any(k in r for r in rows) and k not in axes]
+            if keys and not any(all(r.get(k) == entry[k] for k in keys) for r in rows):
+                return False
+    return all(entry[k] in axes[k] for k in entry if k in axes)

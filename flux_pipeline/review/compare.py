@@ -1,0 +1,155 @@
+"""Reviewing results without the network: `check` (is the lock current?) and `diff` (what
+changed between two versions of a lock)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import LockError
+from ..language.bodies import body_changes, changed_fields
+from ..language.expansion import Request
+from ..language.spec import Spec
+from ..store.lock import Entry, Lock, parse_lock, read_lock
+from ..store.planning import RequestState, plan
+from . import git
+
+REMOVED = "removed"
+MISMATCH = "mismatch"
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """One request that is not up to date, and why."""
+
+    id: str
+    state: str  # new, changed, missing, corrupt, removed; mismatch (with --strict)
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class CheckReport:
+    spec: Spec
+    requests: int
+    findings: tuple[Finding, ...]
+    # Up-to-date requests whose images are not as asked (kept: paid for); findings if strict.
+    mismatches: tuple[Finding, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return not self.findings
+
+    @property
+    def gone(self) -> int:
+        """How many findings are lock entries no longer in the spec (not requests of it)."""
+        return sum(1 for f in self.findings if f.state == REMOVED)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "spec": self.spec.name,
+            "path": str(self.spec.path),
+            "up_to_date": self.ok,
+            "requests": self.requests,
+            "stale": [{"id": f.id, "state": f.state, "reason": f.reason} for f in self.findings],
+            "mismatches": [{"id": f.id, "reason": f.reason} for f in self.mismatches],
+        }
+
+
+def check(
+    spec: Spec, requests: Sequence[Request] | None = None, *, strict: bool = False
+) -> CheckReport:
+    """Whether every request of the spec is in the lock with the same body and every output
+    is on disk with its recorded hash; what is stale otherwise. No network. An image the API
+    delivered other than asked (recorded in the lock) passes, unless `strict`."""
+    lock = read_lock(spec.lock_path)
+    the_plan = plan(spec, requests, lock)
+    findings = [
+        Finding(
+            item.request.id,
+            item.state.kind.value,
+            item.state.reason or _why(item.state.kind),
+        )
+        for item in the_plan.items
+        if not item.state.up_to_date
+    ]
+    findings += [
+        Finding(key, REMOVED, "in the lock but no longer in the spec") for key in the_plan.gone
+    ]
+    entries = lock.entries if lock else {}
+    mismatches = []
+    for item in the_plan.items:
+        outputs = entries[item.request.id].outputs if item.state.up_to_date else ()
+        differences = "; ".join(o.mismatch for o in outputs if o.mismatch)
+        if differences:
+            mismatches.append(Finding(item.request.id, MISMATCH, differences))
+    if strict:
+        findings += mismatches
+    return CheckReport(spec, len(the_plan.items), tuple(findings), tuple(mismatches))
+
+
+def _why(kind: RequestState) -> str:
+    return "not in the lock" if kind is RequestState.NEW else kind.value
+
+
+# ----- diff ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class LockDiff:
+    added: tuple[str, ...]
+    removed: tuple[str, ...]
+    changed: Mapping[str, tuple[str, ...]]  # id -> changed fields
+
+    @property
+    def empty(self) -> bool:
+        return not (self.added or self.removed or self.changed)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "added": list(self.added),
+            "removed": list(self.removed),
+            "changed": {k: list(v) for k, v in self.changed.items()},
+        }
+
+
+def diff_locks(old: Lock | None, new: Lock | None) -> LockDiff:
+    """Requests added, removed, or changed (with the fields that changed) from old to new."""
+    before = old.entries if old else {}
+    after = new.entries if new else {}
+    changed = {}
+    for key in sorted(set(before) & set(after)):
+        fields = _entry_changes(before[key], after[key])
+        if fields:
+            changed[key] = tuple(fields)
+    return LockDiff(
+        added=tuple(sorted(set(after) - set(before))),
+        removed=tuple(sorted(set(before) - set(after))),
+        changed=changed,
+    )
+
+
+def _entry_changes(old: Entry, new: Entry) -> list[str]:
+    changes = body_changes(old.body, new.body)
+    fields = [f if f.startswith("input ") else f"body.{f}" for f in changes]
+    if [o.sha256 for o in old.outputs] != [o.sha256 for o in new.outputs]:
+        fields.append("outputs")
+    fields += [f"vars.{f}" for f in changed_fields(old.vars, new.vars)]
+    return fields
+
+
+def lock_at(spec: Spec, ref: str) -> Lock | None:
+    """The spec's lock as it was at a git revision `ref`, or the lock file at path `ref`."""
+    as_file = Path(ref)
+    if as_file.is_file():
+        return read_lock(as_file)
+    try:
+        text = git.show(spec.lock_path, ref)
+    except git.NoRepository as exc:
+        raise LockError(f"{ref!r} is neither a lock file nor a git revision here: {exc}") from exc
+    except git.GitError as exc:
+        raise LockError(f"cannot read the lock at {ref!r}: {exc}") from exc
+    if text is None:
+        return None  # the lock did not exist at that revision: everything is added
+    return parse_lock(text.decode("utf-8", "replace"), f"{ref}:{spec.lock_path.name}")

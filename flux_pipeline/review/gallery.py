@@ -1,0 +1,281 @@
+"""The gallery: a static HTML page, and a PNG contact sheet, of a spec's outputs laid out on
+its grid's axes (an X/Y plot: one variable across, one down, the others as sections).
+
+The page is self-contained: inline style, relative links to the images, no server and no
+external assets. It shows thumbnails (made once per image and cached by its hash under
+`.thumbs/` in the output folder) that link to the full image, lazily loaded, each with its
+name, seed and size, and the prompt on hover and below.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError
+from ..language.expansion import Request
+from ..language.spec import Spec
+from ..provider.inputs import references
+from ..store.atomic import write_atomic
+from ..store.lock import Output, read_lock
+from . import git
+from .compare import diff_locks, lock_at
+from .grid import Cell, Grid, layout
+
+PROGRESS_EVERY = 100  # images between two progress lines
+THUMB = 320  # longest side of a thumbnail, in pixels
+
+
+@dataclass(frozen=True, slots=True)
+class GalleryResult:
+    """What `build_gallery` wrote: the page, the contact sheet, the grids and images shown."""
+
+    page: Path
+    sheet: Path | None
+    grids: tuple[Grid, ...]
+    images: int
+
+
+# ----- thumbnails ------------------------------------------------------------------------------
+
+
+def thumbnail(source: Path, sha256: str, folder: Path) -> Path:
+    """A small JPEG of an image, made once and cached under `folder` by the image's hash."""
+    target = folder / f"{sha256[:24]}.jpg"
+    if target.exists():
+        return target
+    from PIL import Image
+
+    with Image.open(source) as image:
+        image.thumbnail((THUMB, THUMB))
+        out = io.BytesIO()
+        image.convert("RGB").save(out, format="JPEG", quality=82)
+    write_atomic(target, out.getvalue())
+    return target
+
+
+# ----- the page --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Figure:
+    """One image as the page shows it (href None: not generated)."""
+
+    id: str
+    seed: int
+    prompt: str
+    href: str | None = None
+    thumb: str | None = None
+    size: str = ""
+    inputs: tuple[_Input, ...] = ()  # an edit's input images, shown beside it
+
+
+@dataclass(frozen=True, slots=True)
+class _Input:
+    path: str
+    href: str
+    thumb: str
+
+
+def _inputs(
+    request: Request, spec_folder: Path, page_folder: Path, thumbs: Path
+) -> tuple[_Input, ...]:
+    """The local input images of an edit that are still on disk, as the page links them."""
+    shown = []
+    for reference in references(request.body):
+        source = spec_folder / reference.path
+        if source.is_file():
+            thumb = thumbnail(source, reference.sha256, thumbs)
+            shown.append(
+                _Input(reference.path, _href(source, page_folder), _href(thumb, page_folder))
+            )
+    return tuple(shown)
+
+
+def _href(path: Path, page_folder: Path) -> str:
+    return Path(os.path.relpath(path, page_folder)).as_posix()
+
+
+def _figure(
+    cell: Cell, output: Output | None, base: Path, page_folder: Path, thumbs: Path
+) -> _Figure:
+    request = cell.request
+    prompt = str(request.body.get("prompt", ""))
+    inputs = _inputs(request, base, page_folder, thumbs)
+    if output is None or not (base / output.path).is_file():
+        return _Figure(request.id, request.seed, prompt, inputs=inputs)
+    image = base / output.path
+    thumb = thumbnail(image, output.sha256, thumbs)
+    return _Figure(
+        Path(output.path).stem,
+        request.seed,
+        prompt,
+        _href(image, page_folder),
+        _href(thumb, page_folder),
+        f"{output.width}x{output.height}",
+        inputs,
+    )
+
+
+def _section(grid: Grid, figure: Callable[[Cell, Output | None], _Figure]) -> dict[str, Any]:
+    rows = [
+        {
+            "value": row,
+            "cells": [
+                [
+                    figure(c, output)
+                    for c in grid.cells.get((row, col), ())
+                    for output in c.outputs or (None,)
+                ]
+                for col in grid.cols
+            ],
+        }
+        for row in grid.rows
+    ]
+    return {
+        "title": grid.title,
+        "rows_var": grid.rows_var,
+        "cols_var": grid.cols_var,
+        "cols": grid.cols,
+        "rows": rows,
+    }
+
+
+def _template() -> Any:
+    import jinja2
+
+    environment = jinja2.Environment(
+        loader=jinja2.PackageLoader("flux_pipeline.review", "templates"),
+        autoescape=True,
+        keep_trailing_newline=True,
+    )
+    return environment.get_template("gallery.html.j2")
+
+
+def render_page(
+    spec: Spec,
+    grids: Sequence[Grid],
+    page: Path,
+    changes: dict[str, Any] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[str, int]:
+    """The gallery page's HTML (the packaged template, autoescaped) and how many images it
+    shows; `progress(done, total)` is told of every `PROGRESS_EVERY` images (thumbnails are
+    the slow part)."""
+    base = spec.lock_path.parent
+    thumbs = spec.output / ".thumbs"
+    total = sum(len(c.outputs) or 1 for g in grids for cells in g.cells.values() for c in cells)
+    counter = itertools.count(1)
+
+    def figure(cell: Cell, output: Output | None) -> _Figure:
+        made = _figure(cell, output, base, page.parent, thumbs)
+        done = next(counter)
+        if progress is not None and (done % PROGRESS_EVERY == 0 or done == total):
+            progress(done, total)
+        return made
+
+    sections = [_section(grid, figure) for grid in grids]
+    shown = sum(
+        figure.href is not None
+        for section in sections
+        for row in section["rows"]
+        for figures in row["cells"]
+        for figure in figures
+    )
+    text = _template().render(
+        title=spec.name, shown=shown, source=spec.path.name, grids=sections, changes=changes
+    )
+    return text, shown
+
+
+# ----- changes since a revision ----------------------------------------------------------------
+
+
+def _old_image(spec: Spec, ref: str, output: Output, thumbs: Path) -> Path | None:
+    """A thumbnail of an image as it was at git revision `ref` (it may be gone from disk)."""
+    cached = thumbs / f"{output.sha256[:24]}.jpg"
+    if cached.exists():
+        return cached
+    try:
+        data = git.show(spec.lock_path.parent / output.path, ref)
+    except git.GitError:
+        return None
+    if data is None:
+        return None
+    source = thumbs / f".old-{output.sha256[:24]}"
+    write_atomic(source, data)
+    try:
+        return thumbnail(source, output.sha256, thumbs)
+    finally:
+        source.unlink(missing_ok=True)
+
+
+def changes(spec: Spec, ref: str, page: Path) -> dict[str, Any]:
+    """Old and new images side by side for the requests changed since `ref`."""
+    old, new = lock_at(spec, ref), read_lock(spec.lock_path)
+    diff = diff_locks(old, new)
+    rows: list[dict[str, Any]] = []
+    found = {"ref": ref, "rows": rows}
+    if diff.empty or old is None or new is None:
+        return found
+    thumbs = spec.output / ".thumbs"
+    base = spec.lock_path.parent
+    for key, fields in diff.changed.items():
+        before, after = old.entries[key].outputs[0], new.entries[key].outputs[0]
+        then = _old_image(spec, ref, before, thumbs)
+        now = thumbnail(base / after.path, after.sha256, thumbs)
+        rows.append(
+            {
+                "id": key,
+                "fields": ", ".join(fields),
+                "before_prompt": old.entries[key].body.get("prompt", ""),
+                "after_prompt": new.entries[key].body.get("prompt", ""),
+                "before": _href(then, page.parent) if then else None,
+                "after": _href(now, page.parent),
+                "href": _href(base / after.path, page.parent),
+            }
+        )
+    found["added"] = ", ".join(diff.added) or "none"
+    found["removed"] = ", ".join(diff.removed) or "none"
+    return found
+
+
+# ----- the whole job ---------------------------------------------------------------------------
+
+
+def build_gallery(
+    spec: Spec,
+    requests: Sequence[Request],
+    *,
+    page: Path | None = None,
+    rows: str | None = None,
+    cols: str | None = None,
+    png: bool = False,
+    changed: str | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> GalleryResult:
+    """Write the gallery page (and with `png`, a contact sheet beside it)."""
+    lock = read_lock(spec.lock_path)
+    if lock is None:
+        raise ConfigError(f"{spec.path}: no lock yet; run the spec first")
+    page = page or spec.output / "gallery.html"
+    grids = layout(requests, lock.entries, rows, cols)
+    if changed:  # just the changed requests, old beside new
+        text, shown = render_page(spec, [], page, changes(spec, changed, page))
+    else:
+        text, shown = render_page(spec, grids, page, progress=progress)
+    write_atomic(page, text.encode())
+    sheet_path = None
+    if png:
+        sheet_path = page.with_suffix(".png")
+        out = io.BytesIO()
+        from .sheet import contact_sheet
+
+        contact_sheet(spec, grids).save(out, format="PNG")
+        write_atomic(sheet_path, out.getvalue())
+    return GalleryResult(page, sheet_path, tuple(grids), shown)

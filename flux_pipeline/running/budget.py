@@ -1,0 +1,135 @@
+"""Budgets as reservations: `--max-credits` and `--max-requests` count requests in flight.
+
+A request is billed when the provider receives it, so a cap that counts only answered
+requests overspends by everything in flight (16 requests at `-j 16`). Before a request is
+sent, the run reserves what it is expected to cost; it never sends when spent + reserved +
+next would pass the cap, and waits while requests in flight may still settle below their
+reservation.
+
+What a request is expected to cost: the price table's estimate (`data/prices.json`) times
+the most this model has cost relative to the table — in this spec's lock, in its journal, or
+in this run's answers so far. An answer that reports usage is charged what it reports (image
+or not); one that does not is charged the expectation. While a model's cost is only the
+table's estimate, a run under `--max-credits` keeps one request of that model in flight: its
+answer shows the cost, so a wrong table cannot overspend the cap by more than one request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ..errors import BadResponse
+from ..provider.prices import estimate
+
+if TYPE_CHECKING:
+    from ..provider.client import Attempt
+
+
+@dataclass(frozen=True, slots=True)
+class Cost:
+    """What one request is expected to cost: its model and the table's estimate of it."""
+
+    model: str
+    table: float
+
+    @classmethod
+    def of(cls, model: str, width: int, height: int, images: int) -> Cost:
+        return cls(model, estimate(model, width, height, images))
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    """Credits set aside for a request in flight, until its answer settles them."""
+
+    cost: Cost
+    credits: float
+
+
+class Budget:
+    """Credits spent and reserved by one run, against its caps.
+
+    `ratios` are what each model has cost relative to the table (learned from the lock and
+    the journal before the run, and from each answer during it); a model that has one is
+    known, and its requests may be in flight together."""
+
+    def __init__(
+        self,
+        max_credits: float | None = None,
+        max_requests: int | None = None,
+        ratios: Mapping[str, float] | None = None,
+    ) -> None:
+        self.max_credits = max_credits
+        self.max_requests = max_requests
+        self.ratios = dict(ratios or {})
+        self.spent = 0.0  # charged: reported by the API, or the expectation where it did not
+        self.estimated = 0.0  # of which the expectation: answers that reported no usage
+        self.reserved = 0.0
+        self.sent = 0  # requests reserved, including those in flight
+        self._in_flight: dict[str, int] = {}  # reservations by model
+        self._changed = asyncio.Event()
+
+    def expected(self, cost: Cost) -> float:
+        """What the request is expected to cost: the table's estimate, scaled by the most
+        the model has cost relative to it."""
+        return cost.table * self.ratios.get(cost.model, 1.0)
+
+    def take(self, cost: Cost) -> Reservation | str | None:
+        """Reserve for one request: a reservation, the reason none will ever be given, or
+        None if one may be given once a request in flight settles."""
+        if self.max_requests is not None and self.sent >= self.max_requests:
+            return f"--max-requests {self.max_requests} reached"
+        credits = self.expected(cost)
+        if self.max_credits is not None:
+            in_flight = sum(self._in_flight.values())
+            if self.spent + self.reserved + credits > self.max_credits + 1e-9:
+                if in_flight:
+                    return None  # they may cost less than reserved
+                return (
+                    f"--max-credits {self.max_credits:g} reached "
+                    f"(spent {self.spent:g}, the next request would cost {credits:g})"
+                )
+            if cost.model not in self.ratios and self._in_flight.get(cost.model):
+                return None  # one answer first, to learn what this model costs
+        self.sent += 1
+        self.reserved += credits
+        self._in_flight[cost.model] = self._in_flight.get(cost.model, 0) + 1
+        return Reservation(cost, credits)
+
+    def settle(self, reservation: Reservation, *, billed: bool, reported: float | None) -> None:
+        """A request's outcome: charged what the API reported, or the expectation if it
+        billed without saying; released if it never reached the API."""
+        self.reserved = max(0.0, self.reserved - reservation.credits)
+        model = reservation.cost.model
+        self._in_flight[model] -= 1
+        if not billed:
+            self.sent -= 1
+        else:
+            self.spent += reservation.credits if reported is None else reported
+            self.estimated += reservation.credits if reported is None else 0.0
+            known = self.ratios.get(model, 0.0)
+            if reported is not None and reservation.cost.table > 0:
+                self.ratios[model] = max(known, reported / reservation.cost.table)
+            else:
+                self.ratios.setdefault(model, 1.0)  # answered: nothing more will be learned
+        self.wake()
+
+    def wake(self) -> None:
+        """Let every request waiting for a reservation look again."""
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def changed(self) -> None:
+        await self._changed.wait()
+
+
+def charge_of_failure(exc: BaseException, attempts: Sequence[Attempt]) -> dict[str, Any]:
+    """How a request that ended in `exc` is charged (`Budget.settle`'s keywords). An answer
+    that was not usable was billed (a 200), at what it reported if it did; so may have been
+    any attempt without an answer (the connection may have broken after the body was sent);
+    refusals (4xx, 5xx) and requests never sent were not."""
+    if isinstance(exc, BadResponse):
+        return {"billed": True, "reported": exc.credits}
+    return {"billed": any(a.status is None for a in attempts), "reported": None}

@@ -1,0 +1,29 @@
+"""A run's settings, parsed (the CLI's `run` options, or a Python caller's)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..provider.pacing import Rate
+from ..store.shards import Shard
+
+
+@dataclass(frozen=True, slots=True)
+class RunOptions:
+    """How a run sends its requests; the CLI's `run` options, parsed."""
+
+    concurrency: int = 4
+    rate: Rate | None = None
+    retries: int = 3
+    timeout: float = 120.0
+    only: tuple[str, ...] = ()
+    force: bool = False
+    prune: bool = False
+    max_credits: float | None = None
+    max_requests: int | None = None
+    transport: str = "aiohttp"
+    shard: Shard | None = None  # do shard K of N, into a partial lock
+    wait: float = 0.0  # seconds to wait for another writer of the output folder
+    drain_timeout: float = 120.0  # seconds the requests in flight may take after a signal
+    max_wait: float = 600.0  # seconds a request may be told 429 before it fails
+    repair_lock: bool = False  # drop the lock's damaged entries first

@@ -1,0 +1,236 @@
+"""Earlier outputs, kept by request body, so that no request is ever paid for twice.
+
+Every image a run stores is also kept under `OUTPUT/.flux-cache/objects/` by its sha256, and
+every request the lock has held is noted in `OUTPUT/.flux-cache/bodies.jsonl` by the sha256
+of its body. When a request comes back — a prompt reworded and then restored, an axis value
+removed and added again, an image deleted or damaged — its images are restored from there
+instead of generated again.
+
+The kept object is a real copy, as DVC's cache is by default: a reflink where the file system
+can share blocks copy-on-write (Btrfs, XFS, APFS-like), else a plain copy. An image damaged in
+place therefore leaves its cached copy sound. Hard links (no extra space, but an image edited
+in place edits its cached copy too) only when asked: `FLUX_PIPELINE_CACHE_LINK=hardlink`.
+An object is used only if it still has its recorded hash. `run --force` bypasses the cache;
+deleting the folder only costs money.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+from ..errors import ConfigError
+from ..provider.images import EXTENSIONS
+from .atomic import sha256_file, temp_name, write_atomic
+from .lock import Output
+
+FOLDER = ".flux-cache"
+LINK_ENV = "FLUX_PIPELINE_CACHE_LINK"
+LINKS = ("copy", "hardlink")  # copy: a reflink where possible
+FICLONE = 0x40049409  # Linux's ioctl that shares a file's blocks copy-on-write
+
+
+class Recorded(Protocol):
+    """What the cache keeps of a finished request (a lock `Entry`, or a recorded result)."""
+
+    @property
+    def body_sha256(self) -> str: ...
+    @property
+    def outputs(self) -> Sequence[Output]: ...
+    @property
+    def response(self) -> Mapping[str, Any]: ...
+
+
+class OutputCache:
+    """The cache of earlier outputs of one output folder: a store with two verbs, `save` (an
+    image by its hash) and `restore` (a request's images by its body hash), plus `remember`
+    (note what the lock holds) and `has`."""
+
+    def __init__(self, output: Path) -> None:
+        self.root = output / FOLDER
+        self.objects = self.root / "objects"
+        self.index_path = self.root / "bodies.jsonl"
+        self._index: dict[str, dict[str, Any]] | None = None
+        link = os.environ.get(LINK_ENV, "copy") or "copy"
+        if link not in LINKS:
+            raise ConfigError(f"{LINK_ENV}={link!r}: use one of {', '.join(LINKS)}")
+        self.hardlink = link == "hardlink"
+
+    def _load(self) -> dict[str, dict[str, Any]]:
+        if self._index is None:
+            self._index = {}
+            with contextlib.suppress(FileNotFoundError):
+                for line in self.index_path.read_text(encoding="utf-8").splitlines():
+                    with contextlib.suppress(ValueError, KeyError, TypeError):
+                        record = json.loads(line)
+                        self._index[record["body_sha256"]] = record
+        return self._index
+
+    def object_path(self, sha256: str, fmt: str) -> Path:
+        return self.objects / f"{sha256}{EXTENSIONS[fmt]}"
+
+    def save(self, path: Path, sha256: str, fmt: str) -> None:
+        """Keep a copy of a stored image in the cache (best effort: a cache is a saving)."""
+        target = self.object_path(sha256, fmt)
+        if target.exists():
+            return
+        with contextlib.suppress(OSError):
+            self.objects.mkdir(parents=True, exist_ok=True)
+            _place(path, target, self.hardlink)
+
+    def remember(self, entries: Iterable[Recorded]) -> None:
+        """Note requests the cache does not know yet (a few lines appended)."""
+        index = self._load()
+        lines = []
+        for entry in entries:
+            if entry.body_sha256 in index:
+                continue
+            record = {
+                "body_sha256": entry.body_sha256,
+                "outputs": [o.as_json() for o in entry.outputs],
+                "response": dict(entry.response),
+            }
+            index[entry.body_sha256] = record
+            lines.append(json.dumps(record, sort_keys=True, allow_nan=False) + "\n")
+        if lines:
+            self.root.mkdir(parents=True, exist_ok=True)
+            with self.index_path.open("a", encoding="utf-8") as handle:
+                handle.writelines(lines)
+
+    def outputs(self) -> list[dict[str, Any]]:
+        """Every output the cache has recorded (with the path the lock gave it)."""
+        return [o for record in self._load().values() for o in record["outputs"]]
+
+    def has(self, body_sha256: str) -> bool:
+        return body_sha256 in self._load()
+
+    def restorable(self, body_sha256: str, sha256: Callable[[Path], str] = sha256_file) -> bool:
+        """Whether `restore` would put the request's images back: every object is there
+        with its recorded hash (read through `sha256`: a `HashIndex`'s, to read each once)."""
+        record = self._load().get(body_sha256)
+        if record is None:
+            return False
+        try:
+            return all(
+                sha256(self.object_path(o["sha256"], o["format"])) == o["sha256"]
+                for o in record["outputs"]
+            )
+        except OSError:
+            return False
+
+    def restore(
+        self, body_sha256: str, stems: Sequence[Path], lock_path: Any
+    ) -> tuple[list[Output], dict[str, Any]] | None:
+        """Put a request's earlier images in place (as `stem` + extension each); their
+        outputs and the API's earlier answer, or None if the cache cannot give them all."""
+        record = self._load().get(body_sha256)
+        if record is None or len(record["outputs"]) != len(stems):
+            return None
+        sources = []
+        for output in record["outputs"]:
+            source = self.object_path(output["sha256"], output["format"])
+            try:
+                if sha256_file(source) != output["sha256"]:
+                    return None
+            except OSError:
+                return None
+            sources.append(source)
+        outputs = []
+        for stem, source, output in zip(stems, sources, record["outputs"], strict=True):
+            target = stem.with_name(stem.name + EXTENSIONS[output["format"]])
+            target.parent.mkdir(parents=True, exist_ok=True)
+            _place(source, target, self.hardlink)
+            fields = {k: v for k, v in output.items() if k != "path"}  # where it was then
+            outputs.append(Output(**{**fields, "path": lock_path(target)}))
+        return outputs, dict(record["response"])
+
+
+def _place(source: Path, target: Path, hardlink: bool) -> None:
+    """Copy `source` to `target` (a reflink where the file system can; a hard link if asked)
+    in one rename, replacing what is there."""
+    temp = target.with_name(temp_name("-cache"))
+    with contextlib.suppress(FileNotFoundError):
+        temp.unlink()
+    try:
+        if hardlink:
+            try:
+                os.link(source, temp)
+            except OSError:
+                shutil.copyfile(source, temp)
+        else:
+            _copy(source, temp)
+        os.replace(temp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            temp.unlink()
+        raise
+
+
+_reflinks = {"possible": sys.platform.startswith("linux")}  # until one is refused
+
+
+def _copy(source: Path, target: Path) -> None:
+    """A real copy: a reflink (shared blocks, copy-on-write) if the file system has them,
+    else the bytes (`copyfile` uses the kernel's copy where it can)."""
+    if _reflinks["possible"]:
+        import fcntl
+
+        with source.open("rb") as src, target.open("wb") as dst:
+            try:
+                fcntl.ioctl(dst.fileno(), FICLONE, src.fileno())
+                return
+            except OSError:
+                _reflinks["possible"] = False  # this file system (or kernel) cannot
+    shutil.copyfile(source, target)
+
+
+class HashIndex:
+    """The sha256 of files, remembered by their stat as git's index does: a file whose size,
+    modification time, change time and inode are as recorded is not read again.
+
+    A file changed less than `RACY_SECONDS` before it was hashed is not remembered: a later
+    change within the same timestamp tick could leave its stat unchanged. The index is only a
+    cache (`OUT/.flux-cache/hashes.json`, written best effort): without it every file is read.
+    """
+
+    RACY_SECONDS = 2.0
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._entries: dict[str, list[Any]] = {}
+        self._changed = False
+        with contextlib.suppress(OSError, ValueError):
+            loaded = json.loads(path.read_bytes())
+            if isinstance(loaded, dict):
+                self._entries = loaded
+
+    def sha256(self, path: Path) -> str:
+        """The file's sha256, read only if its stat changed. Raises OSError as reading does."""
+        stat = path.stat()
+        signature = [stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino]
+        key = os.path.abspath(path)
+        known = self._entries.get(key)
+        if isinstance(known, list) and len(known) == 5 and known[:4] == signature:
+            return str(known[4])
+        digest = sha256_file(path)
+        racy = time.time_ns() - max(stat.st_mtime_ns, stat.st_ctime_ns) < self.RACY_SECONDS * 1e9
+        if not racy:
+            self._entries[key] = [*signature, digest]
+            self._changed = True
+        elif self._entries.pop(key, None) is not None:
+            self._changed = True
+        return digest
+
+    def save(self) -> None:
+        """Write the index if it learned something."""
+        if self._changed:
+            with contextlib.suppress(OSError):
+                write_atomic(self.path, json.dumps(self._entries).encode(), durable=False)
+            self._changed = False

@@ -1,0 +1,76 @@
+"""Paths inside a run's output folder, and how the lock names them."""
+
+from __future__ import annotations
+
+import os
+import posixpath
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from ..errors import RequestFailed
+from .atomic import sha256_file
+
+
+class OutputFolder:
+    """Paths inside the run's output folder. A path whose folder (symlinks resolved) lies
+    outside is refused; each folder is resolved once per run, not once per image.
+
+    The lock names a file by the output folder as the spec writes it (a symlinked output
+    folder keeps its link's name, so the lock does not break when the link's target moves),
+    then its path inside."""
+
+    def __init__(self, root: Path, lock_folder: Path) -> None:
+        self.root = root.resolve()
+        # The output folder from the lock's folder, as written: made absolute and normalised
+        # without resolving symlinks.
+        self._written = Path(
+            os.path.relpath(os.path.abspath(root), os.path.abspath(lock_folder))
+        ).as_posix()
+        self._folders: dict[str, Path] = {"": self.root}
+        self._relative: dict[Path, str] = {}  # folder -> its path from the lock's folder
+        self._lock_folder = lock_folder
+
+    def path(self, relative: str) -> Path:
+        head, _, name = relative.rpartition("/")
+        folder = self._folders.get(head)
+        if folder is None:
+            folder = (self.root / head).resolve()
+            if not folder.is_relative_to(self.root):
+                raise RequestFailed(
+                    relative, f"refusing to write outside the output folder: {relative}"
+                )
+            self._folders[head] = folder
+        return folder / name
+
+    def lock_path(self, path: Path) -> str:
+        """How the lock names a file: relative to the lock's folder, with `/`."""
+        folder = self._relative.get(path.parent)
+        if folder is None:
+            inside = path.parent.relative_to(self.root).as_posix()
+            folder = posixpath.normpath(f"{self._written}/{inside}")
+            self._relative[path.parent] = folder
+        return path.name if folder == "." else f"{folder}/{path.name}"
+
+    def prune(self, recorded: Iterable[Mapping[str, Any]], keep: Iterable[str]) -> list[str]:
+        """Delete the images the lock or the cache recorded (`recorded`: outputs, each with
+        the path the lock gave it and its sha256) that are not the images of a request of the
+        spec now (`keep`: their stems inside the folder), only if still inside the folder and
+        unchanged since; the lock paths deleted."""
+        kept = {posixpath.normpath(f"{self._written}/{stem}") for stem in keep}
+        deleted = []
+        for output in recorded:
+            name = str(output["path"])
+            if posixpath.splitext(name)[0] in kept or name in deleted:
+                continue
+            path = self._lock_folder / name
+            try:
+                if not path.resolve().is_relative_to(self.root) or not path.is_file():
+                    continue
+                if sha256_file(path) != output["sha256"]:
+                    continue  # changed since: the user's file, not the tool's
+                path.unlink()
+            except OSError:
+                continue
+            deleted.append(name)
+        return sorted(deleted)
