@@ -30,6 +30,7 @@ from _common import Emulator, emulator_process, matrix_spec, process_cpu, report
 
 from flux_pipeline import load_spec, plan
 from flux_pipeline.provider.client import make_http_client
+from flux_pipeline.running.parts import Endpoint
 from flux_pipeline.running.runner import RunOptions, Status, run_async, run_event_loop
 
 SIZE = {"width": 64, "height": 64}  # the image asked for (--size)
@@ -55,7 +56,7 @@ def run_once(
         async def go() -> Any:
             async with make_http_client(concurrency, 60, transport) as http:
                 return await run_async(
-                    spec, the_plan, http, base_url=url, api_key="bench", options=options
+                    spec, the_plan, Endpoint(http, url, "bench"), options=options
                 )
 
         cpu0, server0, t0 = cpu(), process_cpu(url.pid), time.perf_counter()

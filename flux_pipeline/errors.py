@@ -16,6 +16,10 @@
         └── SendingStopped     the run stops sending (interrupted, a budget, a failure): raised
                                before a request or a retry is sent
 
+Each error carries the exit code the command line ends with (`exit_code`: 1 invalid, 2 bad
+usage or setting, 3 a failure while running, 128 + the signal) and the lines it reports itself
+with (`report()`), as click's `ClickException` does: the command line's handler is a few lines.
+
 A `Problem` is one finding about a spec, located as precisely as we can: file, line, job,
 combination and the JSON path of the field. Errors build their message from these fields.
 """
@@ -23,6 +27,7 @@ combination and the JSON path of the field. Errors build their message from thes
 from __future__ import annotations
 
 import difflib
+import signal
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -94,24 +99,44 @@ def problem_lines(problems: Sequence[Problem], keep: int = 3) -> list[str]:
     return lines
 
 
+EXIT_INVALID = 1
+EXIT_USAGE = 2
+EXIT_FAILED = 3
+
+
 class FluxPipelineError(Exception):
     """The root of every error this package raises on purpose."""
+
+    exit_code: int = EXIT_FAILED
+
+    def report(self) -> list[str]:
+        """The lines the command line prints of this error (on stderr)."""
+        return [f"error: {self}"]
 
 
 class SpecInvalid(FluxPipelineError):
     """A spec has one or more problems; all of them are listed."""
 
+    exit_code = EXIT_INVALID
+
     def __init__(self, problems: Iterable[Problem]) -> None:
         self.problems: tuple[Problem, ...] = tuple(problems)
         super().__init__("\n".join(str(p) for p in self.problems))
+
+    def report(self) -> list[str]:
+        return [*problem_lines(self.problems), f"{plural(len(self.problems), 'problem')} found"]
 
 
 class LockError(FluxPipelineError):
     """The lock file cannot be read or has an unexpected shape."""
 
+    exit_code = EXIT_INVALID
+
 
 class ConfigError(FluxPipelineError):
     """A setting is missing or unusable (no API key, bad --rate, unwritable folder)."""
+
+    exit_code = EXIT_USAGE
 
 
 class OutputFolderBusy(ConfigError):
@@ -127,7 +152,12 @@ class Terminated(FluxPipelineError):
 
     def __init__(self, signum: int) -> None:
         self.signum = signum
+        self.exit_code = 128 + signum
         super().__init__(f"terminated by signal {signum}")
+
+    def report(self) -> list[str]:
+        word = "interrupted" if self.signum == signal.SIGINT else "terminated"
+        return [f"{word}; finished work is in the lock"]
 
 
 class RunError(FluxPipelineError):

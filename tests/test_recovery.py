@@ -17,6 +17,7 @@ from flux_pipeline.errors import OutputFolderBusy
 from flux_pipeline.provider.responses import Delivery, Generation
 from flux_pipeline.running.keeper import LockKeeper
 from flux_pipeline.running.recovery import (
+    PendingAnswer,
     WriteAhead,
     answer_line,
     done_line,
@@ -60,9 +61,9 @@ def test_a_done_record_supersedes_the_answer_and_a_torn_line_is_skipped(tmp_path
     found = read_pending(path)
     assert set(found.results) == {"a"}
     assert set(found.answers) == {bh("b")}
-    request_id, answer = found.answers[bh("b")]
-    assert request_id == "b"
-    assert generation_from_json(answer) == ANSWER
+    pending = found.answers[bh("b")]
+    assert pending.request_id == "b"
+    assert generation_from_json(pending.answer) == ANSWER
 
 
 def test_an_inline_answer_is_recorded_but_not_fetchable() -> None:
@@ -75,18 +76,10 @@ def test_an_inline_answer_is_recorded_but_not_fetchable() -> None:
 def test_rewrite_keeps_only_the_answers_given_or_removes_the_record(tmp_path: Path) -> None:
     path = tmp_path / "pending.jsonl"
     path.write_bytes(done_line(entry("a")) + answer_line("b", bh("b"), generation_json(ANSWER)))
-    rewrite(
-        path,
-        [
-            (
-                "b",
-                bh("b"),
-                json.loads(answer_line("b", bh("b"), generation_json(ANSWER)))["generation"],
-            )
-        ],
-    )
+    answer = json.loads(answer_line("b", bh("b"), generation_json(ANSWER)))["generation"]
+    rewrite(path, {bh("b"): PendingAnswer("b", answer)})
     assert set(read_pending(path).answers) == {bh("b")} and not read_pending(path).results
-    rewrite(path, [])
+    rewrite(path, {})
     assert not path.exists()
 
 
@@ -124,10 +117,8 @@ def test_the_keeper_saves_what_it_records_and_reports_a_save_that_fails(tmp_path
     failures: list[str] = []
 
     async def main() -> LockKeeper:
-        keeper = LockKeeper(
-            "s", tmp_path / "s.lock.json", {}, changed=False, on_failure=failures.append
-        )
-        saver = asyncio.ensure_future(keeper.keep_saved())
+        keeper = LockKeeper("s", tmp_path / "s.lock.json", {}, changed=False)
+        saver = asyncio.ensure_future(keeper.keep_saved(on_failure=failures.append))
         keeper.record(entry("a"))
         while not keeper.saved:
             await asyncio.sleep(0.001)

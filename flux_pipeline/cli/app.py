@@ -1,5 +1,6 @@
 """The `flux-pipeline` command group: global options, and every outcome of a command mapped
-to its exit code in one place (`_Group.invoke`)."""
+to its exit code in one place (`_Group.invoke`): the package's errors carry their own exit
+code and report (`errors.py`)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import signal
 import sys
 import traceback
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -16,22 +18,18 @@ import click
 
 from ..defaults import API_KEY_ENV, MAX_SPEC_REQUESTS
 from ..errors import (
-    ConfigError,
+    EXIT_FAILED,
+    EXIT_INVALID,
     FluxPipelineError,
     LockError,
     SpecInvalid,
     Terminated,
-    problem_lines,
 )
 from ..provider.redaction import RedactingStream, Redactor
 
 if TYPE_CHECKING:
     from ..language.spec import Spec
 
-EXIT_INVALID = 1
-EXIT_USAGE = 2
-EXIT_FAILED = 3
-EXIT_INTERRUPTED = 130
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, as a shell reports a reader that went away
 
 
@@ -39,12 +37,27 @@ def _err(message: str) -> None:
     click.echo(message, err=True)
 
 
-class ExitCode(Exception):
-    """Raised by a command to end with a given code after printing its own output."""
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """The group's options, for every command: `ctx.obj`, handed over by `pass_settings`."""
 
-    def __init__(self, code: int) -> None:
-        self.code = code
+    debug: bool = False
+    allow_output_outside: bool = False
+    max_spec_requests: int = MAX_SPEC_REQUESTS
 
+    def load_spec(self, path: Path) -> Spec:
+        """Load a spec as the command line was told to (`--allow-output-outside`,
+        `--max-spec-requests`)."""
+        from ..language.spec import load_spec
+
+        return load_spec(
+            path,
+            allow_output_outside=self.allow_output_outside,
+            max_requests=self.max_spec_requests,
+        )
+
+
+pass_settings = click.make_pass_decorator(Settings, ensure=True)
 
 #: The group's own options, accepted after the command too (`run --debug`).
 GLOBAL_FLAGS = frozenset({"--debug", "--allow-output-outside"})
@@ -92,40 +105,33 @@ class _Group(click.Group):
     def _invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except ExitCode as exc:
-            raise click.exceptions.Exit(exc.code) from None
-        except KeyboardInterrupt:
-            _err("interrupted; finished work is in the lock")
-            raise click.exceptions.Exit(EXIT_INTERRUPTED) from None
-        except Terminated as exc:
-            word = "interrupted" if exc.signum == signal.SIGINT else "terminated"
-            _err(f"{word}; finished work is in the lock")
-            raise click.exceptions.Exit(128 + exc.signum) from None
-        except ConfigError as exc:
-            _err(f"error: {exc}")
-            raise click.exceptions.Exit(EXIT_USAGE) from None
-        except (SpecInvalid, LockError) as exc:
-            _report(exc)
-            raise click.exceptions.Exit(EXIT_INVALID) from None
-        except FluxPipelineError as exc:
-            _err(f"error: {exc}")
-            raise click.exceptions.Exit(EXIT_FAILED) from None
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
             raise  # click's own ways out (--help, usage errors)
+        except KeyboardInterrupt:
+            raise _exit(Terminated(signal.SIGINT)) from None
+        except FluxPipelineError as exc:
+            raise _exit(exc) from None
         except BrokenPipeError:
             # The reader went away (`plan | head`): stop quietly, as `git log | head` does.
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, sys.stdout.fileno())
             raise click.exceptions.Exit(EXIT_BROKEN_PIPE) from None
         except OSError as exc:  # a full disk, a folder that vanished, a permission
-            _err(f"error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "))
-            raise click.exceptions.Exit(EXIT_FAILED) from None
+            message = f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": ")
+            raise _exit(FluxPipelineError(message)) from None
         except Exception as exc:  # a bug: say so briefly, the traceback only on request
             if ctx.params.get("debug"):
                 _err(traceback.format_exc())
             _err(f"internal error: {type(exc).__name__}: {exc}")
             _err("this is a bug in flux-pipeline; rerun with --debug for the traceback")
             raise click.exceptions.Exit(EXIT_FAILED) from None
+
+
+def _exit(error: FluxPipelineError) -> click.exceptions.Exit:
+    """Report `error` and end with its exit code."""
+    for line in error.report():
+        _err(line)
+    return click.exceptions.Exit(error.exit_code)
 
 
 @click.group(
@@ -148,7 +154,10 @@ class _Group(click.Group):
     envvar="FLUX_PIPELINE_MAX_SPEC_REQUESTS",
     help="Refuse a spec that makes more requests than this, before expanding it.",
 )
-def cli(debug: bool, allow_output_outside: bool, max_spec_requests: int) -> None:
+@click.pass_context
+def cli(
+    ctx: click.Context, debug: bool, allow_output_outside: bool, max_spec_requests: int
+) -> None:
     """Turn YAML specs into images from the FLUX text-to-image API, reproducibly.
 
     A spec holds Jinja prompt templates and parameter grids. `validate` checks it without the
@@ -157,9 +166,10 @@ def cli(debug: bool, allow_output_outside: bool, max_spec_requests: int) -> None
     (an unknown option, no API key), 3 some requests failed, 130 interrupted (Ctrl-C), 143
     terminated (SIGTERM).
     """
+    ctx.obj = Settings(debug, allow_output_outside, max_spec_requests)
 
 
-def _each_spec(
+def each_spec(
     specs: Sequence[Path],
     work: Callable[[Path], None],
     together: Callable[[], None] | None = None,
@@ -176,36 +186,14 @@ def _each_spec(
         except (SpecInvalid, LockError) as exc:
             invalid = True
             if failed is None:
-                _report(exc)
+                for line in exc.report():
+                    _err(line)
             else:
                 failed(spec, exc)
     if invalid and failed is None:
-        raise ExitCode(EXIT_INVALID)
-
-
-def _report(exc: FluxPipelineError) -> None:
-    if isinstance(exc, SpecInvalid):
-        for line in problem_lines(exc.problems):
-            _err(line)
-        count = len(exc.problems)
-        _err(f"{count} problem{'s' if count != 1 else ''} found")
-    else:
-        _err(f"error: {exc}")
+        raise click.exceptions.Exit(EXIT_INVALID)
 
 
 def main() -> None:
     """Entry point of the `flux-pipeline` console script."""
     cli()
-
-
-def load_spec(path: Path) -> Spec:
-    """Load a spec as the command line was told to (`--allow-output-outside`,
-    `--max-spec-requests`)."""
-    from ..language.spec import load_spec as load
-
-    params = click.get_current_context().find_root().params
-    return load(
-        path,
-        allow_output_outside=bool(params.get("allow_output_outside")),
-        max_requests=int(params.get("max_spec_requests") or MAX_SPEC_REQUESTS),
-    )

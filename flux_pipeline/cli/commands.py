@@ -12,8 +12,8 @@ from typing import Any
 
 import click
 
-from ..errors import LockError, SpecInvalid, plural
-from .app import EXIT_INVALID, ExitCode, _each_spec, cli, load_spec
+from ..errors import EXIT_INVALID, LockError, SpecInvalid, plural
+from .app import Settings, cli, each_spec, pass_settings
 from .params import SPECS, WAIT
 
 
@@ -26,7 +26,8 @@ from .params import SPECS, WAIT
     help="Print every spec's result and problems (file, line, job, combo, path, message) as "
     "JSON on stdout, for editors and CI annotations.",
 )
-def validate(specs: Sequence[Path], as_json: bool) -> None:
+@pass_settings
+def validate(settings: Settings, specs: Sequence[Path], as_json: bool) -> None:
     """Load, expand and validate specs against the API schema. No network.
 
     Exit 0 when every spec is valid, 1 when any is not; every problem is listed with its
@@ -40,7 +41,7 @@ def validate(specs: Sequence[Path], as_json: bool) -> None:
 
     def work(path: Path) -> None:
         report.append({"spec": str(path), "valid": False, "requests": 0, "problems": []})
-        spec = load_spec(path)
+        spec = settings.load_spec(path)
         requests = library.validate(spec)
         loaded.append(spec)
         report[-1].update(valid=True, requests=len(requests))
@@ -48,7 +49,7 @@ def validate(specs: Sequence[Path], as_json: bool) -> None:
             click.echo(f"{path}: valid, {plural(len(requests), 'request')}")
 
     if not as_json:
-        _each_spec(specs, work, lambda: check_together(loaded))
+        each_spec(specs, work, lambda: check_together(loaded))
         return
     problems: list[dict[str, Any]] = []
 
@@ -60,19 +61,20 @@ def validate(specs: Sequence[Path], as_json: bool) -> None:
         else:
             problems.append({"spec": spec, "file": spec, "line": None, "message": str(exc)})
 
-    _each_spec(specs, work, lambda: check_together(loaded), failed)
+    each_spec(specs, work, lambda: check_together(loaded), failed)
     for entry in report:
         entry["problems"] = [p for p in problems if p["spec"] in (entry["spec"], "")]
         entry["valid"] = entry["valid"] and not entry["problems"]
     click.echo(json.dumps({"specs": report, "problems": len(problems)}, indent=2))
     if problems:
-        raise ExitCode(EXIT_INVALID)
+        raise click.exceptions.Exit(EXIT_INVALID)
 
 
 @cli.command()
 @SPECS
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON on stdout.")
-def plan(specs: Sequence[Path], as_json: bool) -> None:
+@pass_settings
+def plan(settings: Settings, specs: Sequence[Path], as_json: bool) -> None:
     """Show the requests specs make: size, seed, images, and state against the lock.
 
     States: new (not in the lock), changed (request differs from the lock), missing or corrupt
@@ -91,14 +93,14 @@ def plan(specs: Sequence[Path], as_json: bool) -> None:
     plans: list[dict[str, Any]] = []
 
     def work(path: Path) -> None:
-        result = library.plan(load_spec(path))
+        result = library.plan(settings.load_spec(path))
         if as_json:
             plans.append(result.as_json())
         else:
             click.echo(plan_table(result))
 
     try:
-        _each_spec(specs, work)
+        each_spec(specs, work)
     finally:
         if as_json:
             click.echo(json.dumps(plans if len(specs) > 1 else next(iter(plans), None), indent=2))
@@ -113,7 +115,8 @@ def plan(specs: Sequence[Path], as_json: bool) -> None:
     help="Fail too on images the API delivered other than asked (another size or format; "
     "kept and recorded in the lock).",
 )
-def check(specs: Sequence[Path], as_json: bool, strict: bool) -> None:
+@pass_settings
+def check(settings: Settings, specs: Sequence[Path], as_json: bool, strict: bool) -> None:
     """CI gate: is every request in the lock, unchanged, with its files intact? No network.
 
     Exit 0 when every spec is up to date; 1 when any request is new, changed (with the fields
@@ -128,7 +131,7 @@ def check(specs: Sequence[Path], as_json: bool, strict: bool) -> None:
 
     def work(path: Path) -> None:
         nonlocal stale
-        report = check_spec(load_spec(path), strict=strict)
+        report = check_spec(settings.load_spec(path), strict=strict)
         stale = stale or not report.ok
         if as_json:
             reports.append(report.as_json())
@@ -136,13 +139,13 @@ def check(specs: Sequence[Path], as_json: bool, strict: bool) -> None:
             click.echo(check_text(report))
 
     try:
-        _each_spec(specs, work)
+        each_spec(specs, work)
     finally:
         if as_json:
             first = next(iter(reports), None)
             click.echo(json.dumps(reports if len(specs) > 1 else first, indent=2))
     if stale:
-        raise ExitCode(EXIT_INVALID)
+        raise click.exceptions.Exit(EXIT_INVALID)
 
 
 @cli.command()
@@ -155,7 +158,8 @@ def check(specs: Sequence[Path], as_json: bool, strict: bool) -> None:
     help="A git revision (HEAD~1, main, a tag) or another lock file.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the differences as JSON.")
-def diff(spec: Path, ref: str, as_json: bool) -> None:
+@pass_settings
+def diff(settings: Settings, spec: Path, ref: str, as_json: bool) -> None:
     """What changed in the spec's lock since REF: requests added, removed, and changed
     (with the fields that changed; "input photos/mug.jpg changed" for an edited input).
 
@@ -165,7 +169,7 @@ def diff(spec: Path, ref: str, as_json: bool) -> None:
     from ..review.compare import diff_locks, lock_at
     from .reports import diff_text
 
-    loaded = load_spec(spec)
+    loaded = settings.load_spec(spec)
     result = diff_locks(lock_at(loaded, ref), library.read_lock(loaded.lock_path))
     if as_json:
         click.echo(json.dumps(result.as_json(), indent=2))
@@ -177,7 +181,8 @@ def diff(spec: Path, ref: str, as_json: bool) -> None:
 @click.argument("spec", type=click.Path(dir_okay=False, path_type=Path))
 @WAIT
 @click.option("--partial", is_flag=True, help="Merge even if some shards have no partial lock yet.")
-def merge(spec: Path, wait: float, partial: bool) -> None:
+@pass_settings
+def merge(settings: Settings, spec: Path, wait: float, partial: bool) -> None:
     """Combine the partial locks of `run --shard K/N` into the spec's lock.
 
     Each partial lock records the requests its shard was made from. Exit 0 when merged
@@ -188,7 +193,7 @@ def merge(spec: Path, wait: float, partial: bool) -> None:
     """
     from ..store.shards import merge as merge_shards
 
-    result = merge_shards(load_spec(spec), wait=wait, partial=partial)
+    result = merge_shards(settings.load_spec(spec), wait=wait, partial=partial)
     merged = plural(len(result.merged), "partial lock")
     click.echo(f"{spec}: merged {merged}, {plural(result.requests, 'request')}")
     for path, count in result.merged:
@@ -214,7 +219,9 @@ def merge(spec: Path, wait: float, partial: bool) -> None:
     metavar="REF",
     help="Show only requests changed since git revision REF, old beside new.",
 )
+@pass_settings
 def gallery(
+    settings: Settings,
     spec: Path,
     output: Path | None,
     rows: str | None,
@@ -235,7 +242,7 @@ def gallery(
     from .. import library
     from ..review.gallery import build_gallery
 
-    loaded = load_spec(spec)
+    loaded = settings.load_spec(spec)
     result = build_gallery(
         loaded,
         library.validate(loaded),

@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from ..defaults import API_KEY_ENV, DEFAULT_BASE_URL
-from ..errors import Terminated
-from .app import EXIT_FAILED, ExitCode, _each_spec, cli, load_spec
+from ..errors import EXIT_FAILED, Terminated
+from .app import Settings, cli, each_spec, pass_settings
 from .params import (
     SPECS,
     WAIT,
@@ -130,7 +130,10 @@ if TYPE_CHECKING:
     help="After Ctrl-C or SIGTERM, how long the requests in flight (already paid for) may "
     "take to finish and store their images; a second signal abandons them at once.",
 )
+@pass_settings
 def run(
+    settings: Settings,
+    /,
     specs: Sequence[Path],
     emulator: bool,
     base_url: str,
@@ -159,10 +162,10 @@ def run(
     loaded = []
 
     def load(path: Path) -> None:
-        spec = load_spec(path)
+        spec = settings.load_spec(path)
         loaded.append((spec, library.validate(spec)))
 
-    _each_spec(specs, load, lambda: check_together([spec for spec, _ in loaded]))
+    each_spec(specs, load, lambda: check_together([spec for spec, _ in loaded]))
     unmatched_only(run_options.only, [r.id for _, requests in loaded for r in requests])
     if dry_run:
         for spec, requests in loaded:
@@ -201,7 +204,7 @@ def _run_all(loaded: Sequence[tuple[Any, Any]], base_url: str, key: str, options
             raise Terminated(result.interrupted)  # the other specs are not started
         failed = failed or not result.ok
     if failed:
-        raise ExitCode(EXIT_FAILED)
+        raise click.exceptions.Exit(EXIT_FAILED)
 
 
 @cli.command()

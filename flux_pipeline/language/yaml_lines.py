@@ -8,6 +8,7 @@ aliases would expand past a fixed size (a "billion laughs") is refused.
 from __future__ import annotations
 
 import re
+import stat
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -142,50 +143,85 @@ def yaml_problem(exc: yaml.MarkedYAMLError, text: str) -> tuple[str, int | None]
     return f"{message}; hint: {hint}", line
 
 
-def load_yaml(path: Path, *, what: str = "spec") -> Any:
-    """Parse one YAML file safely, raising SpecInvalid with the file and line on any problem."""
+def read_text(path: Path, *, what: str = "spec") -> str:
+    """A file a spec reads, as text: a regular file (never a FIFO, which would block, or a
+    device) of at most MAX_SPEC_BYTES, in UTF-8. Raises SpecInvalid naming the file."""
     file = str(path)
 
     def fail(message: str, line: int | None = None) -> SpecInvalid:
         return SpecInvalid([Problem(message, file=file, line=line)])
 
     try:
-        size = path.stat().st_size
-        if size > MAX_SPEC_BYTES:
-            raise fail(f"{what} file is {size:,} bytes, more than the {MAX_SPEC_BYTES:,} allowed")
+        info = path.stat()
+        if not stat.S_ISREG(info.st_mode):
+            kind = "a folder" if stat.S_ISDIR(info.st_mode) else _kind(info.st_mode)
+            raise fail(f"{what} file is {kind}, not a regular file")
+        if info.st_size > MAX_SPEC_BYTES:
+            raise fail(
+                f"{what} file is {info.st_size:,} bytes, more than the {MAX_SPEC_BYTES:,} allowed"
+            )
         raw = path.read_bytes()
     except FileNotFoundError:
         raise fail(f"{what} file not found") from None
     except OSError as exc:
         raise fail(f"cannot read {what} file: {exc.strerror}") from exc
     try:
-        text = raw.decode("utf-8")
+        return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise fail(
-            f"not UTF-8 text (byte {exc.start})", raw[: exc.start].count(b"\n") + 1
-        ) from None
+        line = raw[: exc.start].count(b"\n") + 1
+        raise fail(f"not UTF-8 text (byte {exc.start})", line) from None
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISFIFO(mode):
+        return "a named pipe (FIFO)"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "a device"
+
+
+def load_yaml(path: Path, *, what: str = "spec") -> Any:
+    """Parse one YAML file safely, raising SpecInvalid with the file and line on any problem."""
+    text = read_text(path, what=what)
     try:
-        data = yaml.load(text, Loader=_Loader)
+        data = _parse(text)
+        if _expanded_size(data, {}) > MAX_NODES:
+            raise ValueError(f"YAML aliases expand to more than {MAX_NODES:,} values")
+    except RecursionError:
+        raise _problem(path, "YAML is nested too deeply") from None
+    except _Failed as exc:
+        raise _problem(path, str(exc), exc.line) from None
+    except ValueError as exc:
+        raise _problem(path, str(exc)) from None
+    return data
+
+
+class _Failed(Exception):
+    def __init__(self, message: str, line: int | None = None) -> None:
+        super().__init__(message)
+        self.line = line
+
+
+def _problem(path: Path, message: str, line: int | None = None) -> SpecInvalid:
+    return SpecInvalid([Problem(message, file=str(path), line=line)])
+
+
+def _parse(text: str) -> Any:
+    """The YAML document in `text`; _Failed with the line of a problem."""
+    try:
+        return yaml.load(text, Loader=_Loader)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         message = " ".join(str(x) for x in (exc.context, exc.problem) if x)
         if "nesting depth" in message:  # newer PyYAML parsers have a limit of their own
-            raise fail("YAML is nested too deeply", mark.line + 1 if mark else None) from None
+            raise _Failed("YAML is nested too deeply", mark.line + 1 if mark else None) from None
         message, line = yaml_problem(exc, text)
-        raise fail(f"YAML error: {message}", line) from None
+        raise _Failed(f"YAML error: {message}", line) from None
     except yaml.YAMLError as exc:
-        raise fail(f"YAML error: {exc}") from None
+        raise _Failed(f"YAML error: {exc}") from None
     except (ValueError, TypeError, OverflowError) as exc:  # a tag's constructor: `!!float x`
         shown = str(exc) if len(str(exc)) <= 120 else str(exc)[:120] + "..."
-        raise fail(f"YAML error: a value does not fit its tag ({shown})") from None
-    except RecursionError:
-        raise fail("YAML is nested too deeply") from None
-    try:
-        if _expanded_size(data, {}) > MAX_NODES:
-            raise fail(f"YAML aliases expand to more than {MAX_NODES:,} values")
-    except RecursionError:
-        raise fail("YAML is nested too deeply") from None
-    return data
+        raise _Failed(f"YAML error: a value does not fit its tag ({shown})") from None
 
 
 def line_of(doc: Any, path: Sequence[Any]) -> int | None:

@@ -23,7 +23,6 @@ from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Any
 
-import aiohttp
 import httpx
 
 from ..errors import BadResponse, RequestFailed, RunStopped, plural
@@ -33,9 +32,8 @@ from .registry import API_PATH
 from .responses import Generation, api_message, parse_generation
 
 RETRYABLE = frozenset({408, 409, 429, 500, 502, 503, 504})
-# What a transport may raise for a broken exchange: httpx's own, and aiohttp's that
-# httpx-aiohttp passes through unmapped (a response it cannot parse, for one).
-TRANSPORT_ERRORS: tuple[type[Exception], ...] = (httpx.TransportError, aiohttp.ClientError)
+# What a transport raises for a broken exchange (ours maps aiohttp's: `transport`).
+TRANSPORT_ERRORS: tuple[type[Exception], ...] = (httpx.TransportError,)
 # A 429 that will not pass by waiting, and a 503 that is about load (from their messages).
 QUOTA = re.compile(r"quota|balance|insufficient|credits? (?:exhausted|exceeded|left)|billing", re.I)
 OVERLOADED = re.compile(r"overload|capacity|too many|busy", re.I)
@@ -80,22 +78,26 @@ def retry_after(headers: Mapping[str, str], now: float | None = None) -> float |
 
 
 def make_http_client(
-    concurrency: int, timeout: float, transport: str = "aiohttp"
+    concurrency: int, timeout: float, transport: str | httpx.AsyncBaseTransport = "aiohttp"
 ) -> httpx.AsyncClient:
     """The run's HTTP client: a pool sized to the concurrency, on the chosen transport.
 
-    `aiohttp` (through httpx-aiohttp) is the default because it keeps up at high concurrency
-    where httpx's own transport saturates a core (see bench/runner.py); `httpx` is the fallback.
+    `aiohttp` (through httpx-aiohttp, its errors mapped: `transport`) is the default because it
+    keeps up at high concurrency where httpx's own transport saturates a core (see
+    bench/runner.py); `httpx` is the fallback; a transport object is used as it is (an
+    `httpx.ASGITransport` on the emulator's app, in-process).
     """
     limits = httpx.Limits(
         max_connections=concurrency * 2, max_keepalive_connections=concurrency * 2
     )
     timeouts = httpx.Timeout(timeout, connect=min(timeout, 30.0))
+    if isinstance(transport, httpx.AsyncBaseTransport):
+        return CookielessClient(transport=transport, timeout=timeouts, follow_redirects=False)
     if transport == "aiohttp":
-        from httpx_aiohttp import AiohttpTransport
+        from .transport import MappedAiohttpTransport
 
         return CookielessClient(
-            transport=AiohttpTransport(limits=limits), timeout=timeouts, follow_redirects=False
+            transport=MappedAiohttpTransport(limits), timeout=timeouts, follow_redirects=False
         )
     return CookielessClient(limits=limits, timeout=timeouts, follow_redirects=False)
 
@@ -295,7 +297,7 @@ class ApiClient:
             await self.before_send()
         slot = await throttle.acquire()
         outcome, wait = "other", None
-        started = time.monotonic()
+        started = self.clock()
         try:
             try:
                 response = await self.http.post(
@@ -304,9 +306,9 @@ class ApiClient:
                 raw = response.content
             except TRANSPORT_ERRORS as exc:
                 reason = self.redact(network_error(exc, self._api_url))
-                attempts.append(Attempt(None, time.monotonic() - started, reason))
+                attempts.append(Attempt(None, self.clock() - started, reason))
                 return Verdict(Action.RETRY, reason)
-            status, elapsed = response.status_code, time.monotonic() - started
+            status, elapsed = response.status_code, self.clock() - started
             if status == 200:
                 outcome = "ok"
                 attempts.append(Attempt(status, elapsed))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import textwrap
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -68,20 +68,34 @@ def contact_sheet(spec: Spec, grids: Sequence[Grid]) -> Any:
             x += SHEET_CELL * span(grid, col)
         y += head
         for row in grid.rows:
-            if grid.rows_var:
-                label = _lines(f"{grid.rows_var} = {row}", LABEL_CHARS, most=12)
-                for k, line in enumerate(label):
-                    draw.text((6, y + 6 + k * LINE_H), line, fill=(30, 30, 30), font=font)
-            start = label_w
-            for col in grid.cols:
-                x = start
-                for cell in grid.cells.get((row, col), ()):
-                    for output in cell.outputs or (None,):
-                        _paste(sheet, draw, font, (x, y), cell, output, base)
-                        x += SHEET_CELL
-                start += SHEET_CELL * span(grid, col)
+            _draw_row(sheet, draw, font, grid, row, (label_w, y), base, span)
             y += SHEET_CELL + caption_h
     return sheet
+
+
+def _draw_row(
+    sheet: Any,
+    draw: Any,
+    font: Any,
+    grid: Grid,
+    row: Any,
+    at: tuple[int, int],
+    base: Path,
+    span: Callable[[Grid, Any], int],
+) -> None:
+    """One row of the sheet: its label, then every image of each of its cells."""
+    start, y = at
+    if grid.rows_var:
+        label = _lines(f"{grid.rows_var} = {row}", LABEL_CHARS, most=12)
+        for k, line in enumerate(label):
+            draw.text((6, y + 6 + k * LINE_H), line, fill=(30, 30, 30), font=font)
+    for col in grid.cols:
+        x = start
+        for cell in grid.cells.get((row, col), ()):
+            for output in cell.outputs or (None,):
+                _paste(sheet, draw, font, (x, y), cell, output, base)
+                x += SHEET_CELL
+        start += SHEET_CELL * span(grid, col)
 
 
 def _paste(

@@ -17,9 +17,9 @@ answer shows the cost, so a wrong table cannot overspend the cap by more than on
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ..errors import BadResponse
 from ..provider.prices import estimate
@@ -38,6 +38,15 @@ class Cost:
     @classmethod
     def of(cls, model: str, width: int, height: int, images: int) -> Cost:
         return cls(model, estimate(model, width, height, images))
+
+
+@dataclass(frozen=True, slots=True)
+class Charge:
+    """What a request's outcome costs: whether the provider billed it, and what its answer
+    reported (None: it did not say; the reservation's expectation is charged)."""
+
+    billed: bool
+    reported: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,9 +107,10 @@ class Budget:
         self._in_flight[cost.model] = self._in_flight.get(cost.model, 0) + 1
         return Reservation(cost, credits)
 
-    def settle(self, reservation: Reservation, *, billed: bool, reported: float | None) -> None:
+    def settle(self, reservation: Reservation, charge: Charge) -> None:
         """A request's outcome: charged what the API reported, or the expectation if it
         billed without saying; released if it never reached the API."""
+        billed, reported = charge.billed, charge.reported
         self.reserved = max(0.0, self.reserved - reservation.credits)
         model = reservation.cost.model
         self._in_flight[model] -= 1
@@ -116,6 +126,16 @@ class Budget:
                 self.ratios.setdefault(model, 1.0)  # answered: nothing more will be learned
         self.wake()
 
+    async def reserve(self, cost: Cost, stopped: Callable[[], str | None]) -> Reservation | str:
+        """Take a reservation for `cost`, waiting while requests in flight may settle below
+        theirs; the reservation, or why the request is not sent (the run's `stopped`)."""
+        while (reason := stopped()) is None:
+            taken = self.take(cost)
+            if taken is not None:
+                return taken
+            await self.changed()
+        return reason
+
     def wake(self) -> None:
         """Let every request waiting for a reservation look again."""
         self._changed.set()
@@ -125,11 +145,11 @@ class Budget:
         await self._changed.wait()
 
 
-def charge_of_failure(exc: BaseException, attempts: Sequence[Attempt]) -> dict[str, Any]:
-    """How a request that ended in `exc` is charged (`Budget.settle`'s keywords). An answer
+def charge_of_failure(exc: BaseException, attempts: Sequence[Attempt]) -> Charge:
+    """How a request that ended in `exc` is charged. An answer
     that was not usable was billed (a 200), at what it reported if it did; so may have been
     any attempt without an answer (the connection may have broken after the body was sent);
     refusals (4xx, 5xx) and requests never sent were not."""
     if isinstance(exc, BadResponse):
-        return {"billed": True, "reported": exc.credits}
-    return {"billed": any(a.status is None for a in attempts), "reported": None}
+        return Charge(billed=True, reported=exc.credits)
+    return Charge(billed=any(a.status is None for a in attempts))

@@ -8,10 +8,9 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
 
 from ..store.atomic import write_atomic
-from ..store.lock import Entry, assemble_lock, entry_text
+from ..store.lock import Entry, ShardStamp, assemble_lock, entry_text
 
 
 class LockKeeper:
@@ -21,7 +20,7 @@ class LockKeeper:
     texts; it writes the lock atomically and durably. Saves are at least `interval` apart,
     and further for a lock that is slow to write (a burst of finished requests makes one
     save). A run that changed nothing writes nothing. A save that fails is never swallowed:
-    `on_failure` is told (the run stops sending) and the final `save` raises it.
+    `keep_saved`'s `on_failure` is told (the run stops sending) and the final `save` raises it.
     """
 
     def __init__(
@@ -31,9 +30,8 @@ class LockKeeper:
         entries: Mapping[str, Entry],
         *,
         changed: bool,
-        on_failure: Callable[[str], None] = lambda reason: None,
         interval: float = 0.05,
-        shard: Mapping[str, Any] | None = None,
+        shard: ShardStamp | None = None,
     ) -> None:
         self._spec_name = spec_name
         self._shard = shard  # a partial lock says which shard of which requests it holds
@@ -46,7 +44,6 @@ class LockKeeper:
         self._changed = changed
         self._version = self._written = 0
         self._write_lock = threading.Lock()
-        self._on_failure = on_failure
 
     def record(self, entry: Entry) -> None:
         if entry.id not in self.entries:
@@ -87,8 +84,9 @@ class LockKeeper:
         if not self.saved:
             self._write(*self._snapshot())
 
-    async def keep_saved(self) -> None:
-        """Save after every change, coalescing changes that arrive during a save."""
+    async def keep_saved(self, on_failure: Callable[[str], None] = lambda reason: None) -> None:
+        """Save after every change, coalescing changes that arrive during a save; a save that
+        fails is told to `on_failure` (the run stops sending)."""
         while True:
             await self._dirty.wait()
             self._dirty.clear()
@@ -97,7 +95,7 @@ class LockKeeper:
                 try:
                     await asyncio.to_thread(self._write, *self._snapshot())
                 except OSError as exc:
-                    self._on_failure(f"cannot save the lock {self.path}: {exc.strerror or exc}")
+                    on_failure(f"cannot save the lock {self.path}: {exc.strerror or exc}")
                     return  # the final save, at the end of the run, raises it
                 # A large lock costs more to write (and fsync): space the saves so that
                 # writing it takes at most a fifth of the run's time.

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
 
 from ..provider.pacing import Rate
 from ..store.shards import Shard
+
+if TYPE_CHECKING:
+    import httpx
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,7 +25,8 @@ class RunOptions:
     prune: bool = False
     max_credits: float | None = None
     max_requests: int | None = None
-    transport: str = "aiohttp"
+    # httpx over aiohttp, httpx's own, or a transport object (in-process: httpx.ASGITransport)
+    transport: Literal["aiohttp", "httpx"] | httpx.AsyncBaseTransport = "aiohttp"
     shard: Shard | None = None  # do shard K of N, into a partial lock
     wait: float = 0.0  # seconds to wait for another writer of the output folder
     drain_timeout: float = 120.0  # seconds the requests in flight may take after a signal

@@ -1,22 +1,10 @@
-"""The run's write-ahead record: what was paid for is on disk before anything else happens.
+"""The run's write-ahead record, `OUT/.flux-cache/pending.jsonl`: what was paid for is on
+disk before anything else happens.
 
-`OUT/.flux-cache/pending.jsonl` holds one JSON line per event of a request that costs money:
-
-- `answer`: the API's answer arrived (its image URLs, seed, credits), written before the
-  images are downloaded. A run killed (even with SIGKILL) before the download completed
-  leaves it here, and the next run fetches the images from those URLs without a new request.
-  Inline (base64) images are not copied here: they are decoded and stored within
-  milliseconds, and an answer cut off in that window is asked for again.
-- `done`: the request's result once its images are stored: its outputs and the API's answer
-  (the rest of its lock entry is the request's, found again by its body hash). These are
-  fsynced in groups (one fsync for every result that finished meanwhile) before the run
-  reports them done, so a result reported done survives a kill or a power loss even if the
-  lock was not saved yet.
-
-The next writer of the folder (holding the folder lock) takes every `done` result whose
-request is still the same and whose files still have their recorded hashes into the lock
-(`Run.adopt`), and fetches the answers still to fetch. A run that ends keeps only the answers
-it did not finish.
+One JSON line per event of a request that costs money: `answer` (the API's answer, before its
+images are fetched) and `done` (the stored result, fsynced in groups before it is reported).
+The protocol, step by step, is described once, in docs/architecture.md ("The write-ahead
+protocol"); this module writes, reads and rewrites the record.
 """
 
 from __future__ import annotations
@@ -30,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..language.expansion import Request
 from ..provider.responses import Delivery, Generation
 from ..store.atomic import sha256_file, write_atomic
 from ..store.lock import Entry, Output
@@ -82,14 +71,26 @@ class Result:
     outputs: tuple[Output, ...]
     response: Mapping[str, Any]
 
+    def adoptable(self, request: Request, lock_folder: Path) -> bool:
+        """Whether this is `request`'s result (the same body) and its files are sound."""
+        return self.body_sha256 == request.body_sha256 and sound(self.outputs, lock_folder)
+
+
+@dataclass(frozen=True, slots=True)
+class PendingAnswer:
+    """An answer whose images are not stored yet: what the next run fetches if this one ends
+    first (its request, and the answer as `generation_json` wrote it)."""
+
+    request_id: str
+    answer: dict[str, Any]
+
 
 @dataclass
 class Recovered:
     """What a killed run left: results to adopt, answers whose images are still to fetch."""
 
     results: dict[str, Result] = field(default_factory=dict)
-    # body sha256 -> (request id, the answer as `generation_json` wrote it)
-    answers: dict[str, tuple[str, dict[str, Any]]] = field(default_factory=dict)
+    answers: dict[str, PendingAnswer] = field(default_factory=dict)  # by body sha256
 
 
 def read_pending(path: Path) -> Recovered:
@@ -103,7 +104,9 @@ def read_pending(path: Path) -> Recovered:
         try:
             record = json.loads(line)
             if record["kind"] == "answer":
-                found.answers[record["body_sha256"]] = (record["id"], record["generation"])
+                found.answers[record["body_sha256"]] = PendingAnswer(
+                    record["id"], record["generation"]
+                )
             elif record["kind"] == "done":
                 result = Result(
                     id=str(record["id"]),
@@ -143,9 +146,11 @@ def done_line(entry: Entry) -> bytes:
     return (json.dumps(record, ensure_ascii=False, allow_nan=False) + "\n").encode()
 
 
-def rewrite(path: Path, answers: Iterable[tuple[str, str, Mapping[str, Any]]]) -> None:
-    """Leave only these answers (id, body hash, answer) in the record, or no record."""
-    lines = b"".join(answer_line(i, b, g) for i, b, g in answers)
+def rewrite(path: Path, answers: Mapping[str, PendingAnswer]) -> None:
+    """Leave only these answers (by body hash) in the record, or no record."""
+    lines = b"".join(
+        answer_line(a.request_id, body, a.answer) for body, a in sorted(answers.items())
+    )
     if lines:
         write_atomic(path, lines)
     else:

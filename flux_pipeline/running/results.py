@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 from enum import Enum
 from pathlib import Path
 
+from ..errors import RequestFailed, RunStopped, SendingStopped
 from ..language.spec import Spec
 
 
@@ -30,6 +32,7 @@ class RequestResult:
     id: str
     status: Status
     reason: str = ""
+    _: KW_ONLY
     credits: float | None = None
     attempts: int = 0
     seconds: float = 0.0
@@ -40,6 +43,7 @@ class RequestResult:
 class RunResult:
     """How a run ended: each request's result, and why it stopped sending, if it did."""
 
+    _: KW_ONLY
     spec: Spec
     results: tuple[RequestResult, ...]
     seconds: float
@@ -67,6 +71,35 @@ class RunResult:
         return self.stopped is None and not any(
             r.status in (Status.FAILED, Status.NOT_SENT) for r in self.results
         )
+
+
+#: What a full or read-only disk raises: every further image would be paid for and lost too.
+DISK_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM})
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """How a request that ended in an exception is reported, and whether the run stops."""
+
+    status: Status
+    reason: str
+    stops: str | None = None  # why the run sends nothing more, if this failure stops it
+
+
+def failure_of(exc: Exception) -> Failure:
+    """How a request's exception is reported (a pure function: tested by table)."""
+    if isinstance(exc, SendingStopped):
+        return Failure(Status.NOT_SENT, str(exc))
+    if isinstance(exc, RunStopped):
+        return Failure(Status.FAILED, str(exc), stops=str(exc))
+    if isinstance(exc, RequestFailed):
+        return Failure(Status.FAILED, exc.reason)
+    reason = f"cannot write the image: {getattr(exc, 'strerror', None) or exc}"
+    if getattr(exc, "errno", None) in DISK_ERRORS:
+        return Failure(
+            Status.FAILED, reason, stops=f"the output folder cannot take more images: {reason}"
+        )
+    return Failure(Status.FAILED, reason)
 
 
 #: Called with each request's result as it finishes (for progress displays).

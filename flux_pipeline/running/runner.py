@@ -1,16 +1,11 @@
 """The run: do what the plan says, concurrently, treating every request as a transaction.
 
-A request is billed when the provider receives it, so the run guards what was paid for:
-
-- it holds the output folder's writer lock (`writer_lock`) from start to end;
-- an answer is written to the run's write-ahead record (`recovery`) before its images are
-  fetched, and a finished request's entry is fsynced there (in groups) before it is reported
-  done; the lock file is saved from the entries as they finish (coalescing bursts);
-- the first SIGINT or SIGTERM stops sending and lets the requests in flight finish (they
-  are paid for) for up to `drain_timeout` seconds; a second one abandons them (their answers
-  stay in the record for the next run);
-- a 401 or 403, a disk that cannot take more images, or a lock that cannot be saved stop the
-  run: no further request is sent.
+It holds the output folder's writer lock (`writer_lock`) from start to end, and follows the
+write-ahead protocol (docs/architecture.md) for every request that costs money. The first
+SIGINT or SIGTERM stops sending and lets the requests in flight finish (they are paid for) for
+up to `drain_timeout` seconds; a second one abandons them (their answers stay in the record
+for the next run). A 401 or 403, a disk that cannot take more images, or a lock that cannot
+be saved stop the run: no further request is sent.
 
 Reading from `run()` down: hold the folder, plan, handle signals, then `run_async`: decide
 what the lock keeps and what to do (`_scope`), open the run's files (`_open`), let the
@@ -31,32 +26,27 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-import httpx
-
-from ..errors import ConfigError, SaveFailed, Terminated
+from ..errors import ConfigError, Terminated
 from ..language.expansion import Request
 from ..language.spec import Spec
 from ..language.validation import output_stems
 from ..provider.client import make_http_client
 from ..provider.pacing import Rate
 from ..provider.redaction import Redactor, clean_key
-from ..store.atomic import sweep_temp_files
 from ..store.cache import OutputCache
-from ..store.costs import learned_ratios
-from ..store.lock import Entry, Lock, repair_lock
+from ..store.lock import Entry, Lock, ShardStamp, repair_lock
 from ..store.output_folder import OutputFolder
 from ..store.planning import Plan, PlanItem, plan
 from ..store.shards import current_lock, made_from
-from ..store.writer_lock import FOLDER, hold_output_folder
-from .journal import Journal
+from ..store.writer_lock import hold_output_folder
+from .keeper import LockKeeper
 from .options import RunOptions
-from .recovery import FILE_NAME, Recovered, WriteAhead, read_pending, rewrite
+from .parts import Endpoint, RunFiles
 from .results import Listener, Notify, RequestResult, RunResult, Status
-from .transaction import Answers, Run
+from .transaction import Run
 
 __all__ = ["Rate", "RequestResult", "RunOptions", "RunResult", "Status", "run", "run_async"]
 
-JOURNAL = ".journal.jsonl"
 DEFAULTS = RunOptions()
 T = TypeVar("T")
 
@@ -109,7 +99,7 @@ class _Scope:
     lock_path: Path
     entries: dict[str, Entry]
     lock_changed: bool
-    lock_shard: dict[str, Any] | None  # a partial lock's shard and what it was made from
+    shard: ShardStamp | None  # a partial lock's shard and what it was made from
     work: list[PlanItem]
     skipped: list[PlanItem]
 
@@ -157,136 +147,43 @@ def _tidy(
         )
 
 
-@dataclass
-class _Files:
-    """The files a run writes besides images and the lock, and what a killed run left."""
-
-    journal: Journal
-    record: WriteAhead
-    cache: OutputCache
-    found: Recovered
-    ratios: dict[str, float]  # what each model has cost, relative to the price table
-
-    def close(self) -> None:
-        self.record.close()
-        self.journal.close()
-
-
-def _open(
-    spec: Spec, lock_path: Path, old: Lock | None, redact: Redactor, options: RunOptions
-) -> _Files:
-    """Sweep what dead writers left, read what an interrupted run left, open the files."""
-    spec.output.mkdir(parents=True, exist_ok=True)
-    sweep_temp_files(spec.output)
-    sweep_temp_files(lock_path.parent, below=False)  # a lock write cut short
-    record_path = spec.output / FOLDER / FILE_NAME
-    found = read_pending(record_path)
-    entries = old.entries.values() if old else ()
-    # The journal grows with every run: it is read only when a cap will use what it knows.
-    journal_path = spec.output / JOURNAL if options.max_credits is not None else None
-    ratios = learned_ratios(entries, journal_path)
-    journal = Journal(spec.output / JOURNAL, redact)  # fails early on a read-only folder
-    cache = OutputCache(spec.output)
-    with contextlib.suppress(OSError):
-        cache.remember(entries)
-    return _Files(journal, WriteAhead(record_path), cache, found, ratios)
-
-
 async def run_async(
     spec: Spec,
     the_plan: Plan,
-    http: httpx.AsyncClient,
+    endpoint: Endpoint,
     *,
-    base_url: str,
-    api_key: str,
     options: RunOptions = DEFAULTS,
     listener: Listener | None = None,
     notify: Notify | None = None,
     old: Lock | None = None,
     on_start: Callable[[Run], None] | None = None,
 ) -> RunResult:
-    """Do a plan with an HTTP client the caller owns (and, as `run` does, holding the output
-    folder's writer lock). `old` is the lock the plan was made against (read again if not
-    given). The lock is saved however this ends; `on_start` sees the run (to signal it)."""
+    """Do a plan through an HTTP client the caller owns (and, as `run` does, holding the
+    output folder's writer lock). `old` is the lock the plan was made against (read again if
+    not given). The lock is saved however this ends; `on_start` sees the run (to signal it)."""
     started = time.monotonic()
     if old is None:
         old = current_lock(spec, options.shard)
     scope = _scope(spec, the_plan, old, options)
-    files = _open(spec, scope.lock_path, old, Redactor(api_key), options)
-    _tidy(spec, the_plan, old, options.prune, files.cache, notify or (lambda line: None))
-    state = Run(
-        spec=spec,
-        http=http,
-        base_url=base_url,
-        api_key=api_key,
-        options=options,
-        lock_path=scope.lock_path,
-        entries=scope.entries,
-        lock_changed=scope.lock_changed,
-        lock_shard=scope.lock_shard,
-        journal=files.journal,
-        record=files.record,
-        answers=Answers(dict(files.found.answers)),
-        cache=files.cache,
-        ratios=files.ratios,
-        listener=listener,
-        notify=notify,
-    )
-    try:
-        files.journal.event(event="run", spec=spec.name, requests=len(scope.work), time=time.time())
-        if on_start is not None:
-            on_start(state)
-        for item in scope.skipped:
-            state.finish(RequestResult(item.request.id, Status.SKIPPED))
-        work = state.adopt(scope.work, files.found.results)
-        saver = asyncio.ensure_future(state.keeper.keep_saved())
-        try:
-            await state.work(work)
-        finally:
-            await _close(state, saver, files)
-    finally:
-        files.close()
-    return _result(state, time.monotonic() - started)
-
-
-def _result(state: Run, seconds: float) -> RunResult:
-    throttle = state.throttle
-    return RunResult(
-        state.spec,
-        tuple(state.results),
-        seconds,
-        state.stopped,
-        state.interrupted,
-        state.throttles.overloads,
-        throttle.limit if state.throttles.overloads else None,
-        state.budget.spent,
-        state.budget.estimated,
-    )
-
-
-async def _close(state: Run, saver: asyncio.Future[None], files: _Files) -> None:
-    """End a run however it ends: abandon deliveries still running (a second signal), save
-    the lock, and leave in the record only the answers whose images are not stored."""
-    for task in [*state.deliveries, saver]:
-        task.cancel()
-    try:
-        # Let cancelled deliveries remove their temporary files before the lock is saved; a
-        # second interruption (Ctrl-C twice) cuts this wait short, not the save.
-        await asyncio.gather(*state.deliveries, return_exceptions=True)
-    finally:
-        keeper = state.keeper
-        try:
-            keeper.save()
-        except OSError as exc:
-            # The record keeps every result: the next run adopts them.
-            raise SaveFailed(
-                f"cannot save the lock {keeper.path}: {exc.strerror or exc}; the images and "
-                f"{files.record.path} keep the work, and the next run takes it in"
-            ) from None
-        with contextlib.suppress(OSError):  # a cache, best effort
-            state.cache.remember([*keeper.entries.values(), *files.found.results.values()])
-        with contextlib.suppress(OSError):
-            rewrite(files.record.path, state.answers.rows())
+    say = notify or (lambda line: None)
+    with RunFiles.open(spec, scope.lock_path, old, Redactor(endpoint.api_key), options) as files:
+        _tidy(spec, the_plan, old, options.prune, files.cache, say)
+        keeper = LockKeeper(
+            spec.name, scope.lock_path, scope.entries, changed=scope.lock_changed, shard=scope.shard
+        )
+        run = Run(
+            spec, options, endpoint, keeper=keeper, files=files, listener=listener, notify=notify
+        )
+        async with run:
+            files.journal.event(
+                event="run", spec=spec.name, requests=len(scope.work), time=time.time()
+            )
+            if on_start is not None:
+                on_start(run)
+            for item in scope.skipped:
+                run.finish(RequestResult(item.request.id, Status.SKIPPED))
+            await run.work(run.adopt(scope.work, files.found.results))
+    return run.result(time.monotonic() - started)
 
 
 def run(
@@ -367,9 +264,7 @@ def _run_handling_signals(
             return await run_async(
                 spec,
                 the_plan,
-                http,
-                base_url=base_url,
-                api_key=api_key,
+                Endpoint(http, base_url, api_key),
                 options=options,
                 listener=listener,
                 notify=notify,

@@ -1,11 +1,10 @@
 """One run's requests, each a transaction: send it, record the answer, store the images,
 make the result durable, then report it done.
 
-`Run` holds a run's state. Its workers take requests from a queue and send them through the
-`ApiClient` (restoring from the cache of earlier outputs, or fetching an answer an interrupted
-run received, where they can); each answer is written to the write-ahead record before its
-images are fetched by a delivery task (`ImageFetcher`), and a delivered result is fsynced
-there before it reaches the lock keeper and the listener.
+`Run` holds a run's state and owns its lifecycle. Its workers take requests from a queue and
+send them through the `ApiClient` (restoring from the cache of earlier outputs, or fetching
+an answer an interrupted run received, where they can); the write-ahead protocol
+(docs/architecture.md) orders what reaches the disk.
 """
 
 from __future__ import annotations
@@ -13,119 +12,138 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import errno
 import signal
 import time
 from collections import deque
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
-import httpx
-
-from ..errors import RequestFailed, RunStopped, SendingStopped
+from ..errors import RequestFailed, RunStopped, SaveFailed, SendingStopped
 from ..language.spec import Spec
 from ..language.validation import output_stems
-from ..provider.client import ApiClient, Attempt, RetryPolicy
-from ..provider.inputs import Sender
-from ..provider.limits import Throttles
-from ..provider.pacing import Pacer
+from ..provider.client import Attempt
 from ..provider.registry import get_model
 from ..provider.responses import Generation
-from ..store.cache import OutputCache
-from ..store.fetcher import ImageFetcher, StoredImage
 from ..store.lock import Entry, Output, mismatch_warning
-from ..store.output_folder import OutputFolder
 from ..store.planning import PlanItem
-from .budget import Budget, Cost, Reservation, charge_of_failure
-from .journal import Journal
+from .budget import Charge, Cost, Reservation, charge_of_failure
 from .keeper import LockKeeper
 from .options import RunOptions
+from .parts import Collaborators, Endpoint, RunFiles
 from .recovery import (
+    PendingAnswer,
     Result,
-    WriteAhead,
     answer_line,
     done_line,
     generation_from_json,
     generation_json,
-    sound,
+    rewrite,
 )
-from .results import Listener, Notify, RequestResult, Status
-
-DISK_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM})
-
-
-@dataclass
-class Answers:
-    """Answers whose images are not stored yet: what the next run fetches if this one ends
-    first (body hash -> request id and the answer as the record keeps it)."""
-
-    pending: dict[str, tuple[str, dict[str, Any]]] = field(default_factory=dict)
-
-    def rows(self) -> list[tuple[str, str, dict[str, Any]]]:
-        return [(i, b, g) for b, (i, g) in sorted(self.pending.items())]
+from .results import Listener, Notify, RequestResult, RunResult, Status, failure_of
 
 
 class Run:
-    """One run's state: its workers send requests, its deliveries store their images."""
+    """One run's state: its workers send requests, its deliveries store their images.
+
+    `async with Run(...) as run: await run.work(items)`: entering starts the lock keeper's
+    saver; leaving, however the run ends, abandons deliveries still running (a second
+    signal), saves the lock and leaves in the record only the answers whose images were not
+    stored. No other module finishes a run.
+    """
 
     def __init__(
         self,
-        *,
         spec: Spec,
-        http: httpx.AsyncClient,
-        base_url: str,
-        api_key: str,
         options: RunOptions,
-        lock_path: Path,
-        entries: Mapping[str, Entry],
-        lock_changed: bool,
-        lock_shard: Mapping[str, Any] | None,
-        journal: Journal,
-        record: WriteAhead,
-        answers: Answers,
-        cache: OutputCache,
-        ratios: Mapping[str, float] | None = None,
+        endpoint: Endpoint,
+        *,
+        keeper: LockKeeper,
+        files: RunFiles,
         listener: Listener | None = None,
         notify: Notify | None = None,
+        collaborators: Collaborators | None = None,
     ) -> None:
         self.spec = spec
         self.options = options
-        # A lock that cannot be saved stops the run: what it pays for would not be recorded.
-        self.keeper = LockKeeper(
-            spec.name,
-            lock_path,
-            entries,
-            changed=lock_changed,
-            on_failure=self.stop,
-            shard=lock_shard,
-        )
-        self.journal = journal
-        self.record = record
-        self.answers = answers
-        self.cache = cache
+        self.keeper = keeper
+        self.files = files
+        self.journal, self.record, self.cache = files.journal, files.record, files.cache
+        self.pending: dict[str, PendingAnswer] = dict(files.found.answers)
         self.listener = listener
         self.notify = notify
-        self.folder = OutputFolder(spec.output, spec.lock_path.parent)
-        self.sender = Sender(spec.folder)
-        self.pacer = Pacer(options.rate)
-        policy = RetryPolicy(retries=options.retries, max_wait=options.max_wait)
-        self.throttles = Throttles(options.concurrency)
+        parts = collaborators or Collaborators.build(
+            spec, options, endpoint, ratios=files.ratios, before_send=self._before_send
+        )
+        self.pacer, self.throttles, self.budget = parts.pacer, parts.throttles, parts.budget
         self.throttle = self.throttles.run
-        self.client = ApiClient(
-            http, base_url, api_key, policy, before_send=self._before_send, throttle=self.throttle
-        )
-        self.fetcher = ImageFetcher(
-            http, policy, redact=self.client.redact, download_timeout=options.timeout
-        )
+        self.client, self.fetcher = parts.client, parts.fetcher
+        self.sender, self.folder = parts.sender, parts.folder
         self.delivery_slots = asyncio.Semaphore(2 * max(1, options.concurrency))
-        self.budget = Budget(options.max_credits, options.max_requests, ratios)
         self.stopped: str | None = None
         self.interrupted: int | None = None
         self.posting = 0  # generation requests on the wire
         self.results: list[RequestResult] = []
         self.deliveries: set[asyncio.Future[None]] = set()
+        self._saver: asyncio.Future[None] | None = None
+        self._closed = False
+
+    # -- lifecycle --
+
+    async def __aenter__(self) -> Run:
+        if self._saver is not None or self._closed:
+            raise RuntimeError("a Run is entered once")
+        # A lock that cannot be saved stops the run: what it pays for would not be recorded.
+        self._saver = asyncio.ensure_future(self.keeper.keep_saved(on_failure=self.stop))
+        return self
+
+    async def __aexit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self._closed = True
+        assert self._saver is not None
+        for task in [*self.deliveries, self._saver]:
+            task.cancel()
+        try:
+            # Let cancelled deliveries remove their temporary files before the lock is saved;
+            # a second interruption (Ctrl-C twice) cuts this wait short, not the save.
+            await asyncio.gather(*self.deliveries, return_exceptions=True)
+        finally:
+            self._save()
+
+    def _save(self) -> None:
+        try:
+            self.keeper.save()
+        except OSError as exc:
+            # The record keeps every result: the next run adopts them.
+            raise SaveFailed(
+                f"cannot save the lock {self.keeper.path}: {exc.strerror or exc}; the images "
+                f"and {self.record.path} keep the work, and the next run takes it in"
+            ) from None
+        with contextlib.suppress(OSError):  # a cache, best effort
+            found = self.files.found.results.values()
+            self.cache.remember([*self.keeper.entries.values(), *found])
+        with contextlib.suppress(OSError):
+            rewrite(self.record.path, self.pending)
+
+    def result(self, seconds: float) -> RunResult:
+        """How the run ended, once it has."""
+        overloads = self.throttles.overloads
+        return RunResult(
+            spec=self.spec,
+            results=tuple(self.results),
+            seconds=seconds,
+            stopped=self.stopped,
+            interrupted=self.interrupted,
+            overloads=overloads,
+            limit=self.throttle.limit if overloads else None,
+            credits=self.budget.spent,
+            estimated=self.budget.estimated,
+        )
 
     # -- stopping --
 
@@ -152,24 +170,13 @@ class Run:
             raise SendingStopped(self.stopped)
         await self.pacer.wait()
 
-    async def reserve(self, item: PlanItem) -> Reservation | str:
-        """Set aside what the request is expected to cost, waiting while requests in flight
-        may settle below theirs; the reservation, or why the request is not sent."""
-        cost = Cost.of(item.request.model, item.width, item.height, item.images)
-        while not self.stopped:
-            taken = self.budget.take(cost)
-            if taken is not None:
-                return taken
-            await self.budget.changed()
-        return self.stopped
-
-    def settle(self, reservation: Reservation, *, billed: bool, reported: float | None) -> None:
+    def settle(self, reservation: Reservation, charge: Charge) -> None:
         """Charge a request's outcome to the budget; an answer's reported cost is journaled
         (a later run's budget learns from it)."""
-        self.budget.settle(reservation, billed=billed, reported=reported)
-        if reported is not None:
-            cost = reservation.cost
-            self.journal.event(event="cost", model=cost.model, credits=reported, table=cost.table)
+        self.budget.settle(reservation, charge)
+        if charge.reported is not None:
+            cost, credits = reservation.cost, charge.reported
+            self.journal.event(event="cost", model=cost.model, credits=credits, table=cost.table)
 
     # -- results --
 
@@ -185,23 +192,14 @@ class Run:
     def failed(
         self, item: PlanItem, exc: Exception, attempts: Sequence[Attempt], started: float
     ) -> None:
-        status = Status.FAILED
-        if isinstance(exc, SendingStopped):
-            status, reason = Status.NOT_SENT, str(exc)
-        elif isinstance(exc, RunStopped):
-            self.stop(str(exc))
-            reason = str(exc)
-        elif isinstance(exc, RequestFailed):
-            reason = exc.reason
-        else:
-            reason = f"cannot write the image: {getattr(exc, 'strerror', None) or exc}"
-            if getattr(exc, "errno", None) in DISK_ERRORS:
-                # Every further image would be paid for and lost the same way.
-                self.stop(f"the output folder cannot take more images: {reason}")
+        failure = failure_of(exc)
+        if failure.stops is not None:
+            self.stop(failure.stops)
         seconds = time.monotonic() - started
-        self.finish(
-            RequestResult(item.request.id, status, reason, None, len(attempts), seconds), attempts
+        result = RequestResult(
+            item.request.id, failure.status, failure.reason, attempts=len(attempts), seconds=seconds
         )
+        self.finish(result, attempts)
 
     # -- sending --
 
@@ -227,7 +225,8 @@ class Run:
                     continue
                 # Input files are read (and checked unchanged) before a credit is reserved.
                 body = self.sender.wire_body(item.request.id, item.request.body)
-                reservation = await self.reserve(item)
+                cost = Cost.of(item.request.model, item.width, item.height, item.images)
+                reservation = await self.budget.reserve(cost, lambda: self.stopped)
                 if isinstance(reservation, str):
                     self.finish(RequestResult(item.request.id, Status.NOT_SENT, reservation))
                     continue
@@ -255,13 +254,13 @@ class Run:
             throttle = self.throttles.of(request.model)
             generation = await self.client.generate(request.id, body, attempts, throttle)
         except BaseException as exc:
-            self.settle(reservation, **charge_of_failure(exc, attempts))
+            self.settle(reservation, charge_of_failure(exc, attempts))
             raise
         finally:
             self.posting -= 1
-        self.settle(reservation, billed=True, reported=generation.credits)
+        self.settle(reservation, Charge(billed=True, reported=generation.credits))
         answer = generation_json(generation)
-        self.answers.pending[request.body_sha256] = (request.id, answer)
+        self.pending[request.body_sha256] = PendingAnswer(request.id, answer)
         with contextlib.suppress(OSError):  # a safety net: the images are fetched anyway
             self.record.append(answer_line(request.id, request.body_sha256, answer))
         return generation
@@ -282,26 +281,26 @@ class Run:
         outputs, response = restored
         self.keeper.record(Entry.of(request, outputs, response))
         seconds = time.monotonic() - started
-        self.finish(RequestResult(request.id, Status.RESTORED, "from the cache", None, 0, seconds))
+        self.finish(RequestResult(request.id, Status.RESTORED, "from the cache", seconds=seconds))
         return True
 
     async def fetch_recorded_answer(self, item: PlanItem, started: float) -> bool:
         """Fetch the images of an answer an interrupted run received but did not store:
         paid for then, free now. False if there is none, or it can no longer be fetched."""
         request = item.request
-        found = self.answers.pending.get(request.body_sha256)
-        generation = generation_from_json(found[1]) if found else None
+        found = self.pending.get(request.body_sha256)
+        generation = generation_from_json(found.answer) if found else None
         if generation is None:
             return False
         try:
             outputs = await self.store(item, generation)
             await self.commit(item, generation, outputs)
         except (RequestFailed, OSError):
-            self.answers.pending.pop(request.body_sha256, None)
+            self.pending.pop(request.body_sha256, None)
             return False  # expired or gone: the request is sent again
         seconds = time.monotonic() - started
         reason = "fetched from an interrupted run's answer"
-        self.finish(RequestResult(request.id, Status.RESTORED, reason, None, 0, seconds))
+        self.finish(RequestResult(request.id, Status.RESTORED, reason, seconds=seconds))
         return True
 
     async def deliver(
@@ -320,7 +319,12 @@ class Run:
         warning = mismatch_warning(outputs)
         self.finish(
             RequestResult(
-                item.request.id, Status.DONE, warning, generation.credits, len(attempts), seconds
+                item.request.id,
+                Status.DONE,
+                warning,
+                credits=generation.credits,
+                attempts=len(attempts),
+                seconds=seconds,
             ),
             attempts,
         )
@@ -329,7 +333,7 @@ class Run:
         """Record a stored result: in the write-ahead record, fsynced, then in the lock."""
         entry = Entry.of(item.request, outputs, generation.summary())
         await self.record.durable(self.record.append(done_line(entry)))
-        self.answers.pending.pop(item.request.body_sha256, None)
+        self.pending.pop(item.request.body_sha256, None)
         self.keeper.record(entry)
 
     async def store(self, item: PlanItem, generation: Generation) -> list[Output]:
@@ -351,23 +355,13 @@ class Run:
                 request.id, delivery, self.folder.path(stem), expected, item.expected_size
             )
             self.cache.save(image.path, image.sha256, image.format)
-            outputs.append(self._output(image))
+            outputs.append(image.output(self.folder.lock_path))
         return outputs
-
-    def _output(self, image: StoredImage) -> Output:
-        """What the lock records of a stored image: its path from the lock's folder."""
-        return Output(
-            path=self.folder.lock_path(image.path),
-            sha256=image.sha256,
-            bytes=image.bytes,
-            width=image.width,
-            height=image.height,
-            format=image.format,
-            mismatch=image.mismatch,
-        )
 
     async def work(self, items: Sequence[PlanItem]) -> None:
         """Run the workers over the items, then wait for the deliveries they started."""
+        if self._saver is None or self._closed:
+            raise RuntimeError("a Run works inside `async with Run(...) as run`")
         queue = deque(items)
         # Workers start a little apart (1 ms, a tenth of a second in all at most): the first
         # wave reaches the API spread out rather than in one instant, and the answers come
@@ -381,18 +375,12 @@ class Run:
     def adopt(self, items: Sequence[PlanItem], found: Mapping[str, Result]) -> list[PlanItem]:
         """Take into the lock the results an interrupted run stored but did not save in the
         lock (the same request, its files still sound); the items left to do."""
-        left = []
+        left, folder = [], self.spec.lock_path.parent
         for item in items:
             result = found.get(item.request.id)
-            if (
-                result is not None
-                and not self.options.force
-                and result.body_sha256 == item.request.body_sha256
-                and sound(result.outputs, self.spec.lock_path.parent)
-            ):
-                self.keeper.record(Entry.of(item.request, result.outputs, result.response))
-                reason = "from an interrupted run"
-                self.finish(RequestResult(item.request.id, Status.RESTORED, reason))
-            else:
+            if self.options.force or result is None or not result.adoptable(item.request, folder):
                 left.append(item)
+                continue
+            self.keeper.record(Entry.of(item.request, result.outputs, result.response))
+            self.finish(RequestResult(item.request.id, Status.RESTORED, "from an interrupted run"))
         return left

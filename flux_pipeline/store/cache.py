@@ -126,7 +126,7 @@ class OutputCache:
             return False
 
     def restore(
-        self, body_sha256: str, stems: Sequence[Path], lock_path: Any
+        self, body_sha256: str, stems: Sequence[Path], lock_path: Callable[[Path], str]
     ) -> tuple[list[Output], dict[str, Any]] | None:
         """Put a request's earlier images in place (as `stem` + extension each); their
         outputs and the API's earlier answer, or None if the cache cannot give them all."""

@@ -25,6 +25,7 @@ from ..provider.client import RETRYABLE, TRANSPORT_ERRORS, RetryPolicy
 from ..provider.images import EXTENSIONS, probe
 from ..provider.responses import Delivery
 from .atomic import Spool
+from .lock import Output
 
 MAX_IMAGE_BYTES = 64 * 1024 * 1024
 DOWNLOAD_ERRORS: tuple[type[Exception], ...] = (httpx.HTTPError, *TRANSPORT_ERRORS)
@@ -43,6 +44,18 @@ class StoredImage:
     height: int
     format: str
     mismatch: str = ""  # how it differs from what was asked (it is kept all the same)
+
+    def output(self, lock_path: Callable[[Path], str]) -> Output:
+        """What the lock records of this image, its path as `lock_path` names it."""
+        return Output(
+            path=lock_path(self.path),
+            sha256=self.sha256,
+            bytes=self.bytes,
+            width=self.width,
+            height=self.height,
+            format=self.format,
+            mismatch=self.mismatch,
+        )
 
 
 @dataclass
@@ -195,21 +208,7 @@ class ImageFetcher:
             async with self.http.stream(
                 "GET", url, follow_redirects=True, headers=IDENTITY
             ) as response:
-                status = response.status_code
-                if status in RETRYABLE:
-                    raise _Interrupted(f"downloading the image gave HTTP {status}")
-                if status != 200:
-                    raise BadImage(request_id, f"downloading the image gave HTTP {status}", status)
-                # Content-Length counts the encoded bytes: compared only when there is no
-                # encoding.
-                encoded = response.headers.get("content-encoding", "identity") != "identity"
-                declared = None if encoded else response.headers.get("content-length")
-                if declared and declared.isdigit() and int(declared) > self.max_image_bytes:
-                    raise BadImage(
-                        request_id,
-                        f"the image is {int(declared):,} bytes, more than "
-                        f"the {self.max_image_bytes:,} allowed",
-                    )
+                declared = self._declared_size(request_id, response)
                 async for chunk in response.aiter_bytes():
                     written += len(chunk)
                     if written > self.max_image_bytes:
@@ -221,9 +220,9 @@ class ImageFetcher:
                         await asyncio.to_thread(spool.spill)
                     spool.write(chunk)
                     digest.update(chunk)
-                if declared and declared.isdigit() and written != int(declared):
+                if declared is not None and written != declared:
                     raise _Interrupted(
-                        f"the download was cut short: {written:,} of {int(declared):,} bytes"
+                        f"the download was cut short: {written:,} of {declared:,} bytes"
                     )
         except httpx.TimeoutException:
             raise _Interrupted("downloading the image timed out") from None
@@ -231,6 +230,27 @@ class ImageFetcher:
             raise _Interrupted(
                 f"downloading the image failed: {type(exc).__name__}: {self.redact(str(exc))}"
             ) from None
+
+    def _declared_size(self, request_id: str, response: httpx.Response) -> int | None:
+        """The size the download's answer declares, after refusing an answer that is no
+        image (a status worth retrying raises _Interrupted) or one declared too large."""
+        status = response.status_code
+        if status in RETRYABLE:
+            raise _Interrupted(f"downloading the image gave HTTP {status}")
+        if status != 200:
+            raise BadImage(request_id, f"downloading the image gave HTTP {status}", status)
+        # Content-Length counts the encoded bytes: compared only when there is no encoding.
+        encoded = response.headers.get("content-encoding", "identity") != "identity"
+        declared = None if encoded else response.headers.get("content-length")
+        if not (declared and declared.isdigit()):
+            return None
+        if int(declared) > self.max_image_bytes:
+            raise BadImage(
+                request_id,
+                f"the image is {int(declared):,} bytes, more than "
+                f"the {self.max_image_bytes:,} allowed",
+            )
+        return int(declared)
 
 
 class _Interrupted(Exception):

@@ -78,18 +78,37 @@ class Entry:
 
 
 @dataclass(frozen=True, slots=True)
+class ShardStamp:
+    """What a partial lock records of the spec it was made from: its shard (`index` of
+    `count`) and the sha256 of the shard's expanded requests (each name and body hash)."""
+
+    index: int
+    count: int
+    requests_sha256: str
+
+    def as_json(self) -> dict[str, Any]:
+        return {"count": self.count, "index": self.index, "requests_sha256": self.requests_sha256}
+
+    @classmethod
+    def from_json(cls, data: Any) -> ShardStamp | None:
+        """The stamp `data` holds, or None (none, or an older flux-pipeline's)."""
+        try:
+            return cls(int(data["index"]), int(data["count"]), str(data["requests_sha256"]))
+        except (KeyError, TypeError, ValueError):
+            return None
+
+
+@dataclass(frozen=True, slots=True)
 class Lock:
-    """A lock file's content: the spec's name and an entry per request id."""
+    """A lock file's content: the spec's name, an entry per request id and, for a partial
+    lock, the shard it was made from."""
 
     spec: str
     entries: Mapping[str, Entry]
-    # A partial lock's shard: {"index", "count", "requests_sha256"} (what it was made from).
-    shard: Mapping[str, Any] | None = None
+    shard: ShardStamp | None = None
 
 
-def render_lock(
-    spec_name: str, entries: Iterable[Entry], shard: Mapping[str, Any] | None = None
-) -> str:
+def render_lock(spec_name: str, entries: Iterable[Entry], shard: ShardStamp | None = None) -> str:
     """The lock's text: sorted keys and requests, two-space indent, a final newline.
 
     Exactly `json.dumps(lock, indent=2, sort_keys=True)`, but built from one fragment per
@@ -107,9 +126,7 @@ def entry_text(entry: Entry) -> str:
     return "    " + json.dumps(entry.id, ensure_ascii=False) + ": " + body.replace("\n", "\n    ")
 
 
-def assemble_lock(
-    spec_name: str, fragments: Sequence[str], shard: Mapping[str, Any] | None = None
-) -> str:
+def assemble_lock(spec_name: str, fragments: Sequence[str], shard: ShardStamp | None = None) -> str:
     """The lock's text from `entry_text` fragments, in the order of their request ids (and,
     for a partial lock, the shard it was made from)."""
     requests = "{\n" + ",\n".join(fragments) + "\n  }" if fragments else "{}"
@@ -118,7 +135,7 @@ def assemble_lock(
     if shard is not None:
         made_from = (
             '  "shard": '
-            + json.dumps(shard, indent=2, sort_keys=True).replace("\n", "\n  ")
+            + json.dumps(shard.as_json(), indent=2, sort_keys=True).replace("\n", "\n  ")
             + ",\n"
         )
     return (
@@ -221,7 +238,7 @@ def parse_lock(text: str, path: str) -> Lock:
         if raw["id"] != key:
             raise LockError(f"{path}: request {key!r} records the id {raw['id']!r}; {REPAIR}")
         entries[key] = entry_from_json(raw)
-    return Lock(spec=data["spec"], entries=entries, shard=data.get("shard"))
+    return Lock(spec=data["spec"], entries=entries, shard=ShardStamp.from_json(data.get("shard")))
 
 
 def repair_lock(path: Path) -> list[str]:
@@ -246,7 +263,7 @@ def repair_lock(path: Path) -> list[str]:
         except (fastjsonschema.JsonSchemaValueException, ValueError):
             dropped.append(str(key))
     spec = data.get("spec") if isinstance(data.get("spec"), str) else path.name
-    shard = data.get("shard") if isinstance(data.get("shard"), dict) else None
+    shard = ShardStamp.from_json(data.get("shard"))
     if dropped or data.get("lock_version") != LOCK_VERSION:
         write_atomic(path, render_lock(str(spec), kept, shard).encode())
     return dropped

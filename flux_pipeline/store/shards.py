@@ -9,13 +9,12 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from ..errors import ConfigError, LockError
 from ..language.expansion import Request
 from ..language.spec import Spec
 from ..language.validation import validate
-from .lock import Entry, Lock, read_lock, write_lock
+from .lock import Entry, Lock, ShardStamp, read_lock, write_lock
 from .writer_lock import hold_output_folder
 
 
@@ -65,13 +64,13 @@ def current_lock(spec: Spec, shard: Shard | None) -> Lock | None:
     return Lock(spec.name, {**(main.entries if main else {}), **partial.entries})
 
 
-def made_from(shard: Shard, requests: Iterable[Request]) -> dict[str, Any]:
+def made_from(shard: Shard, requests: Iterable[Request]) -> ShardStamp:
     """What a partial lock records of the spec it was made from: its shard, and a hash of the
     shard's expanded requests (each name and body hash), which `merge` compares with the
     spec's now."""
     lines = sorted(f"{r.id} {r.body_sha256}\n" for r in requests if r.id in shard)
     digest = hashlib.sha256("".join(lines).encode()).hexdigest()
-    return {"index": shard.index, "count": shard.count, "requests_sha256": digest}
+    return ShardStamp(shard.index, shard.count, digest)
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,17 +126,16 @@ def _refusals(
     (allowed with `partial`)."""
     problems, shards = [], []
     for path, lock in locks.items():
-        info = dict(lock.shard or {})
-        try:
-            shard = Shard(int(info["index"]), int(info["count"]))
-        except (KeyError, TypeError, ValueError):
+        stamp = lock.shard
+        if stamp is None:
             problems.append(
                 f"{path.name} does not say which spec it was made from (an older "
                 "flux-pipeline wrote it): run its shard again"
             )
             continue
+        shard = Shard(stamp.index, stamp.count)
         shards.append(shard)
-        if info.get("requests_sha256") != made_from(shard, requests)["requests_sha256"]:
+        if stamp != made_from(shard, requests):
             problems.append(
                 f"{path.name} was made from another version of {spec.path.name} (the requests "
                 f"of shard {shard.index}/{shard.count} have changed since): run --shard "

@@ -13,7 +13,7 @@ from helpers import invoke, schnell_spec
 
 from flux_pipeline.emulator import EmulatorServer
 from flux_pipeline.provider.prices import estimate
-from flux_pipeline.running.budget import Budget, Cost, Reservation
+from flux_pipeline.running.budget import Budget, Charge, Cost, Reservation
 from flux_pipeline.store.costs import learned_ratios
 
 KEY = {"AIMLAPI_KEY": "test-key"}
@@ -102,9 +102,9 @@ def test_a_reservation_waits_for_requests_in_flight_and_then_fits() -> None:
     first, second = budget.take(cost), budget.take(cost)
     assert isinstance(first, Reservation) and isinstance(second, Reservation)
     assert budget.take(cost) is None  # spent 0 + reserved 2 + 1 > 2: wait for an answer
-    budget.settle(first, billed=False, reported=None)  # refused: it cost nothing
+    budget.settle(first, Charge(billed=False, reported=None))  # refused: it cost nothing
     assert isinstance(budget.take(cost), Reservation)
-    budget.settle(second, billed=True, reported=1.0)
+    budget.settle(second, Charge(billed=True, reported=1.0))
     assert budget.take(cost) is None  # one still in flight
     assert budget.spent == 1
 
@@ -115,7 +115,7 @@ def test_a_model_of_unknown_cost_goes_one_request_at_a_time() -> None:
     assert isinstance(probe, Reservation)
     assert budget.take(Cost("new", 1.0)) is None
     assert isinstance(budget.take(Cost("other", 1.0)), Reservation)
-    budget.settle(probe, billed=True, reported=4.0)
+    budget.settle(probe, Charge(billed=True, reported=4.0))
     again = budget.take(Cost("new", 1.0))
     assert isinstance(again, Reservation) and again.credits == 4.0
 
@@ -124,7 +124,7 @@ def test_the_cap_is_reached_only_when_nothing_is_in_flight() -> None:
     budget = Budget(max_credits=1.5, ratios={"m": 1.0})
     reservation = budget.take(Cost("m", 1.0))
     assert isinstance(reservation, Reservation)
-    budget.settle(reservation, billed=True, reported=None)  # no usage: the estimate
+    budget.settle(reservation, Charge(billed=True, reported=None))  # no usage: the estimate
     reason = budget.take(Cost("m", 1.0))
     assert reason == "--max-credits 1.5 reached (spent 1, the next request would cost 1)"
 
@@ -143,7 +143,7 @@ def test_waiting_requests_are_woken_by_a_settled_one() -> None:
 
         task = asyncio.ensure_future(waiter())
         await asyncio.sleep(0)
-        budget.settle(held, billed=False, reported=None)
+        budget.settle(held, Charge(billed=False, reported=None))
         await task
         return seen
 

@@ -24,6 +24,7 @@ from flux_pipeline.emulator import EmulatorServer
 from flux_pipeline.language.bodies import body_hash
 from flux_pipeline.provider.client import make_http_client
 from flux_pipeline.review.compare import check
+from flux_pipeline.running.parts import Endpoint
 from flux_pipeline.running.runner import RunOptions, run, run_async
 from flux_pipeline.store.atomic import sha256_file
 from flux_pipeline.store.planning import plan
@@ -109,9 +110,7 @@ class Pipeline(RuleBasedStateMachine):
                 await run_async(
                     spec,
                     the_plan,
-                    http,
-                    base_url=SERVER.url,
-                    api_key="k",
+                    Endpoint(http, SERVER.url, "k"),
                     options=RunOptions(concurrency=CONCURRENCY, retries=0),
                     listener=listen,
                 )
