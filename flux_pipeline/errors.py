@@ -10,6 +10,7 @@
     └── RunError               something went wrong while talking to the API
         ├── RequestFailed      one request failed for good (the run goes on with the others)
         │   ├── BadResponse    the API answered something that is not a usable result
+        │   ├── NoAnswer       sent, and no answer came (a read timeout): it may be billed
         │   └── BadImage       a downloaded image is not what was promised
         ├── SaveFailed         the lock could not be saved (the write-ahead record keeps the work)
         ├── RunStopped         the API refuses all further work (401 bad key, 403 out of credits)
@@ -191,6 +192,11 @@ class BadResponse(RequestFailed):
     ) -> None:
         super().__init__(request_id, message, status)
         self.credits = credits
+
+
+class NoAnswer(RequestFailed):
+    """A request was sent and no answer came (a read timeout, a connection dropped after
+    sending): the provider may have run and billed it, so it is not sent again in this run."""
 
 
 class BadImage(RequestFailed):

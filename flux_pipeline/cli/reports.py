@@ -138,6 +138,12 @@ def run_summary(result: RunResult) -> str:
         lines.append(f"  warning {kept.id}: {kept.reason}")
     for failure in (r for r in result.results if r.status is Status.FAILED):
         lines.append(f"  failed {failure.id}: {failure.reason}")
+    unanswered = sum(1 for r in result.results if r.status is Status.FAILED and r.unanswered)
+    if unanswered:
+        lines.append(
+            f"  {unanswered} timed out after sending: the provider may have billed "
+            f"{'it' if unanswered == 1 else 'them'}; rerun to try again"
+        )
     unsent = Counter(r.reason for r in result.results if r.status is Status.NOT_SENT)
     if result.stopped:
         lines.append(f"  stopped: {result.stopped}")

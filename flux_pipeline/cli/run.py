@@ -46,7 +46,14 @@ if TYPE_CHECKING:
     default=3,
     show_default=True,
     type=click.IntRange(0, 20),
-    help="Retries of a request on 408, 409, 429, 5xx, timeouts and connection errors.",
+    help="Retries of a request on 408, 409, 5xx and failures to connect (429s wait instead, "
+    "see --max-wait). A request sent without an answer is not resent: see --retry-timeouts.",
+)
+@click.option(
+    "--retry-timeouts",
+    is_flag=True,
+    help="Also retry a request whose answer never came (a read timeout, a connection dropped "
+    "after sending). The provider may have run and billed each such send.",
 )
 @click.option(
     "--timeout",

@@ -25,7 +25,7 @@ from typing import Any
 
 import httpx
 
-from ..errors import BadResponse, RequestFailed, RunStopped, plural
+from ..errors import BadResponse, NoAnswer, RequestFailed, RunStopped, plural
 from .limits import Throttle
 from .redaction import Redactor
 from .registry import API_PATH
@@ -34,6 +34,15 @@ from .responses import Generation, api_message, parse_generation
 RETRYABLE = frozenset({408, 409, 429, 500, 502, 503, 504})
 # What a transport raises for a broken exchange (ours maps aiohttp's: `transport`).
 TRANSPORT_ERRORS: tuple[type[Exception], ...] = (httpx.TransportError,)
+# The failures that prove the request never reached the provider, so nothing was run or
+# billed: it is retried freely. Any other (a read timeout, a connection dropped after the body
+# was sent) may have been billed: Black Forest Labs' own client never retries such a POST.
+NOT_SENT_ERRORS: tuple[type[Exception], ...] = (
+    httpx.ConnectError,
+    httpx.ConnectTimeout,
+    httpx.PoolTimeout,
+    httpx.UnsupportedProtocol,
+)
 # A 429 that will not pass by waiting, and a 503 that is about load (from their messages).
 QUOTA = re.compile(r"quota|balance|insufficient|credits? (?:exhausted|exceeded|left)|billing", re.I)
 OVERLOADED = re.compile(r"overload|capacity|too many|busy", re.I)
@@ -48,6 +57,8 @@ class RetryPolicy:
     max_backoff: float = 30.0
     max_retry_after: float = 120.0
     max_wait: float = 600.0  # seconds a request may spend being told 429 before it fails
+    # Resend a request whose answer never came (`--retry-timeouts`): each send may be billed.
+    retry_unanswered: bool = False
 
     def backoff(self, attempt: int, rng: random.Random) -> float:
         return rng.uniform(0, min(self.max_backoff, self.base * 2**attempt))
@@ -130,11 +141,12 @@ class CookielessClient(httpx.AsyncClient):
 
 @dataclass
 class Attempt:
-    """One try of one request, for the run journal."""
+    """One try of one request, for the run journal and the budget."""
 
     status: int | None
     seconds: float
     error: str | None = None
+    unanswered: bool = False  # sent, and no answer came: the provider may have billed it
 
 
 def network_error(exc: BaseException, url: httpx.URL) -> str:
@@ -306,7 +318,14 @@ class ApiClient:
                 raw = response.content
             except TRANSPORT_ERRORS as exc:
                 reason = self.redact(network_error(exc, self._api_url))
-                attempts.append(Attempt(None, self.clock() - started, reason))
+                unanswered = not isinstance(exc, NOT_SENT_ERRORS)
+                attempts.append(Attempt(None, self.clock() - started, reason, unanswered))
+                if unanswered and not self.policy.retry_unanswered:
+                    raise NoAnswer(
+                        request_id,
+                        f"{reason}, after sending: the provider may have billed it; "
+                        "rerun to try again (or --retry-timeouts)",
+                    ) from None
                 return Verdict(Action.RETRY, reason)
             status, elapsed = response.status_code, self.clock() - started
             if status == 200:

@@ -42,11 +42,13 @@ class Cost:
 
 @dataclass(frozen=True, slots=True)
 class Charge:
-    """What a request's outcome costs: whether the provider billed it, and what its answer
-    reported (None: it did not say; the reservation's expectation is charged)."""
+    """What a request's outcome costs: whether an answer billed it, what the answer reported
+    (None: it did not say; the reservation's expectation is charged), and how many sends
+    had no answer (each may have been billed: each is charged the expectation)."""
 
     billed: bool
     reported: float | None = None
+    unanswered: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,9 +116,12 @@ class Budget:
         self.reserved = max(0.0, self.reserved - reservation.credits)
         model = reservation.cost.model
         self._in_flight[model] -= 1
-        if not billed:
+        guessed = reservation.credits * charge.unanswered
+        self.spent += guessed
+        self.estimated += guessed
+        if not billed and not charge.unanswered:
             self.sent -= 1
-        else:
+        elif billed:
             self.spent += reservation.credits if reported is None else reported
             self.estimated += reservation.credits if reported is None else 0.0
             known = self.ratios.get(model, 0.0)
@@ -146,10 +151,11 @@ class Budget:
 
 
 def charge_of_failure(exc: BaseException, attempts: Sequence[Attempt]) -> Charge:
-    """How a request that ended in `exc` is charged. An answer
-    that was not usable was billed (a 200), at what it reported if it did; so may have been
-    any attempt without an answer (the connection may have broken after the body was sent);
-    refusals (4xx, 5xx) and requests never sent were not."""
+    """How a request that ended in `exc` is charged. An answer that was not usable was billed
+    (a 200), at what it reported if it did; so may have been every send without an answer (a
+    read timeout, a connection broken after the body was sent); refusals (4xx, 5xx) and
+    requests that never left (DNS, a refused connection, a connect timeout) were not."""
+    unanswered = sum(1 for a in attempts if a.unanswered)
     if isinstance(exc, BadResponse):
-        return Charge(billed=True, reported=exc.credits)
-    return Charge(billed=any(a.status is None for a in attempts))
+        return Charge(billed=True, reported=exc.credits, unanswered=unanswered)
+    return Charge(billed=False, unanswered=unanswered)

@@ -34,7 +34,12 @@ class Journal:
             reason=result.reason,
             seconds=round(result.seconds, 4),
             attempts=[
-                {"status": a.status, "seconds": round(a.seconds, 4), "error": a.error}
+                {
+                    "status": a.status,
+                    "seconds": round(a.seconds, 4),
+                    "error": a.error,
+                    **({"unanswered": True} if a.unanswered else {}),
+                }
                 for a in attempts
             ],
         )

@@ -19,6 +19,7 @@ class RunOptions:
     concurrency: int = 4
     rate: Rate | None = None
     retries: int = 3
+    retry_timeouts: bool = False  # resend a request whose answer never came (each may bill)
     timeout: float = 120.0
     only: tuple[str, ...] = ()
     force: bool = False

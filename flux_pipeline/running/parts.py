@@ -25,6 +25,7 @@ from ..store.costs import learned_ratios
 from ..store.fetcher import ImageFetcher
 from ..store.lock import Lock
 from ..store.output_folder import OutputFolder
+from ..store.unusable import UnusableAnswers
 from ..store.writer_lock import FOLDER
 from .budget import Budget
 from .journal import Journal
@@ -53,6 +54,7 @@ class RunFiles:
     cache: OutputCache
     found: Recovered
     ratios: dict[str, float]  # what each model has cost, relative to the price table
+    unusable: UnusableAnswers  # bodies billed for an answer with no usable image
 
     @classmethod
     def open(
@@ -72,7 +74,8 @@ class RunFiles:
         cache = OutputCache(spec.output)
         with contextlib.suppress(OSError):
             cache.remember(entries)
-        return cls(journal, WriteAhead(record_path), cache, found, ratios)
+        unusable = UnusableAnswers(cache.root)
+        return cls(journal, WriteAhead(record_path), cache, found, ratios, unusable)
 
     def __enter__(self) -> RunFiles:
         return self
@@ -113,7 +116,11 @@ class Collaborators:
     ) -> Collaborators:
         """A run's collaborators from its options; `client` and `fetcher` replace the ones
         it would build (a test's, with a clock of its own)."""
-        policy = RetryPolicy(retries=options.retries, max_wait=options.max_wait)
+        policy = RetryPolicy(
+            retries=options.retries,
+            max_wait=options.max_wait,
+            retry_unanswered=options.retry_timeouts,
+        )
         throttles = Throttles(options.concurrency)
         if client is None:
             client = ApiClient(

@@ -37,6 +37,7 @@ class RequestResult:
     attempts: int = 0
     seconds: float = 0.0
     limited: str = ""  # "8 of 64": requests in flight allowed, when a 429 lowered it
+    unanswered: int = 0  # sends whose answer never came: the provider may have billed them
 
 
 @dataclass(frozen=True, slots=True)

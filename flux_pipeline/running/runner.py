@@ -36,7 +36,7 @@ from ..provider.redaction import Redactor, clean_key
 from ..store.cache import OutputCache
 from ..store.lock import Entry, Lock, ShardStamp, repair_lock
 from ..store.output_folder import OutputFolder
-from ..store.planning import Plan, PlanItem, plan
+from ..store.planning import Plan, PlanItem, RequestState, plan
 from ..store.shards import current_lock, made_from
 from ..store.writer_lock import hold_output_folder
 from .keeper import LockKeeper
@@ -75,15 +75,15 @@ def unmatched_only(globs: Sequence[str], ids: Sequence[str]) -> None:
 
 
 def select(items: Iterable[PlanItem], options: RunOptions) -> list[PlanItem]:
-    """The plan items this run must do: in its shard, matching --only, and not up to date
-    (or all, with --force)."""
+    """The plan items this run must do: in its shard, matching --only, and neither up to date
+    nor billed before for an unusable answer (or all, with --force)."""
     chosen = []
     for item in items:
         if options.shard and item.request.id not in options.shard:
             continue
         if options.only and not any(fnmatch.fnmatchcase(item.request.id, g) for g in options.only):
             continue
-        if options.force or not item.state.up_to_date:
+        if options.force or not (item.state.up_to_date or item.state.kind is RequestState.UNUSABLE):
             chosen.append(item)
     return chosen
 
@@ -181,7 +181,10 @@ async def run_async(
             if on_start is not None:
                 on_start(run)
             for item in scope.skipped:
-                run.finish(RequestResult(item.request.id, Status.SKIPPED))
+                if item.state.kind is RequestState.UNUSABLE:  # billed for nothing before
+                    run.finish(RequestResult(item.request.id, Status.NOT_SENT, item.state.reason))
+                else:
+                    run.finish(RequestResult(item.request.id, Status.SKIPPED))
             await run.work(run.adopt(scope.work, files.found.results))
     return run.result(time.monotonic() - started)
 

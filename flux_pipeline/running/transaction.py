@@ -20,7 +20,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from ..errors import RequestFailed, RunStopped, SaveFailed, SendingStopped
+from ..errors import BadResponse, RequestFailed, RunStopped, SaveFailed, SendingStopped
 from ..language.spec import Spec
 from ..language.validation import output_stems
 from ..provider.client import Attempt
@@ -197,7 +197,12 @@ class Run:
             self.stop(failure.stops)
         seconds = time.monotonic() - started
         result = RequestResult(
-            item.request.id, failure.status, failure.reason, attempts=len(attempts), seconds=seconds
+            item.request.id,
+            failure.status,
+            failure.reason,
+            attempts=len(attempts),
+            seconds=seconds,
+            unanswered=sum(1 for a in attempts if a.unanswered),
         )
         self.finish(result, attempts)
 
@@ -255,10 +260,14 @@ class Run:
             generation = await self.client.generate(request.id, body, attempts, throttle)
         except BaseException as exc:
             self.settle(reservation, charge_of_failure(exc, attempts))
+            if isinstance(exc, BadResponse):  # billed for nothing: not sent again unasked
+                with contextlib.suppress(OSError):
+                    self.files.unusable.add(request.body_sha256, request.id, exc.reason)
             raise
         finally:
             self.posting -= 1
-        self.settle(reservation, Charge(billed=True, reported=generation.credits))
+        unanswered = sum(1 for a in attempts if a.unanswered)  # with --retry-timeouts
+        self.settle(reservation, Charge(True, generation.credits, unanswered))
         answer = generation_json(generation)
         self.pending[request.body_sha256] = PendingAnswer(request.id, answer)
         with contextlib.suppress(OSError):  # a safety net: the images are fetched anyway
@@ -334,6 +343,9 @@ class Run:
         entry = Entry.of(item.request, outputs, generation.summary())
         await self.record.durable(self.record.append(done_line(entry)))
         self.pending.pop(item.request.body_sha256, None)
+        if self.options.force:  # a forced resend of a body once billed for nothing
+            with contextlib.suppress(OSError):
+                self.files.unusable.forget(item.request.body_sha256)
         self.keeper.record(entry)
 
     async def store(self, item: PlanItem, generation: Generation) -> list[Output]:

@@ -26,6 +26,7 @@ from .atomic import sha256_file
 from .cache import HashIndex, OutputCache
 from .costs import learned_ratios
 from .lock import Entry, Lock, read_lock
+from .unusable import UnusableAnswers
 
 
 class RequestState(str, Enum):
@@ -35,6 +36,7 @@ class RequestState(str, Enum):
     CHANGED = "changed"
     MISSING = "missing"
     CORRUPT = "corrupt"
+    UNUSABLE = "unusable"  # billed before for an answer with no usable image: --force only
     UP_TO_DATE = "up to date"
 
     def __str__(self) -> str:
@@ -187,6 +189,7 @@ def plan(spec: Spec, requests: Sequence[Request] | None = None, lock: Lock | Non
     folder = spec.lock_path.parent
     cache = OutputCache(spec.output)  # read only if some request is not up to date
     hashes = HashIndex(cache.root / "hashes.json")
+    unusable = UnusableAnswers(cache.root).read()
     items = []
     for request in requests:
         model = get_model(request.model)
@@ -196,6 +199,12 @@ def plan(spec: Spec, requests: Sequence[Request] | None = None, lock: Lock | Non
         ratio = ratios.get(request.model)
         credits = estimate(request.model, width, height, images) * (ratio or 1.0)
         state = state_of(request, entries.get(request.id), folder, hashes)
+        if not state.up_to_date and request.body_sha256 in unusable:
+            why = unusable[request.body_sha256]
+            state = State(
+                RequestState.UNUSABLE,
+                f"billed before with an unusable answer ({why}); --force sends it again",
+            )
         # A free restore is promised only if it will happen: the cached copies are sound.
         cached = not state.up_to_date and cache.restorable(request.body_sha256, hashes.sha256)
         items.append(

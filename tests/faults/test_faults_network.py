@@ -46,12 +46,20 @@ def test_truncated_downloads_are_fetched_again(tmp_path: Path, emulator: Emulato
     assert len(lock(tmp_path)) == 4 and no_temp_files(tmp_path)
 
 
-def test_read_timeout_is_retried_then_reported(tmp_path: Path, emulator: EmulatorServer) -> None:
+def test_read_timeout_is_retried_only_when_asked_then_reported(
+    tmp_path: Path, emulator: EmulatorServer
+) -> None:
     emulator.emulator.configure(latency=(1.0, 1.0))
     result = run(emulator, tmp_path, "--timeout", "0.2", "--retries", "1", "-j", "4")
     assert result.exit_code == 3
+    assert result.stdout.count("read timed out: no answer within --timeout, after sending") == 4
+    assert emulator.emulator.counters.snapshot()["requests"] == 4  # it may have been billed
+    result = run(
+        emulator, tmp_path, "--timeout", "0.2", "--retries", "1", "-j", "4", "--retry-timeouts"
+    )
+    assert result.exit_code == 3
     assert result.stdout.count("read timed out: no answer within --timeout (after 2 attempts)") == 4
-    assert emulator.emulator.counters.snapshot()["requests"] == 8
+    assert emulator.emulator.counters.snapshot()["requests"] == 4 + 8
 
 
 def test_a_trickling_download_meets_its_deadline(tmp_path: Path, emulator: EmulatorServer) -> None:
