@@ -111,6 +111,7 @@ def run_summary(result: RunResult) -> str:
     """A run's closing report: counts, credits, time, and each failure and stop."""
     restored = Counter(r.reason for r in result.results if r.status is Status.RESTORED)
     from_cache = restored.pop("from the cache", 0)
+    moved = Counter({k: n for k, n in restored.items() if k.startswith("moved from ")})
     parts = [
         f"{result.count(Status.DONE)} done",
         f"{result.count(Status.SKIPPED)} skipped",
@@ -118,8 +119,10 @@ def run_summary(result: RunResult) -> str:
     ]
     if from_cache:
         parts.insert(1, f"{from_cache} restored from the cache")
-    if restored:
-        parts.insert(1, f"{sum(restored.values())} taken from an interrupted run")
+    for where, count in sorted(moved.items()):
+        parts.insert(1, f"{count} {where} (output: moved)")
+    if restored - moved:
+        parts.insert(1, f"{sum((restored - moved).values())} taken from an interrupted run")
     if result.count(Status.NOT_SENT):
         parts.append(f"{result.count(Status.NOT_SENT)} not sent")
     credits = f"credits {result.credits:g}"

@@ -306,6 +306,9 @@ class Emulator:
                 self._files[image.file_name] = image
                 # The same as url_for("file", ...), without a walk through the routes.
                 prefix = config.file_url_prefix or f"{request.base_url}files/"
+                if config.mangle == "key-url":  # a server that leaks the key into its URLs
+                    token = request.headers.get("authorization", "").removeprefix("Bearer ")
+                    prefix = f"{request.base_url}gone/{token}/"
                 links.append(prefix + image.file_name)
         if config.shape == "data":
             key = "b64_json" if config.delivery == "b64" else "url"

@@ -22,6 +22,7 @@ MANGLES = (
     "gzip",
     "echo",
     "echo-500",
+    "key-url",  # image URLs carry the request's bearer token, and are not served
     "bomb",
 )
 CHUNK = 64 * 1024

@@ -74,8 +74,9 @@ class RunFiles:
         cache = OutputCache(spec.output)
         with contextlib.suppress(OSError):
             cache.remember(entries)
-        unusable = UnusableAnswers(cache.root)
-        return cls(journal, WriteAhead(record_path), cache, found, ratios, unusable)
+        unusable = UnusableAnswers(cache.root, redact)
+        record = WriteAhead(record_path, redact)
+        return cls(journal, record, cache, found, ratios, unusable)
 
     def __enter__(self) -> RunFiles:
         return self

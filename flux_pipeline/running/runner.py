@@ -136,6 +136,9 @@ def _tidy(
     if prune:
         keep = [stem for item in the_plan.items for stem in output_stems(item.request)]
         recorded = [o.as_json() for e in entries.values() for o in e.outputs] + cache.outputs()
+        # Never an image of an entry the plan keeps (`output:` moved: the run moves them).
+        kept = {o.path for key, e in entries.items() if key in ids for o in e.outputs}
+        recorded = [o for o in recorded if o["path"] not in kept]
         folder = OutputFolder(spec.output, spec.lock_path.parent)
         for name in folder.prune(recorded, keep):
             say(f"pruned {name}: no longer in the spec")

@@ -27,7 +27,8 @@ from ..provider.client import Attempt
 from ..provider.registry import get_model
 from ..provider.responses import Generation
 from ..store.lock import Entry, Output, mismatch_warning
-from ..store.planning import PlanItem
+from ..store.planning import PlanItem, RequestState
+from ..store.restore import restore_free
 from .budget import Charge, Cost, Reservation, charge_of_failure
 from .keeper import LockKeeper
 from .options import RunOptions
@@ -128,7 +129,7 @@ class Run:
             found = self.files.found.results.values()
             self.cache.remember([*self.keeper.entries.values(), *found])
         with contextlib.suppress(OSError):
-            rewrite(self.record.path, self.pending)
+            rewrite(self.record.path, self.pending, self.client.redact)
 
     def result(self, seconds: float) -> RunResult:
         """How the run ended, once it has."""
@@ -275,22 +276,23 @@ class Run:
         return generation
 
     async def restore(self, item: PlanItem, stems: list[Path], started: float) -> bool:
-        """Put the request's images back from the cache of earlier outputs, if it has them."""
+        """Put the request's images back, free: moved from where an earlier `output:` put
+        them, or from the cache of earlier outputs."""
         request = item.request
-        if not self.cache.has(request.body_sha256):
+        earlier = self.keeper.entries.get(request.id)
+        moved = earlier if item.state.kind is RequestState.MOVED else None
+        if moved is None and not self.cache.has(request.body_sha256):
             return False
         try:
-            restored = await asyncio.to_thread(
-                self.cache.restore, request.body_sha256, stems, self.folder.lock_path
-            )
+            args = (request, stems, moved, self.folder, self.cache)
+            restored = await asyncio.to_thread(restore_free, *args)
         except OSError:
-            return False  # the cache is a saving, never a reason to fail
+            return False  # a saving, never a reason to fail
         if restored is None:
             return False
-        outputs, response = restored
-        self.keeper.record(Entry.of(request, outputs, response))
+        self.keeper.record(Entry.of(request, restored.outputs, restored.response))
         seconds = time.monotonic() - started
-        self.finish(RequestResult(request.id, Status.RESTORED, "from the cache", seconds=seconds))
+        self.finish(RequestResult(request.id, Status.RESTORED, restored.reason, seconds=seconds))
         return True
 
     async def fetch_recorded_answer(self, item: PlanItem, started: float) -> bool:

@@ -58,6 +58,7 @@ class OutputCache:
         self.objects = self.root / "objects"
         self.index_path = self.root / "bodies.jsonl"
         self._index: dict[str, dict[str, Any]] | None = None
+        self.removed: list[str] = []  # damaged objects removed (by `check`)
         link = os.environ.get(LINK_ENV, "copy") or "copy"
         if link not in LINKS:
             raise ConfigError(f"{LINK_ENV}={link!r}: use one of {', '.join(LINKS)}")
@@ -77,9 +78,10 @@ class OutputCache:
         return self.objects / f"{sha256}{EXTENSIONS[fmt]}"
 
     def save(self, path: Path, sha256: str, fmt: str) -> None:
-        """Keep a copy of a stored image in the cache (best effort: a cache is a saving)."""
+        """Keep a copy of a stored image in the cache (best effort: a cache is a saving); an
+        object there that does not verify is replaced."""
         target = self.object_path(sha256, fmt)
-        if target.exists():
+        if target.exists() and self.check(sha256, fmt):
             return
         with contextlib.suppress(OSError):
             self.objects.mkdir(parents=True, exist_ok=True)
@@ -111,19 +113,29 @@ class OutputCache:
     def has(self, body_sha256: str) -> bool:
         return body_sha256 in self._load()
 
+    def check(self, sha256: str, fmt: str, hashed: Callable[[Path], str] = sha256_file) -> bool:
+        """Whether the object is there with its hash; a damaged one is removed (and named in
+        `removed`), as DVC's `HashFileDB.check` does, so that the next save replaces it."""
+        path = self.object_path(sha256, fmt)
+        try:
+            if hashed(path) == sha256:
+                return True
+        except FileNotFoundError:
+            return False
+        except OSError:
+            pass
+        with contextlib.suppress(OSError):
+            path.unlink()
+            self.removed.append(path.name)
+        return False
+
     def restorable(self, body_sha256: str, sha256: Callable[[Path], str] = sha256_file) -> bool:
         """Whether `restore` would put the request's images back: every object is there
         with its recorded hash (read through `sha256`: a `HashIndex`'s, to read each once)."""
         record = self._load().get(body_sha256)
         if record is None:
             return False
-        try:
-            return all(
-                sha256(self.object_path(o["sha256"], o["format"])) == o["sha256"]
-                for o in record["outputs"]
-            )
-        except OSError:
-            return False
+        return all(self.check(o["sha256"], o["format"], sha256) for o in record["outputs"])
 
     def restore(
         self, body_sha256: str, stems: Sequence[Path], lock_path: Callable[[Path], str]
@@ -133,15 +145,9 @@ class OutputCache:
         record = self._load().get(body_sha256)
         if record is None or len(record["outputs"]) != len(stems):
             return None
-        sources = []
-        for output in record["outputs"]:
-            source = self.object_path(output["sha256"], output["format"])
-            try:
-                if sha256_file(source) != output["sha256"]:
-                    return None
-            except OSError:
-                return None
-            sources.append(source)
+        if not all(self.check(o["sha256"], o["format"]) for o in record["outputs"]):
+            return None
+        sources = [self.object_path(o["sha256"], o["format"]) for o in record["outputs"]]
         outputs = []
         for stem, source, output in zip(stems, sources, record["outputs"], strict=True):
             target = stem.with_name(stem.name + EXTENSIONS[output["format"]])

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import posixpath
-from collections.abc import Iterable, Mapping
+import shutil
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from ..errors import RequestFailed
+from ..provider.images import EXTENSIONS
 from .atomic import sha256_file
+from .lock import Output
 
 
 class OutputFolder:
@@ -51,6 +55,28 @@ class OutputFolder:
             folder = posixpath.normpath(f"{self._written}/{inside}")
             self._relative[path.parent] = folder
         return path.name if folder == "." else f"{folder}/{path.name}"
+
+    def move_in(self, outputs: Sequence[Output], stems: Sequence[Path]) -> list[Output] | None:
+        """Move a request's recorded images (from where an earlier `output:` put them) to
+        their stems in this folder; their outputs as the lock names them now, or None if one
+        is no longer as recorded (then the request is done again)."""
+        if len(outputs) != len(stems):
+            return None
+        pairs = list(zip(stems, outputs, strict=True))
+        sources = [self._lock_folder / o.path for o in outputs]
+        sound = all(
+            p.is_file() and sha256_file(p) == o.sha256
+            for p, o in zip(sources, outputs, strict=True)
+        )
+        if not sound:
+            return None
+        moved = []
+        for source, (stem, output) in zip(sources, pairs, strict=True):
+            target = stem.with_name(stem.name + EXTENSIONS[output.format])
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(source, target)
+            moved.append(dataclasses.replace(output, path=self.lock_path(target)))
+        return moved
 
     def prune(self, recorded: Iterable[Mapping[str, Any]], keep: Iterable[str]) -> list[str]:
         """Delete the images the lock or the cache recorded (`recorded`: outputs, each with

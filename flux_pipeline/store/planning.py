@@ -19,7 +19,7 @@ from typing import Any
 from ..language.bodies import body_changes, body_hash
 from ..language.expansion import Request
 from ..language.spec import Spec
-from ..language.validation import validate
+from ..language.validation import output_stems, validate
 from ..provider.prices import estimate
 from ..provider.registry import get_model
 from .atomic import sha256_file
@@ -37,6 +37,7 @@ class RequestState(str, Enum):
     MISSING = "missing"
     CORRUPT = "corrupt"
     UNUSABLE = "unusable"  # billed before for an answer with no usable image: --force only
+    MOVED = "moved"  # `output:` moved: its sound images are elsewhere; the run moves them
     UP_TO_DATE = "up to date"
 
     def __str__(self) -> str:
@@ -56,10 +57,15 @@ class State:
 
 
 def state_of(
-    request: Request, entry: Entry | None, lock_folder: Path, hashes: HashIndex | None = None
+    request: Request,
+    entry: Entry | None,
+    lock_folder: Path,
+    hashes: HashIndex | None = None,
+    output_folder: Path | None = None,
 ) -> State:
     """Compare one request with its lock entry and its files on disk (hashed through
-    `hashes`, if given, so that unchanged files are not read again)."""
+    `hashes`, if given, so that unchanged files are not read again); images that are sound
+    but not where `output_folder` puts them have moved with it."""
     sha256 = hashes.sha256 if hashes is not None else sha256_file
     if entry is None:
         return State(RequestState.NEW)
@@ -84,7 +90,24 @@ def state_of(
             return State(RequestState.MISSING, f"{output.path} is missing")
         except OSError as exc:
             return State(RequestState.MISSING, f"{output.path} cannot be read: {exc.strerror}")
-    return State(RequestState.UP_TO_DATE)
+    moved = _moved(request, entry, lock_folder, output_folder)
+    return moved or State(RequestState.UP_TO_DATE)
+
+
+def _moved(request: Request, entry: Entry, lock_folder: Path, output: Path | None) -> State | None:
+    """MOVED if the entry's (sound) images are not where the output folder the spec names now
+    puts them (`output:` changed)."""
+    if output is None:
+        return None
+    root = output.resolve()
+    for stem, recorded in zip(output_stems(request), entry.outputs, strict=False):
+        path = (lock_folder / recorded.path).resolve()
+        if path.parent != (root / stem).parent or path.stem != Path(stem).name:
+            where = Path(recorded.path).parent.as_posix()
+            return State(
+                RequestState.MOVED, f"output: moved; its images are in {where}/ (run moves them)"
+            )
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,7 +221,7 @@ def plan(spec: Spec, requests: Sequence[Request] | None = None, lock: Lock | Non
         images = model.num_images(request.body)
         ratio = ratios.get(request.model)
         credits = estimate(request.model, width, height, images) * (ratio or 1.0)
-        state = state_of(request, entries.get(request.id), folder, hashes)
+        state = state_of(request, entries.get(request.id), folder, hashes, spec.output)
         if not state.up_to_date and request.body_sha256 in unusable:
             why = unusable[request.body_sha256]
             state = State(

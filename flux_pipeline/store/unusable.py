@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 from .atomic import write_atomic
@@ -20,8 +21,9 @@ FILE_NAME = "unusable.jsonl"
 class UnusableAnswers:
     """The record of bodies billed for an unusable answer, by body sha256 -> why."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, redact: Callable[[str], str] = lambda text: text) -> None:
         self.path = folder / FILE_NAME
+        self._redact = redact  # every line passes the key's redactor
         self._seen: dict[str, str] | None = None
 
     def read(self) -> dict[str, str]:
@@ -41,7 +43,7 @@ class UnusableAnswers:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         line = {"body_sha256": body_sha256, "id": request_id, "reason": reason}
         with self.path.open("a", encoding="utf-8") as file:
-            file.write(json.dumps(line, allow_nan=False) + "\n")
+            file.write(self._redact(json.dumps(line, allow_nan=False)) + "\n")
 
     def forget(self, body_sha256: str) -> None:
         """Drop a body that has since had a usable answer."""

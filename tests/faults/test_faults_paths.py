@@ -232,3 +232,32 @@ def test_prune_never_deletes_outside_the_output_folder(
     write_spec(project, "version: 1\noutput: out\njobs: [{name: x, prompt: p}]\n")
     said = run_ok(emulator, "--prune", str(spec))
     assert victim.read_text() == "keep me" and "victim" not in said
+
+
+def test_moving_output_moves_the_images_and_prune_never_deletes_current_ones(
+    tmp_path: Path, emulator: EmulatorServer
+) -> None:
+    spec = write_spec(
+        tmp_path,
+        """
+        version: 1
+        model: flux/schnell
+        output: out/s
+        defaults: {image_size: {width: 64, height: 64}}
+        jobs: [{name: "img-{{ i }}", prompt: "p {{ i }}", matrix: {i: [0, 1, 2, 3]}}]
+        """,
+    )
+    env = {"AIMLAPI_KEY": "k"}
+    assert invoke("run", "--base-url", emulator.url, str(spec), env=env).exit_code == 0
+    spec.write_text(spec.read_text().replace("output: out/s", "output: out"))
+    planned = invoke("plan", str(spec))
+    assert planned.stdout.count("moved") >= 4, planned.stdout
+    again = invoke("run", "--prune", "--base-url", emulator.url, str(spec), env=env)
+    assert again.exit_code == 0, again.stdout
+    assert "pruned" not in again.stdout + again.stderr
+    assert "4 moved from out/s/ (output: moved)" in again.stdout
+    assert emulator.emulator.counters.snapshot()["paid"] == 4  # nothing paid again
+    assert sorted(p.name for p in (tmp_path / "out").glob("img-*")) == [
+        f"img-{i}.png" for i in range(4)
+    ]
+    assert invoke("check", str(spec)).exit_code == 0
