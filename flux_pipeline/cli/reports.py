@@ -107,24 +107,26 @@ def dry_run_lines(items: Iterable[PlanItem]) -> Iterable[str]:
         yield json.dumps({"id": item.request.id, "body": item.request.body}, ensure_ascii=False)
 
 
-def run_summary(result: RunResult) -> str:
-    """A run's closing report: counts, credits, time, and each failure and stop."""
+def _counts(result: RunResult) -> list[str]:
+    """How the run's requests ended, counted: done, restored (by where from), failed."""
     restored = Counter(r.reason for r in result.results if r.status is Status.RESTORED)
     from_cache = restored.pop("from the cache", 0)
     moved = Counter({k: n for k, n in restored.items() if k.startswith("moved from ")})
-    parts = [
-        f"{result.count(Status.DONE)} done",
-        f"{result.count(Status.SKIPPED)} skipped",
-        f"{result.count(Status.FAILED)} failed",
-    ]
-    if from_cache:
-        parts.insert(1, f"{from_cache} restored from the cache")
-    for where, count in sorted(moved.items()):
-        parts.insert(1, f"{count} {where} (output: moved)")
+    parts = [f"{result.count(Status.DONE)} done"]
+    parts += [f"{n} {where} (output: moved)" for where, n in sorted(moved.items())]
     if restored - moved:
-        parts.insert(1, f"{sum((restored - moved).values())} taken from an interrupted run")
+        parts.append(f"{sum((restored - moved).values())} taken from an interrupted run")
+    if from_cache:
+        parts.append(f"{from_cache} restored from the cache")
+    parts += [f"{result.count(Status.SKIPPED)} skipped", f"{result.count(Status.FAILED)} failed"]
     if result.count(Status.NOT_SENT):
         parts.append(f"{result.count(Status.NOT_SENT)} not sent")
+    return parts
+
+
+def run_summary(result: RunResult) -> str:
+    """A run's closing report: counts, credits, time, and each failure and stop."""
+    parts = _counts(result)
     credits = f"credits {result.credits:g}"
     if result.estimated:
         credits += f" ({result.estimated:g} estimated: the answers did not say)"
