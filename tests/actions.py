@@ -2,7 +2,10 @@
 runner would run them, for tests: `run:` steps through bash, this action's steps in order
 with its inputs, the artifact actions as copies between folders, expressions of the kinds the
 files use (`inputs.x`, `env.X`, `matrix.x`, `secrets.X`, `github.event_name`, `==`, `!=`,
-`&&`, `||`, parentheses). Anything else fails loudly rather than being skipped unseen."""
+`!`, `&&`, `||`, parentheses, and the status functions `success()`, `failure()`, `always()`,
+`cancelled()`). A step that fails fails its job: later steps run only if their `if` asks for
+it with a status function, as on GitHub. Anything else fails loudly rather than being skipped
+unseen."""
 
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ ROOT = Path(__file__).parents[1]
 ACTION = "flux-pipeline/flux-pipeline@main"
 _EXPRESSION = re.compile(r"\$\{\{(.*?)\}\}")
 _NAME = re.compile(r"\b(inputs|env|matrix|secrets|github)\.([A-Za-z_][\w-]*)")
+_STATUS = ("success()", "failure()", "always()", "cancelled()")
 
 
 @dataclass
@@ -33,6 +37,8 @@ class Runner:
     secrets: dict[str, str] = field(default_factory=dict)
     env: dict[str, str] = field(default_factory=dict)  # the machine's (e.g. the emulator's URL)
     ran: list[str] = field(default_factory=list)  # the commands run, for the test to read
+    failed: bool = False  # the current job has a failed step
+    failures: list[str] = field(default_factory=list)  # what failed, for the test to read
 
     def evaluate(self, text: str, scope: dict[str, dict[str, Any]]) -> Any:
         """A GitHub expression, without its `${{ }}`."""
@@ -44,7 +50,25 @@ class Runner:
             return repr(str(scope[kind].get(name, "")))
 
         python = _NAME.sub(value, text).replace("&&", " and ").replace("||", " or ")
-        return eval(python, {"__builtins__": {}})  # noqa: S307 - the test's own files
+        python = re.sub(r"!(?!=)", " not ", python)
+        status = {
+            "success": lambda: not self.failed,
+            "failure": lambda: self.failed,
+            "always": lambda: True,
+            "cancelled": lambda: False,
+        }
+        return eval(python, {"__builtins__": {}, **status})  # noqa: S307 - the test's own files
+
+    def should_run(self, condition: Any, scope: dict[str, dict[str, Any]]) -> bool:
+        """A step's (or job's) `if`: without a status function, only while nothing failed."""
+        if condition is None:
+            return not self.failed
+        text = str(condition).strip()
+        if text.startswith("${{") and text.endswith("}}"):
+            text = text[3:-2]
+        if not any(f in text for f in _STATUS):
+            return not self.failed and bool(self.evaluate(text, scope))
+        return bool(self.evaluate(text, scope))
 
     def expand(self, text: Any, scope: dict[str, dict[str, Any]]) -> str:
         """A string with its `${{ }}` expressions replaced by their values."""
@@ -52,11 +76,13 @@ class Runner:
 
     def job(
         self, job: dict[str, Any], workflow_env: dict[str, str], matrix: dict[str, Any]
-    ) -> None:
-        """Run a workflow job's steps (checkout is the workspace already there)."""
+    ) -> bool:
+        """Run a workflow job's steps (checkout is the workspace already there); whether the
+        job succeeded."""
+        self.failed = False
         scope = {"env": workflow_env, "matrix": matrix, "secrets": self.secrets, "inputs": {}}
         for step in job["steps"]:
-            if "if" in step and not self.evaluate(step["if"], scope):
+            if not self.should_run(step.get("if"), scope):
                 continue
             uses = step.get("uses", "")
             if uses.startswith("actions/checkout@"):
@@ -68,6 +94,7 @@ class Runner:
                 self.bash(self.expand(step["run"], scope), workflow_env)
             else:
                 raise AssertionError(f"no way to run the step {step}")
+        return not self.failed
 
     def action(self, given: dict[str, str]) -> None:
         """This project's composite action (action.yml), with `given` inputs."""
@@ -78,7 +105,7 @@ class Runner:
         inputs.update(given)
         scope: dict[str, dict[str, Any]] = {"inputs": inputs}
         for step in action["runs"]["steps"]:
-            if "if" in step and not self.evaluate(step["if"], scope):
+            if not self.should_run(step.get("if"), scope):
                 continue
             env = {k: self.expand(v, scope) for k, v in step.get("env", {}).items()}
             uses = step.get("uses", "")
@@ -105,7 +132,9 @@ class Runner:
             text=True,
             timeout=300,
         )
-        assert done.returncode == 0, (script, done.stdout, done.stderr)
+        if done.returncode != 0:
+            self.failed = True
+            self.failures.append(f"{script.strip()[:80]}: exit {done.returncode}: {done.stdout}")
         self.ran += [line.split()[1] for line in re.findall(r"flux-pipeline \w+[^\n]*", script)]
         self.output = done.stdout + done.stderr
 

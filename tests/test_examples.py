@@ -97,7 +97,8 @@ def test_github_workflow_with_the_action_works_in_job_order(
     git(first, "-c", "user.name=u", "-c", "user.email=u@x", "commit", "-q", "-m", "specs")
     git(first, "push", "-q", "origin", "main")
     ran = run_workflow(workflow, first, emulator, tmp_path / "artifacts-1")
-    assert ran == ["validate", "run"] * 4 + ["merge", "check", "gallery"]
+    assert not ran.failures
+    assert ran.ran == ["validate", "run"] * 4 + ["merge", "check", "gallery"]
     assert (first / "examples/out/product-shots/gallery.html").is_file()
     assert not list((first / "examples").glob("*.shard-*"))
     paid = emulator.emulator.counters.snapshot()["paid"]
@@ -110,7 +111,7 @@ def test_github_workflow_with_the_action_works_in_job_order(
     kept = sorted(p.name for p in (second / "examples/out/product-shots").iterdir())
     assert "product-shots.lock.json" in os.listdir(second / "examples")
     assert kept and all(name.endswith((".png", ".jpg")) for name in kept)
-    run_workflow(workflow, second, emulator, tmp_path / "artifacts-2")
+    assert not run_workflow(workflow, second, emulator, tmp_path / "artifacts-2").failures
     assert emulator.emulator.counters.snapshot()["paid"] == paid  # nothing paid again
     # A fork's pull request: no key, so the emulator, offline; nothing is committed.
     fork = tmp_path / "fork"
@@ -120,6 +121,7 @@ def test_github_workflow_with_the_action_works_in_job_order(
     )
     pull = Runner(fork, tmp_path / "artifacts-3", event="pull_request")
     pull.action({"specs": "examples/quickstart.yaml"})
+    assert not pull.failures
     assert emulator.emulator.counters.snapshot()["paid"] == paid  # the API was not called
     assert (fork / "examples/out/quickstart/gallery.html").is_file()
 
@@ -131,9 +133,10 @@ def git(cwd: Path, *args: str) -> str:
 
 def run_workflow(
     workflow: dict[str, Any], root: Path, emulator: EmulatorServer, artifacts: Path
-) -> list[str]:
+) -> Runner:
     """A push's run of the workflow in `root`: the generate job once per shard, then the
-    merge job; the flux-pipeline commands run, in order."""
+    merge job if its `needs` and `if` let it; the runner holds the commands run, in order,
+    and what failed."""
     runner = Runner(
         root,
         artifacts,
@@ -141,11 +144,14 @@ def run_workflow(
         secrets={"AIMLAPI_KEY": "from-a-secret"},
         env={"FLUX_PIPELINE_BASE_URL": emulator.url},
     )
-    jobs = workflow["jobs"]
-    for shard in jobs["generate"]["strategy"]["matrix"]["shard"]:
-        runner.job(jobs["generate"], workflow["env"], {"shard": shard})
-    runner.job(jobs["merge"], workflow["env"], {})
-    return runner.ran
+    jobs, env = workflow["jobs"], workflow["env"]
+    shards = jobs["generate"]["strategy"]["matrix"]["shard"]
+    generated = [runner.job(jobs["generate"], env, {"shard": shard}) for shard in shards]
+    runner.failed = not all(generated)  # what `needs: generate` sees
+    scope: dict[str, dict[str, Any]] = {"env": env, "matrix": {}, "secrets": {}, "inputs": {}}
+    if runner.should_run(jobs["merge"].get("if"), scope):
+        runner.job(jobs["merge"], env, {})
+    return runner
 
 
 def run_example(tmp_path: Path, emulator: EmulatorServer, name: str) -> tuple[Path, dict[str, Any]]:
@@ -251,3 +257,31 @@ def test_the_readme_examples_run_offline_end_to_end(
             404,
         }
         assert len({entries[f"lantern-steps-{n}"]["seed"] for n in (1, 2, 4)}) == 1
+
+
+def test_a_failed_request_in_ci_keeps_what_the_others_paid_for(
+    tmp_path: Path, emulator: EmulatorServer
+) -> None:
+    """One request refused (400, not billed): every shard's partial lock and images are
+    uploaded, merged and committed all the same, the run fails, and the next push pays 0."""
+    workflow = yaml.safe_load((EXAMPLES / "ci/github-actions.yml").read_text())
+    origin = tmp_path / "origin.git"
+    git(tmp_path, "init", "-q", "--bare", "-b", "main", str(origin))
+    first = tmp_path / "first-push"
+    git(tmp_path, "clone", "-q", str(origin), str(first))
+    copy_examples(first)
+    git(first, "add", "examples")
+    git(first, "-c", "user.name=u", "-c", "user.email=u@x", "commit", "-q", "-m", "specs")
+    git(first, "push", "-q", "origin", "main")
+    emulator.emulator.configure(refuse_prompt="banner of a Kettle")
+    ran = run_workflow(workflow, first, emulator, tmp_path / "artifacts-1")
+    assert ran.failures, "the refused request fails the run"
+    assert "merge" in ran.ran  # the merge job ran all the same
+    paid = emulator.emulator.counters.snapshot()["paid"]
+    second = tmp_path / "second-push"
+    git(tmp_path, "clone", "-q", str(origin), str(second))
+    lock = json.loads((second / "examples/product-shots.lock.json").read_text())["requests"]
+    assert "banner-kettle" not in lock and len(lock) == paid  # what was paid for is committed
+    again = run_workflow(workflow, second, emulator, tmp_path / "artifacts-2")
+    assert again.failures  # still refused, and said so
+    assert emulator.emulator.counters.snapshot()["paid"] == paid  # the next push pays 0

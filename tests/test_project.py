@@ -11,10 +11,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from actions import Runner
 from click.testing import CliRunner
 from helpers import invoke, write_spec
 
 from flux_pipeline.cli.app import cli
+from flux_pipeline.emulator import EmulatorServer
 
 ROOT = Path(__file__).parents[1]
 PRE_COMMIT = Path(sys.executable).parent / "pre-commit"
@@ -166,3 +168,44 @@ def test_init_writes_a_spec_that_validates_and_runs_offline(
     assert again.exit_code == 2 and "already exists" in again.stderr
     assert invoke("init").exit_code == 2  # still nothing overwritten
     assert (tmp_path / ".gitignore").read_text().count("**/.flux-cache/") == 1
+
+
+def test_init_ci_workflow_pays_only_on_a_push_and_keeps_what_a_failed_run_paid_for(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, emulator: EmulatorServer
+) -> None:
+    """A same-repository pull request has the secret, yet runs the emulator and commits
+    nothing; a push pays, and commits what it paid for even when one request failed."""
+    origin, repo = tmp_path / "origin.git", tmp_path / "repo"
+    subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(origin)], check=True)
+    subprocess.run(["git", "clone", "-q", str(origin), str(repo)], check=True)
+    monkeypatch.chdir(repo)
+    assert invoke("init", "--ci").exit_code == 0
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "init")
+    workflow = yaml.safe_load((repo / ".github/workflows/images.yml").read_text())
+    secrets, machine = {"AIMLAPI_KEY": "from-a-secret"}, {"FLUX_PIPELINE_BASE_URL": emulator.url}
+
+    pull = Runner(repo, tmp_path / "a1", event="pull_request", secrets=secrets, env=machine)
+    assert pull.job(workflow["jobs"]["images"], {}, {}), pull.failures
+    assert emulator.emulator.counters.snapshot()["paid"] == 0  # the emulator of its own
+    status = subprocess.run(
+        ["git", "status", "--porcelain"], cwd=repo, capture_output=True, text=True
+    ).stdout
+    assert "images.flux.lock.json" in status  # made, not committed
+    git(repo, "reset", "-q", "--hard")
+    git(repo, "clean", "-qfdx")
+
+    emulator.emulator.configure(refuse_prompt="retro studio photograph of a toaster")
+    push = Runner(repo, tmp_path / "a2", event="push", secrets=secrets, env=machine)
+    assert not push.job(workflow["jobs"]["images"], {}, {})  # the refused request fails it
+    assert emulator.emulator.counters.snapshot()["paid"] == 3
+    committed = subprocess.run(
+        ["git", "show", "--stat", "--format=%s", "origin/main"],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+    ).stdout
+    assert committed.startswith("images: images.flux.yaml") and "images.flux.lock.json" in committed
+    again = Runner(repo, tmp_path / "a3", event="push", secrets=secrets, env=machine)
+    again.job(workflow["jobs"]["images"], {}, {})
+    assert emulator.emulator.counters.snapshot()["paid"] == 3  # nothing paid twice

@@ -42,8 +42,10 @@ GITIGNORE_LINES = (
 )
 
 WORKFLOW = """\
-# Generate the images of {spec} on every push that changes it; the lock and the images are
-# committed back, so the next run pays only for what changed.
+# Generate the images of {spec} on every push to main that changes it; the lock and the
+# images are committed back, so the next run pays only for what changed. Pull requests (a
+# fork's, or a branch of this repository) run against the emulator: they check everything but
+# the API, pay nothing, and commit nothing.
 name: images
 on:
   push:
@@ -64,11 +66,11 @@ jobs:
       - uses: flux-pipeline/flux-pipeline@main
         with:
           specs: {spec}
-          # A fork's pull request has no secret: the action then runs against the emulator
-          # (emulator: auto), which checks everything but the API itself.
-          api-key: ${{{{ secrets.AIMLAPI_KEY }}}}
+          # The paid key only on a push to main; without it the action runs the emulator.
+          api-key: ${{{{ github.event_name == 'push' && secrets.AIMLAPI_KEY || '' }}}}
+      # Even when a request failed, what the others paid for is kept; the job still fails.
       - name: Commit the lock and the images
-        if: github.event_name == 'push'
+        if: ${{{{ !cancelled() && github.event_name == 'push' }}}}
         run: |
           git config user.name "github-actions[bot]"
           git config user.email "41898282+github-actions[bot]@users.noreply.github.com"

@@ -155,6 +155,8 @@ class Emulator:
         if not isinstance(body, dict):
             return self._answer(400, "Body validation error: the body must be an object", path)
         problems = check_body(body)
+        if config.refuse_prompt and config.refuse_prompt in str(body.get("prompt", "")):
+            return self._answer(400, "Content moderation: the prompt was refused", path)
         if problems:
             details = [f"{p.path}: {p.message}" for p in problems]
             return self._answer(400, "Body validation error", path, details=details)

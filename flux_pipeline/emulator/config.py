@@ -50,6 +50,7 @@ class EmulatorConfig:
     credits: float | None = None  # balance; 403 "out of credits" once spent
     price_factor: float = 1.0  # charge this times the price table's figure
     api_key: str | None = None  # the only key accepted (401 for others); None: any key
+    refuse_prompt: str | None = None  # a prompt holding this is refused (400), not billed
     # Misbehaviour on cue, for fault tests: answer a paid generation with "html", "no-images",
     # "empty", "bad-b64", or deliver an image that is "not-image", "wrong-size",
     # "wrong-format", a decompression "bomb", or send it "gzip"-encoded (Content-Encoding)
