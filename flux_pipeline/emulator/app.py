@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import gzip
-import hashlib
 import json
 import math
 import random
@@ -17,9 +16,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from typing import Any
-from urllib.parse import urlsplit
 
-import httpx
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -27,14 +24,13 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from ..language.bodies import body_hash
-from ..provider.images import probe
 from ..provider.inputs import input_values
 from ..provider.registry import API_PATH, Model, check_body, get_model
 from .config import CHUNK, FAULT_STATUSES, Counters, EmulatorConfig, credits_for
-from .images import Picture, indexed_png
+from .images import Picture
+from .inputs import Source, read_input
 
 USD_PER_CREDIT = 0.025  # the emulator's figure, not the provider's
-LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 
 
 def error_body(status: int, message: str, path: str, **extra: Any) -> dict[str, Any]:
@@ -68,15 +64,6 @@ class _Order:
         count = model.num_images(body)
         cost = count * credits_for(model.name, width, height, price_factor)
         return cls(model, width, height, count, cost, source.data if source else None)
-
-
-@dataclass(frozen=True, slots=True)
-class Source:
-    """An input image the emulator received (or fetched)."""
-
-    data: bytes
-    width: int
-    height: int
 
 
 class Emulator:
@@ -148,18 +135,9 @@ class Emulator:
         refused = self._refusal(request)
         if refused is not None:
             return refused
-        try:
-            body = json.loads(await request.body())
-        except ValueError:
-            return self._answer(400, "Body validation error: the body is not JSON", path)
-        if not isinstance(body, dict):
-            return self._answer(400, "Body validation error: the body must be an object", path)
-        problems = check_body(body)
-        if config.refuse_prompt and config.refuse_prompt in str(body.get("prompt", "")):
-            return self._answer(400, "Content moderation: the prompt was refused", path)
-        if problems:
-            details = [f"{p.path}: {p.message}" for p in problems]
-            return self._answer(400, "Body validation error", path, details=details)
+        body = await self._body(request)
+        if isinstance(body, Response):
+            return body
         try:
             source = await self._source(body)
         except ValueError as exc:
@@ -206,36 +184,27 @@ class Emulator:
         values = input_values(body)
         with self.counters.lock:
             self.counters.inputs += len(values)
-        sources = [await self._read_input(v) for v in values]
+        sources = [await read_input(v) for v in values]
         return sources[0] if sources else None
 
-    async def _read_input(self, value: str) -> Source:
-        if value.startswith("data:"):
-            header, _, text = value.partition(",")
-            if not header.endswith(";base64"):
-                raise ValueError("an input data: URI must be base64")
-            try:
-                data = base64.b64decode(text, validate=True)
-            except ValueError:
-                raise ValueError("an input data: URI is not valid base64") from None
-        elif urlsplit(value).hostname in LOOPBACK:
-            try:
-                async with httpx.AsyncClient(timeout=10) as client:
-                    answer = await client.get(value)
-                answer.raise_for_status()
-            except httpx.HTTPError as exc:
-                raise ValueError(f"cannot fetch the input {value}: {exc}") from None
-            data = answer.content
-        elif value.startswith(("https://", "http://")):
-            digest = hashlib.sha256(value.encode()).digest()
-            data = indexed_png(512, 512, digest, value[-60:])
-        else:
-            raise ValueError(f"{value[:40]!r} is neither a URL nor a data: URI")
+    async def _body(self, request: Request) -> dict[str, Any] | Response:
+        """The request's body, or the 400 that refuses it (not billed): not JSON, not an
+        object, not the model's schema, or a prompt the emulator was told to refuse."""
+        path = request.url.path
         try:
-            info = probe(data)
-        except ValueError as exc:
-            raise ValueError(f"an input is not an image: {exc}") from None
-        return Source(data, info.width, info.height)
+            body = json.loads(await request.body())
+        except ValueError:
+            return self._answer(400, "Body validation error: the body is not JSON", path)
+        if not isinstance(body, dict):
+            return self._answer(400, "Body validation error: the body must be an object", path)
+        refuse = self.config.refuse_prompt
+        if refuse and refuse in str(body.get("prompt", "")):
+            return self._answer(400, "Content moderation: the prompt was refused", path)
+        problems = check_body(body)
+        if problems:
+            details = [f"{p.path}: {p.message}" for p in problems]
+            return self._answer(400, "Body validation error", path, details=details)
+        return body
 
     def _refusal(self, request: Request) -> Response | None:
         """The answer to a request refused before its body is read: no key (401), a
