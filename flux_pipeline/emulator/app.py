@@ -269,18 +269,7 @@ class Emulator:
         mangled = self._mangled(config.mangle, cost, request.headers.get("authorization", ""))
         if mangled is not None:
             return mangled
-        links = []
-        for image in images:
-            if config.delivery == "b64":
-                links.append(base64.b64encode(image.render()).decode())
-            else:
-                self._files[image.file_name] = image
-                # The same as url_for("file", ...), without a walk through the routes.
-                prefix = config.file_url_prefix or f"{request.base_url}files/"
-                if config.mangle == "key-url":  # a server that leaks the key into its URLs
-                    token = request.headers.get("authorization", "").removeprefix("Bearer ")
-                    prefix = f"{request.base_url}gone/{token}/"
-                links.append(prefix + image.file_name)
+        links = [self._link(request, image) for image in images]
         if config.shape == "data":
             key = "b64_json" if config.delivery == "b64" else "url"
             other = "url" if key == "b64_json" else "b64_json"
@@ -310,6 +299,19 @@ class Emulator:
                 "prompt": body["prompt"],
             }
         )
+
+    def _link(self, request: Request, image: Picture) -> str:
+        """How an answer delivers one image: its URL (served from /files/), or its base64."""
+        config = self.config
+        if config.delivery == "b64":
+            return base64.b64encode(image.render()).decode()
+        self._files[image.file_name] = image
+        # The same as url_for("file", ...), without a walk through the routes.
+        prefix = config.file_url_prefix or f"{request.base_url}files/"
+        if config.mangle == "key-url":  # a server that leaks the key into its URLs
+            token = request.headers.get("authorization", "").removeprefix("Bearer ")
+            prefix = f"{request.base_url}gone/{token}/"
+        return prefix + image.file_name
 
     @staticmethod
     def _mangled(mangle: str | None, cost: float, authorization: str) -> Response | None:
