@@ -113,7 +113,7 @@ def init(spec: Path, ci: bool) -> None:
     """
     from ..errors import ConfigError
 
-    if spec.exists():
+    if spec.exists() or spec.is_symlink():
         raise ConfigError(f"{spec} already exists; nothing was written")
     workflow = Path(".github/workflows/images.yml")
     if ci and workflow.exists():
@@ -132,15 +132,36 @@ def init(spec: Path, ci: bool) -> None:
 
 
 def _write(path: Path, text: str) -> None:
+    """Create `path` as a new regular file: never through a symbolic link (even a dangling
+    one), never over an existing file."""
+    from ..errors import ConfigError
+
+    if path.is_symlink():
+        raise ConfigError(f"{path} is a symbolic link; init writes only files it creates")
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text, encoding="utf-8")
+    try:
+        with path.open("x", encoding="utf-8") as file:
+            file.write(text)
+    except FileExistsError:
+        raise ConfigError(f"{path} already exists; nothing was written") from None
 
 
 def _add_to_gitignore(path: Path) -> list[str]:
-    """Add the tool's folders to a .gitignore (made if need be); the lines added."""
-    existing = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
+    """Add the tool's folders to a .gitignore (made if need be), in its own line endings;
+    the lines added. A .gitignore that is a symbolic link (or not a regular file) is left
+    alone."""
+    if path.is_symlink() or (path.exists() and not path.is_file()):
+        click.echo(
+            f"left {path} alone: it is not a regular file (add {GITIGNORE_LINES[1]} yourself)"
+        )
+        return []
+    raw = path.read_bytes().decode("utf-8") if path.exists() else ""
+    newline = "\r\n" if "\r\n" in raw else "\n"
+    existing = raw.splitlines()
     missing = [line for line in GITIGNORE_LINES[1:] if line not in existing]
     if missing:
-        lines = [*existing, *([""] if existing else []), GITIGNORE_LINES[0], *missing]
-        path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        block = [*([""] if existing else []), GITIGNORE_LINES[0], *missing]
+        glue = "" if not raw or raw.endswith(("\n", "\r")) else newline
+        with path.open("a", encoding="utf-8", newline="") as file:
+            file.write(glue + newline.join(block) + newline)
     return missing

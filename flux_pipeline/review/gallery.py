@@ -23,6 +23,7 @@ from ..language.spec import Spec
 from ..provider.inputs import references
 from ..store.atomic import write_atomic
 from ..store.lock import Output, read_lock
+from ..store.writer_lock import THUMBS, refuse_links
 from . import git
 from .compare import diff_locks, lock_at
 from .grid import Cell, Grid, layout
@@ -168,7 +169,8 @@ def render_page(
     shows; `progress(done, total)` is told of every `PROGRESS_EVERY` images (thumbnails are
     the slow part)."""
     base = spec.lock_path.parent
-    thumbs = spec.output / ".thumbs"
+    refuse_links(spec.output)
+    thumbs = spec.output / THUMBS
     total = sum(len(c.outputs) or 1 for g in grids for cells in g.cells.values() for c in cells)
     counter = itertools.count(1)
 
@@ -223,7 +225,8 @@ def changes(spec: Spec, ref: str, page: Path) -> dict[str, Any]:
     found = {"ref": ref, "rows": rows}
     if diff.empty or old is None or new is None:
         return found
-    thumbs = spec.output / ".thumbs"
+    refuse_links(spec.output)
+    thumbs = spec.output / THUMBS
     base = spec.lock_path.parent
     for key, fields in diff.changed.items():
         before, after = old.entries[key].outputs[0], new.entries[key].outputs[0]

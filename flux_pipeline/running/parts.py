@@ -26,13 +26,11 @@ from ..store.fetcher import ImageFetcher
 from ..store.lock import Lock
 from ..store.output_folder import OutputFolder
 from ..store.unusable import UnusableAnswers
-from ..store.writer_lock import FOLDER
+from ..store.writer_lock import FOLDER, JOURNAL
 from .budget import Budget
 from .journal import Journal
 from .options import RunOptions
 from .recovery import FILE_NAME, Recovered, WriteAhead, read_pending
-
-JOURNAL = ".journal.jsonl"
 
 
 @dataclass(frozen=True, slots=True)

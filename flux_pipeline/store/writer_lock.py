@@ -24,13 +24,41 @@ from pathlib import Path
 
 import filelock
 
-from ..errors import OutputFolderBusy, OutputFolderTaken
+from ..errors import ConfigError, OutputFolderBusy, OutputFolderTaken
 from .atomic import write_atomic
 
 FOLDER = ".flux-cache"
 LOCK_FILE = "writer.lock"
 HOLDER_FILE = "writer.json"  # who holds the lock: beside it, as filelock truncates its file
 OWNER_FILE = "owner.json"  # the spec whose output folder it is: the path of its lock
+JOURNAL = ".journal.jsonl"  # the diagnosis journal, in the output folder
+THUMBS = ".thumbs"  # the gallery's thumbnails, in the output folder
+# The tool's own files and folders: in the output folder, and in its FOLDER.
+OWN_NAMES = (FOLDER, JOURNAL, THUMBS)
+OWN_IN_FOLDER = (
+    LOCK_FILE,
+    HOLDER_FILE,
+    OWNER_FILE,
+    "objects",
+    "bodies.jsonl",
+    "hashes.json",
+    "pending.jsonl",
+    "unusable.jsonl",
+)
+
+
+def refuse_links(output: Path) -> None:
+    """ConfigError if one of the tool's own files or folders in `output` is a symbolic link:
+    what the tool writes there would land wherever the link points (a victim file appended
+    to, a folder filled). The output folder itself may be a link; what the tool keeps in it
+    may not."""
+    paths = [output / n for n in OWN_NAMES] + [output / FOLDER / n for n in OWN_IN_FOLDER]
+    for path in paths:
+        if path.is_symlink():
+            raise ConfigError(
+                f"{path} is a symbolic link (to {os.readlink(path)}); flux-pipeline keeps its "
+                "own files there and does not follow links: remove the link"
+            )
 
 
 def _holder(root: Path) -> str:
@@ -63,6 +91,7 @@ def hold_output_folder(
     for), then raise OutputFolderBusy naming the holder. If the folder is another spec's
     (its lock still exists), raise OutputFolderTaken."""
     root = output / FOLDER
+    refuse_links(output)
     root.mkdir(parents=True, exist_ok=True)
     lock = filelock.FileLock(root / LOCK_FILE)
     try:

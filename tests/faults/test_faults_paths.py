@@ -261,3 +261,58 @@ def test_moving_output_moves_the_images_and_prune_never_deletes_current_ones(
         f"img-{i}.png" for i in range(4)
     ]
     assert invoke("check", str(spec)).exit_code == 0
+
+
+@pytest.mark.parametrize("name", [".journal.jsonl", ".flux-cache", ".flux-cache/objects"])
+def test_the_tools_own_files_are_never_followed_through_a_link(
+    tmp_path: Path, emulator: EmulatorServer, name: str
+) -> None:
+    spec = write_spec(
+        tmp_path / "project",
+        """
+        version: 1
+        model: flux/schnell
+        output: out/s
+        defaults: {image_size: {width: 64, height: 64}}
+        jobs: [{name: a, prompt: p}]
+        """,
+    )
+    victim = tmp_path / "elsewhere"
+    victim.mkdir()
+    (victim / "journal.txt").write_text("keep me\n")
+    link = tmp_path / "project/out/s" / name
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.symlink_to(victim / "journal.txt" if name.endswith(".jsonl") else victim)
+    result = invoke("run", "--base-url", emulator.url, str(spec), env={"AIMLAPI_KEY": "k"})
+    assert result.exit_code == 2
+    assert f"{name} is a symbolic link" in result.stderr
+    assert sorted(p.name for p in victim.iterdir()) == ["journal.txt"]
+    assert (victim / "journal.txt").read_text() == "keep me\n"
+    assert emulator.emulator.counters.snapshot()["requests"] == 0
+
+
+def test_init_writes_only_regular_files_it_creates(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    project, elsewhere = tmp_path / "project", tmp_path / "elsewhere"
+    project.mkdir()
+    elsewhere.mkdir()
+    monkeypatch.chdir(project)
+    (project / "images.flux.yaml").symlink_to(elsewhere / "spec.yaml")  # dangling
+    refused = invoke("init")
+    assert refused.exit_code == 2 and "already exists" in refused.stderr
+    assert not (elsewhere / "spec.yaml").exists()
+
+    (elsewhere / "ignore").write_bytes(b"*.pyc\r\n")
+    (project / ".gitignore").symlink_to(elsewhere / "ignore")
+    made = invoke("init", "other.flux.yaml")
+    assert made.exit_code == 0, made.stderr
+    assert "left .gitignore alone" in made.stdout
+    assert (elsewhere / "ignore").read_bytes() == b"*.pyc\r\n"  # untouched
+
+    (project / ".gitignore").unlink()
+    (project / ".gitignore").write_bytes(b"*.pyc\r\n")
+    assert invoke("init", "third.flux.yaml").exit_code == 0
+    text = (project / ".gitignore").read_bytes()
+    assert text.startswith(b"*.pyc\r\n") and b"**/.flux-cache/\r\n" in text
+    assert b"\n" not in text.replace(b"\r\n", b"")  # its own line endings kept
