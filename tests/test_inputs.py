@@ -11,12 +11,15 @@ from pathlib import Path
 
 import pytest
 from helpers import KEY, build_file_tree, invoke, write_spec
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from flux_pipeline.emulator import EmulatorServer
 from flux_pipeline.emulator.config import PNG_SIGNATURE
 from flux_pipeline.language.spec import load_spec
-from flux_pipeline.provider.inputs import MAX_INPUT_BYTES, parse_reference
+from flux_pipeline.provider.inputs import MAX_INPUT_BYTES, InputFiles, parse_reference
+from flux_pipeline.provider.registry import check_body
 from flux_pipeline.store.planning import plan
 
 EDIT_SPEC = """
@@ -192,3 +195,40 @@ def test_diff_and_body_changes_name_the_input_that_changed(tmp_path: Path) -> No
     ]
     moved = {**after, "image_url": after["image_url"].replace("photos/a.png", "photos/b.png")}
     assert body_changes(before, moved) == ["image_url"]
+
+
+# Names a camera, a phone or a screenshot tool makes: spaces, `#`, `%`, `&`, accents, even a
+# line break. Not `/` (a folder) nor NUL, which no file name holds.
+NAMES = st.text(
+    alphabet=st.characters(blacklist_characters="/\0", blacklist_categories=("Cs",)),
+    min_size=1,
+    max_size=40,
+).filter(lambda n: n not in (".", "..") and len(n.encode()) < 200)
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(name=NAMES)
+def test_any_file_name_round_trips_through_its_reference(tmp_path: Path, name: str) -> None:
+    folder = tmp_path / "names"
+    path = photo(folder / "photos" / (name + ".png"))
+    reference = InputFiles(folder).load(f"photos/{path.name}")
+    assert parse_reference(reference.text) == reference
+    body = {"model": "flux/kontext-pro/image-to-image", "prompt": "p", "image_url": reference.text}
+    assert check_body(body) == []
+
+
+def test_a_screenshot_with_spaces_and_a_hash_in_its_name_is_edited(
+    tmp_path: Path, emulator: EmulatorServer
+) -> None:
+    photo(tmp_path / "photos" / "Screenshot 2024-01-01 at 10.00.00.png")
+    photo(tmp_path / "photos" / "a#b.png", colour=(200, 30, 30))
+    text = EDIT_SPEC.format(photos='{files: "photos/*.png"}').replace("stem }}", "stem | slug }}")
+    spec = write_spec(tmp_path, text)
+    assert invoke("validate", str(spec)).exit_code == 0
+    result = invoke("run", "--base-url", emulator.url, str(spec), env=KEY)
+    assert result.exit_code == 0, result.stdout + result.stderr
+    assert emulator.emulator.counters.snapshot()["paid"] == 4
+    lock = json.loads(spec.with_name("spec.lock.json").read_text())["requests"]
+    assert "file:photos/Screenshot%202024-01-01%20at%2010.00.00.png#sha256=" in json.dumps(lock)

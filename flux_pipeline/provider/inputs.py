@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,8 +58,11 @@ class Reference:
 
     @property
     def text(self) -> str:
-        """What a request body carries in place of the image's bytes."""
-        return f"file:{self.path}#sha256={self.sha256}&size={self.width}x{self.height}"
+        """What a request body carries in place of the image's bytes. The path is
+        percent-encoded (a camera's or a screenshot tool's names hold spaces, `#`, even line
+        breaks); a plain name reads the same either way."""
+        path = urllib.parse.quote(self.path, safe="/")
+        return f"file:{path}#sha256={self.sha256}&size={self.width}x{self.height}"
 
     @property
     def size(self) -> tuple[int, int]:
@@ -72,7 +76,12 @@ def parse_reference(text: Any) -> Reference | None:
     match = _REFERENCE.fullmatch(text)
     if match is None:
         return None
-    return Reference(match["path"], match["sha"], int(match["w"]), int(match["h"]))
+    try:
+        path = urllib.parse.unquote(match["path"], errors="strict")
+    except UnicodeDecodeError:
+        return None
+    reference = Reference(path, match["sha"], int(match["w"]), int(match["h"]))
+    return reference if reference.text == text else None  # only what image_file() makes
 
 
 def input_values(body: Mapping[str, Any]) -> list[Any]:
