@@ -10,6 +10,12 @@ The specs come from `tests/fuzz_specs.py`, seeded: the
 same run gives the same specs.
 
     python bench/fuzz.py [--specs 10000] [--seed 0]
+    python bench/fuzz.py --files 60 [--seed 0]
+
+`--files N` runs N hostile *files* instead (`tests/fuzz_files.py`, full size: globs with
+repeated `**` over 40-deep trees, FIFOs, rows files of up to 5 MB, filter bombs, 900k-item
+`vars:` lists), each `validate` in a process of its own (a FIFO must not block it), and
+prints each attack's slowest wall time and largest peak RSS.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from _common import report
 sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))
 
 from click.testing import CliRunner  # noqa: E402
+from fuzz_files import attack  # noqa: E402
 from fuzz_specs import spec_text  # noqa: E402
 
 from flux_pipeline.cli import cli  # noqa: E402
@@ -83,6 +90,43 @@ print("VmHWM", next(l.split()[1] for l in status.splitlines() if l.startswith("V
 """
 
 
+def files_run(count: int, seed: int) -> None:
+    """`--files`: hostile files at full size, each validated in a fresh process (timed, its
+    peak RSS read); a process still running after 60 s counts as hung."""
+    rng = random.Random(seed)
+    slowest: dict[str, float] = {}
+    biggest: dict[str, float] = {}
+    answers: Counter[str] = Counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in range(count):
+            name, spec = attack(rng, Path(tmp) / f"case-{n}", scale=1.0)
+            started = time.perf_counter()
+            try:
+                done = subprocess.run(
+                    [sys.executable, "-c", CHILD, str(spec)],
+                    capture_output=True,
+                    text=True,
+                    timeout=60,
+                )
+            except subprocess.TimeoutExpired:
+                answers[f"{name}: hung"] += 1
+                continue
+            seconds = time.perf_counter() - started
+            peak = [x for x in done.stdout.splitlines() if x.startswith("VmHWM")][-1]
+            slowest[name] = max(slowest.get(name, 0.0), seconds)
+            biggest[name] = max(biggest.get(name, 0.0), int(peak.split()[1]) / 1024)
+            crashed = "internal error" in done.stderr or "Traceback" in done.stderr
+            answers[f"{name}: {'crash' if crashed else 'answered'}"] += 1
+    rows = [[k, slowest[k], biggest[k]] for k in sorted(slowest)]
+    rows += [[k, v, ""] for k, v in sorted(answers.items())]
+    report(
+        "fuzz: hostile files through validate (a process each, start-up included)",
+        ["attack", "slowest, s", "peak RSS, MB"],
+        rows,
+        {"slowest": slowest, "rss_mb": biggest, "answers": dict(answers)},
+    )
+
+
 def fresh_process_rss(text: str) -> float:
     """The peak RSS, in MB, of `validate` on one spec in a process of its own (its VmHWM,
     which starts afresh at exec: a fork of this big process would count this one's pages)."""
@@ -100,7 +144,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--specs", type=int, default=10_000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--files", type=int, default=0, help="hostile files instead of specs")
     args = parser.parse_args()
+    if args.files:
+        files_run(args.files, args.seed)
+        return
     rng = random.Random(args.seed)
     runner = CliRunner()
     outcomes: Counter[str] = Counter()

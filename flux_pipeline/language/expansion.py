@@ -101,7 +101,7 @@ def job_combinations(
                     )
                 ]
             )
-        combos += read_cases_file(path, file, job.cases_line)
+        combos += read_cases_file(path, file, job.cases_line, spec.max_requests)
     if job.matrix is None and not job.cases and job.cases_file is None:
         combos.append({})
     return combos

@@ -11,15 +11,18 @@ no combination, is an error (GitHub ignores them, and every request is still mad
 from __future__ import annotations
 
 import csv
+import io
 import itertools
+import os
+import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-import yaml
-
+from ..defaults import MAX_SPEC_REQUESTS
 from ..errors import Problem, SpecInvalid, did_you_mean, format_combo
 from .spec import Job, Spec, load_yaml
+from .yaml_lines import read_text
 
 ENTRIES = ("include", "exclude")
 
@@ -83,73 +86,162 @@ def _matches(combo: Mapping[str, Any], entry: Mapping[str, Any]) -> bool:
     return all(k in combo and combo[k] == v for k, v in entry.items())
 
 
+_INT = re.compile(r"[-+]?(0|[1-9][0-9]{0,17})")  # a leading 0 (an id like 007) stays text
+_FLOAT = re.compile(r"[-+]?([0-9]+\.[0-9]*|\.[0-9]+)([eE][-+]?[0-9]{1,3})?")
+_BOOLS = {"true": True, "True": True, "TRUE": True, "false": False, "False": False, "FALSE": False}
+
+
 def _cell(text: str) -> Any:
-    """A CSV cell as YAML would read the plain scalar: numbers and booleans get their type."""
-    if text == "":
-        return text
-    try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
-    return value if isinstance(value, int | float | bool) else text
+    """A CSV cell by a plain rule: an integer or a decimal number is a number, `true` and
+    `false` are booleans, anything else (`yes`, `007`, `1e5`) is the text as written."""
+    if _INT.fullmatch(text):
+        return int(text)
+    if _FLOAT.fullmatch(text):
+        return float(text)
+    return _BOOLS.get(text, text)
 
 
-def read_cases_file(path: Path, file: str, line: int) -> list[dict[str, Any]]:
-    """Rows of a CSV, YAML or JSON file as mappings. Raises SpecInvalid on a bad file."""
+def read_cases_file(
+    path: Path, file: str, line: int, max_rows: int = MAX_SPEC_REQUESTS
+) -> list[dict[str, Any]]:
+    """Rows of a CSV, YAML or JSON file as mappings: a regular file of at most 5 MB, and at
+    most `max_rows` rows (counted while reading). Raises SpecInvalid on a bad file."""
 
     def fail(message: str, at: int | None = line, where: str = file) -> SpecInvalid:
         return SpecInvalid([Problem(message, file=where, line=at, path="cases_file")])
 
     suffix = path.suffix.lower()
-    if suffix == ".csv":
-        try:
-            with path.open(newline="", encoding="utf-8") as handle:
-                reader = csv.DictReader(handle)
-                rows = []
-                for row in reader:
-                    if None in row or any(v is None for v in row.values()):
-                        raise fail(
-                            f"row {reader.line_num} has a different number of columns "
-                            f"than the header",
-                            reader.line_num,
-                            str(path),
-                        )
-                    rows.append({k: _cell(v) for k, v in row.items()})
-                return rows
-        except FileNotFoundError:
-            raise fail(f"cases_file not found: {path}") from None
-        except (OSError, UnicodeDecodeError, csv.Error) as exc:
-            raise fail(f"cannot read cases_file {path}: {exc}") from exc
-    if suffix in (".yaml", ".yml", ".json"):
+    if suffix not in (".csv", ".yaml", ".yml", ".json"):
+        raise fail(f"cases_file must be .csv, .yaml, .yml or .json, not {path.name!r}")
+    too_many = f"cases_file {path} has more than {max_rows:,} rows (--max-spec-requests)"
+    if suffix != ".csv":
         data = load_yaml(path, what="cases")  # JSON is YAML
         if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
             raise fail(f"cases_file {path} must hold a list of mappings")
+        if len(data) > max_rows:
+            raise fail(too_many)
         return [dict(r) for r in data]
-    raise fail(f"cases_file must be .csv, .yaml, .yml or .json, not {path.name!r}")
+    try:
+        text = read_text(path, what="cases")
+    except SpecInvalid as exc:
+        raise fail(f"cases_file {path}: {exc.problems[0].message}") from None
+    try:
+        return _csv_rows(text, str(path), max_rows, too_many)
+    except csv.Error as exc:
+        raise fail(f"cannot read cases_file {path}: {exc}") from None
+    except _BadRow as exc:
+        raise fail(exc.message, exc.line if exc.where else line, exc.where or file) from None
+
+
+class _BadRow(Exception):
+    def __init__(self, message: str, line: int | None, where: str) -> None:
+        self.message, self.line, self.where = message, line, where
+
+
+def _csv_rows(text: str, where: str, max_rows: int, too_many: str) -> list[dict[str, Any]]:
+    """A CSV's rows, each cell by the plain rule; _BadRow for a ragged row or one too many."""
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    rows: list[dict[str, Any]] = []
+    for row in reader:
+        if None in row or any(v is None for v in row.values()):
+            message = f"row {reader.line_num} has a different number of columns than the header"
+            raise _BadRow(message, reader.line_num, where)
+        if len(rows) == max_rows:
+            raise _BadRow(too_many, None, "")  # at the spec's line
+        rows.append({k: _cell(v) for k, v in row.items()})
+    return rows
+
+
+MAX_GLOB_FOLDERS = 10_000  # folders a `{files: GLOB}` axis may look through
 
 
 def files_axis(folder: Path, pattern: str) -> list[str]:
     """The values of a `{files: GLOB}` axis: the files the glob matches inside the spec's
-    folder, as sorted POSIX paths relative to it. ValueError if it matches none."""
+    folder, as sorted POSIX paths relative to it. ValueError if it matches none.
+
+    The tree is walked once, whatever the glob (`**` repeated costs nothing more), through at
+    most MAX_GLOB_FOLDERS folders; `{jpg,png}` offers alternatives, as shells do."""
     if Path(pattern).is_absolute() or ".." in PurePosixPath(pattern).parts:
         raise ValueError(f"files: {pattern!r} must stay inside the spec's folder")
     root = folder.resolve()
-    found = sorted(
-        p.relative_to(root).as_posix()
-        for p in root.glob(pattern)
-        if p.is_file() and p.resolve().is_relative_to(root)
-    )
+    matches = glob_regex(pattern).fullmatch
+    parts = PurePosixPath(pattern).parts
+    fixed = list(itertools.takewhile(lambda p: not any(c in p for c in "*?[{"), parts[:-1]))
+    # Only where the glob can match: below its fixed folders, no deeper than its parts.
+    depth = None if "**" in parts else len(parts) - len(fixed) - 1
+    start = root.joinpath(*fixed)
+    found = []
+    for visited, (here, folders, files) in enumerate(os.walk(start), start=1):
+        if visited > MAX_GLOB_FOLDERS:
+            raise ValueError(
+                f"files: {pattern!r} looks through more than {MAX_GLOB_FOLDERS:,} folders; "
+                "narrow it (a folder instead of **)"
+            )
+        base = Path(here).relative_to(root).as_posix()
+        if depth is not None and len(Path(here).relative_to(start).parts) >= depth:
+            folders.clear()
+        for name in files:
+            relative = name if base == "." else f"{base}/{name}"
+            path = Path(here, name)
+            if matches(relative) and path.is_file() and path.resolve().is_relative_to(root):
+                found.append(relative)
     if not found:
         raise ValueError(f"files: {pattern!r} matches no file in {folder}")
-    return found
+    return sorted(found)
 
 
-def rows_axis(folder: Path, relative: str, file: str, line: int) -> list[Row]:
+def glob_regex(pattern: str) -> re.Pattern[str]:
+    """A glob as one regular expression over POSIX paths: `*` and `?` within a name,
+    `[...]` a class, `{a,b}` alternatives, a `**` part any number of folders (repeated `**`
+    parts are one)."""
+    parts: list[str] = []
+    for part in PurePosixPath(pattern).parts:
+        if part == "**":
+            if not parts or parts[-1] != "**":
+                parts.append("**")
+        else:
+            parts.append(part)
+    out = ""
+    for k, part in enumerate(parts):
+        last = k == len(parts) - 1
+        if part == "**":
+            out += "(?:.*)" if last else "(?:[^/]+/)*"
+        else:
+            out += _name_regex(part) + ("" if last else "/")
+    return re.compile(out, re.DOTALL)
+
+
+def _name_regex(part: str) -> str:
+    out, i = "", 0
+    while i < len(part):
+        c = part[i]
+        if c == "*":
+            out += "[^/]*"
+        elif c == "?":
+            out += "[^/]"
+        elif c == "[" and "]" in part[i + 2 :]:
+            end = part.index("]", i + 2)
+            body = part[i + 1 : end].replace("\\", "\\\\")
+            out += "[" + ("^" + body[1:] if body.startswith("!") else body) + "]"
+            i = end
+        elif c == "{" and "}" in part[i:]:
+            end = part.index("}", i)
+            out += "(?:" + "|".join(re.escape(a) for a in part[i + 1 : end].split(",")) + ")"
+            i = end
+        else:
+            out += re.escape(c)
+        i += 1
+    return out
+
+
+def rows_axis(
+    folder: Path, relative: str, file: str, line: int, max_rows: int = MAX_SPEC_REQUESTS
+) -> list[Row]:
     """The values of a `{rows: FILE}` axis: the file's rows (ValueError if it has none)."""
     target = (folder / relative).resolve()
     if not target.is_relative_to(folder.resolve()):
         raise ValueError(f"rows: {relative!r} is outside the spec's folder")
-    rows = [Row(r) for r in read_cases_file(target, file, line)]
+    rows = [Row(r) for r in read_cases_file(target, file, line, max_rows)]
     if not rows:
         raise ValueError(f"rows: {relative!r} has no rows")
     return rows
@@ -167,7 +259,8 @@ def resolved_matrix(spec: Spec, job: Job) -> Mapping[str, Any] | None:
                 if "files" in value:
                     matrix[axis] = files_axis(spec.folder, value["files"])
                 else:
-                    matrix[axis] = rows_axis(spec.folder, value["rows"], str(spec.path), job.line)
+                    at = (str(spec.path), job.line, spec.max_requests)
+                    matrix[axis] = rows_axis(spec.folder, value["rows"], *at)
             except ValueError as exc:
                 line = job.matrix_lines.get(axis, job.line)
                 where = f"matrix.{axis}"

@@ -39,9 +39,10 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment, safe_range
 
 from ..errors import Explained, did_you_mean
 from ..provider.inputs import InputFiles
+from .sizes import MAX_RENDERED_CHARS, check_method, check_widths, guard_filters
+from .yaml_lines import MAX_SPEC_BYTES, not_regular
 
 COUNTED = "__flux_counted"  # the global that counts a loop's iterations
-MAX_RENDERED_CHARS = 100_000
 MAX_ITEMS = 10_000  # items of a rendered list or mapping, nested ones included
 MAX_POWER = 4096
 TOO_LONG = f"rendered text is longer than {MAX_RENDERED_CHARS:,} characters"
@@ -50,8 +51,6 @@ MAX_STEPS = 2_000_000  # loop iterations and calls, across all templates of a sp
 OUTPUT_CHARS_PER_STEP = 5  # so a spec renders at most 10 M characters in all
 CALL_STEPS = 20  # a call (a macro's above all) costs about as much as 20 loop iterations
 _steps: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar("steps", default=None)
-_WIDTH = re.compile(r"%[-+ #0]*(\d*)(?:\.(\d+))?|\{[^{}]*?:[^{}\d]*(\d+)(?:\.(\d+))?")
-_PADDING_METHODS = frozenset({"center", "ljust", "rjust", "zfill", "expandtabs"})
 
 
 @contextlib.contextmanager
@@ -83,13 +82,6 @@ def _counted(iterable: Iterable[Any]) -> Iterator[Any]:
         yield item
 
 
-def _check_widths(text: str) -> None:
-    """SecurityError if a `%` or `{}` format in `text` pads past the size cap."""
-    for match in _WIDTH.finditer(text):
-        if any(n and int(n) > MAX_RENDERED_CHARS for n in match.groups()):
-            raise SecurityError(f"a format pads past {MAX_RENDERED_CHARS:,} characters")
-
-
 def stem(value: Any) -> str:
     """A path's file name without its extension: `photos/mug.jpg` -> `mug`."""
     return PurePosixPath(str(value)).stem
@@ -110,11 +102,22 @@ def slug(value: Any) -> str:
 
 
 class _ConfinedLoader(jinja2.FileSystemLoader):
-    """A FileSystemLoader that refuses files whose real path lies outside its folders."""
+    """A FileSystemLoader that refuses files whose real path lies outside its folders, and
+    what is not a regular file (a FIFO would block the read forever), saying what it is."""
 
     def get_source(
         self, environment: jinja2.Environment, template: str
     ) -> tuple[str, str, Callable[[], bool]]:
+        pieces = jinja2.loaders.split_template_path(template)
+        for folder in self.searchpath:
+            path = Path(folder, *pieces)
+            kind = not_regular(path)
+            if kind not in (None, "a folder"):  # a folder is passed over, as Jinja does
+                raise Explained(f"template file {template!r} is {kind}, not a regular file")
+            if kind is None and path.is_file() and path.stat().st_size > MAX_SPEC_BYTES:
+                raise Explained(
+                    f"template file {template!r} is larger than {MAX_SPEC_BYTES:,} bytes"
+                )
         source, filename, uptodate = super().get_source(environment, template)
         real = Path(filename).resolve()
         roots = [Path(p).resolve() for p in self.searchpath]
@@ -132,19 +135,15 @@ class _Sandbox(ImmutableSandboxedEnvironment):
         _spend(CALL_STEPS)
         owner = getattr(__obj, "__self__", None)
         name = getattr(__obj, "__name__", "")
-        if (
-            isinstance(owner, str)
-            and name in _PADDING_METHODS
-            and any(isinstance(a, int) and a > MAX_RENDERED_CHARS for a in args)
-        ):
-            raise SecurityError(f"{name}() would pad past {MAX_RENDERED_CHARS:,} characters")
+        if isinstance(owner, str):
+            check_method(owner, name, args)
         return super().call(__context, __obj, *args, **kwargs)
 
     def wrap_str_format(self, value: Any) -> Callable[..., str] | None:
         """`str.format` and `format_map`, refused at access if a field pads past the cap."""
         wrapped = super().wrap_str_format(value)
         if wrapped is not None:
-            _check_widths(value.__self__)
+            check_widths(value.__self__)
         return wrapped
 
     def call_binop(
@@ -153,7 +152,7 @@ class _Sandbox(ImmutableSandboxedEnvironment):
         if operator == "**" and isinstance(right, int) and abs(right) > MAX_POWER:
             raise SecurityError(f"exponent {right} is too large")
         if operator == "%" and isinstance(left, str):
-            _check_widths(left)
+            check_widths(left)
         if _int_bits(operator, left, right) > MAX_INT_BITS:
             raise SecurityError(f"the result of {operator} would be too large a number")
         if operator == "*":
@@ -175,26 +174,6 @@ def _int_bits(operator: str, left: Any, right: Any) -> int:
     if operator == "**" and right > 0:
         return int((left.bit_length() - 1) * right)
     return 0
-
-
-def _padding(name: str, builtin: Callable[..., Any], at: int) -> Callable[..., Any]:
-    """A filter whose argument `at` is a width, refused past the size cap."""
-
-    def guarded(*args: Any, **kwargs: Any) -> Any:
-        width = args[at] if len(args) > at else kwargs.get("width")
-        if isinstance(width, int) and width > MAX_RENDERED_CHARS:
-            raise SecurityError(f"{name} would pad past {MAX_RENDERED_CHARS:,} characters")
-        return builtin(*args, **kwargs)
-
-    return guarded
-
-
-def _format_filter(builtin: Callable[..., Any]) -> Callable[..., Any]:
-    def guarded(value: Any, *args: Any, **kwargs: Any) -> Any:
-        _check_widths(str(value))
-        return builtin(value, *args, **kwargs)
-
-    return guarded
 
 
 def template_folders(spec_folder: Path) -> list[Path]:
@@ -221,9 +200,7 @@ class Renderer:
             env.filters["stem"] = stem
             if inputs is not None:
                 env.globals["image_file"] = _image_file(inputs)
-            env.filters["center"] = _padding("center", env.filters["center"], 1)
-            env.filters["indent"] = _padding("indent", env.filters["indent"], 1)
-            env.filters["format"] = _format_filter(env.filters["format"])
+            guard_filters(env.filters)
             env.globals[COUNTED] = _counted
             env.globals["range"] = _range
             del env.globals["lipsum"]  # placeholder text, at any length: no use in a prompt

@@ -19,6 +19,10 @@ from ..errors import Problem, SpecInvalid
 
 MAX_SPEC_BYTES = 5 * 1024 * 1024
 MAX_NODES = 1_000_000  # values in the document once every alias is expanded
+# Values written in one document (scalars, lists, mappings), counted while it is parsed: any
+# file under MAX_SPEC_BYTES then loads in well under a second (bench/fuzz.py).
+MAX_WRITTEN_NODES = 100_000
+_NODE_EVENTS = (yaml.ScalarEvent, yaml.SequenceStartEvent, yaml.MappingStartEvent, yaml.AliasEvent)
 
 
 class LineDict(dict[Any, Any]):
@@ -172,6 +176,18 @@ def read_text(path: Path, *, what: str = "spec") -> str:
         raise fail(f"not UTF-8 text (byte {exc.start})", line) from None
 
 
+def not_regular(path: Path) -> str | None:
+    """What `path` is if it exists and is no regular file ("a named pipe (FIFO)", "a
+    folder", ...): reading it could block or never end. None otherwise."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return None
+    if stat.S_ISREG(mode):
+        return None
+    return "a folder" if stat.S_ISDIR(mode) else _kind(mode)
+
+
 def _kind(mode: int) -> str:
     if stat.S_ISFIFO(mode):
         return "a named pipe (FIFO)"
@@ -206,9 +222,25 @@ def _problem(path: Path, message: str, line: int | None = None) -> SpecInvalid:
     return SpecInvalid([Problem(message, file=str(path), line=line)])
 
 
+def _count_values(text: str) -> None:
+    """_Failed once the document holds more than MAX_WRITTEN_NODES values: counted from the
+    parser's events (fast, in constant memory), before any is built."""
+    count = 0
+    for event in yaml.parse(text, Loader=_Base):
+        if isinstance(event, _NODE_EVENTS):
+            count += 1
+            if count > MAX_WRITTEN_NODES:
+                raise _Failed(
+                    f"the file holds more than {MAX_WRITTEN_NODES:,} values; a list this long "
+                    "belongs in a CSV (rows: or cases_file:)",
+                    event.start_mark.line + 1 if event.start_mark else None,
+                )
+
+
 def _parse(text: str) -> Any:
     """The YAML document in `text`; _Failed with the line of a problem."""
     try:
+        _count_values(text)
         return yaml.load(text, Loader=_Loader)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
