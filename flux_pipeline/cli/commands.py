@@ -14,6 +14,7 @@ import click
 
 from ..errors import EXIT_INVALID, LockError, SpecInvalid, plural
 from .app import Settings, cli, each_spec, pass_settings
+from .config import prices, project_settings
 from .params import SPECS, WAIT
 
 
@@ -78,12 +79,14 @@ def plan(settings: Settings, specs: Sequence[Path], as_json: bool) -> None:
     """Show the requests specs make: size, seed, images, and state against the lock.
 
     States: new (not in the lock), changed (request differs from the lock), missing or corrupt
-    (an output file is gone or altered), up to date. Credits are estimated from the price
-    table, scaled by what the lock recorded for the same model; a figure no recorded answer
-    backs is marked "(estimate)". A request whose images the cache of earlier outputs holds,
-    verified, costs nothing ("0 (cache)"). Lock entries no longer in the spec are
-    counted: the next run drops them from the lock. A size marked "?" is not stated by the
-    documents: the image's own is recorded.
+    (an output file is gone or altered), moved (`output:` changed: the run moves the images),
+    unusable (billed before for an answer with no image: `run --force` sends it again), up to
+    date. Credits are estimated from your prices ([tool.flux-pipeline.prices] in
+    pyproject.toml) or the price table, scaled by what the lock recorded for the same model;
+    a figure no recorded answer backs is marked "(estimate)". A request whose images the
+    cache of earlier outputs holds, verified, costs nothing ("0 (cache)"). Lock entries no
+    longer in the spec are counted: the next run drops them from the lock. A size marked "?"
+    is not stated by the documents: the image's own is recorded.
 
     Exit 0 (stale requests are not a failure: `check` is the gate); 1 on an invalid spec.
     """
@@ -93,7 +96,9 @@ def plan(settings: Settings, specs: Sequence[Path], as_json: bool) -> None:
     plans: list[dict[str, Any]] = []
 
     def work(path: Path) -> None:
-        result = library.plan(settings.load_spec(path))
+        found, source = project_settings(path.parent)
+        known, _ = prices(found, source, ())
+        result = library.plan(settings.load_spec(path), prices=known)
         if as_json:
             plans.append(result.as_json())
         else:

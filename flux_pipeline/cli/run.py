@@ -13,6 +13,7 @@ import click
 from ..defaults import API_KEY_ENV, DEFAULT_BASE_URL
 from ..errors import EXIT_FAILED, Terminated
 from .app import Settings, cli, each_spec, pass_settings
+from .config import prices, project_settings
 from .params import (
     SPECS,
     WAIT,
@@ -81,6 +82,15 @@ if TYPE_CHECKING:
     type=click.FloatRange(min=0),
     help="Spend at most this many credits: each request's expected cost is reserved before "
     "it is sent, so requests in flight count (see the README's budget rule).",
+)
+@click.option(
+    "--price",
+    "price",
+    multiple=True,
+    metavar="MODEL=CREDITS",
+    help="What MODEL really costs, in credits per image (repeatable; over "
+    "[tool.flux-pipeline.prices] in pyproject.toml): --max-credits counts it where answers "
+    "do not state their cost.",
 )
 @click.option(
     "--max-requests",
@@ -165,6 +175,9 @@ def run(
     from .reports import dry_run_lines
 
     options["only"] = tuple(options["only"])
+    given = options.pop("price")
+    settings_found, source = project_settings(specs[0].parent if specs else Path("."))
+    options["prices"], _ = prices(settings_found, source, given)
     run_options = RunOptions(**options)
     loaded = []
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+from collections.abc import Mapping
 from importlib import resources
 from typing import Any
 
@@ -18,8 +19,14 @@ def price_table() -> dict[str, Any]:
     return table
 
 
-def estimate(model: str, width: int, height: int, images: int) -> float:
-    """The price table's estimate of a request: per image, or per started megapixel."""
+def estimate(
+    model: str, width: int, height: int, images: int, prices: Mapping[str, float] | None = None
+) -> float:
+    """A request's expected cost: the user's price per image for the model if given
+    (`prices`: `--price`, `[tool.flux-pipeline.prices]`), else the price table's estimate, per
+    image or per started megapixel."""
+    if prices and model in prices:
+        return float(prices[model]) * images
     table = price_table()
     rate = table["models"].get(model, table["default"])
     if "per_image" in rate:

@@ -17,12 +17,13 @@ answer shows the cost, so a wrong table cannot overspend the cap by more than on
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ..errors import BadResponse
 from ..provider.prices import estimate
+from ..store.lock import Entry
 
 if TYPE_CHECKING:
     from ..provider.client import Attempt
@@ -36,8 +37,10 @@ class Cost:
     table: float
 
     @classmethod
-    def of(cls, model: str, width: int, height: int, images: int) -> Cost:
-        return cls(model, estimate(model, width, height, images))
+    def of(
+        cls, model: str, width: int, height: int, images: int, prices: Mapping[str, float]
+    ) -> Cost:
+        return cls(model, estimate(model, width, height, images, prices))
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,3 +162,32 @@ def charge_of_failure(exc: BaseException, attempts: Sequence[Attempt]) -> Charge
     if isinstance(exc, BadResponse):
         return Charge(billed=True, reported=exc.credits, unanswered=unanswered)
     return Charge(billed=False, unanswered=unanswered)
+
+
+def cost_notices(
+    models: Iterable[str],
+    ratios: Mapping[str, float],
+    prices: Mapping[str, float],
+    entries: Iterable[Entry],
+) -> list[str]:
+    """What a run under --max-credits says at its start of each model whose cost no answer
+    has reported and the user did not give: the cap counts the price table's estimate."""
+    silent = {
+        str(e.body.get("model"))
+        for e in entries
+        if e.outputs and not isinstance(e.response.get("credits"), int | float)
+    }
+    lines = []
+    for model in sorted(set(models)):
+        if model in ratios or model in prices:
+            continue
+        why = (
+            "this endpoint does not report cost"
+            if model in silent
+            else "no answer has reported this model's cost yet"
+        )
+        lines.append(
+            f"{model}: {why}; --max-credits counts the price table's estimate (give the real "
+            f"price with --price {model}=CREDITS or [tool.flux-pipeline.prices] in pyproject.toml)"
+        )
+    return lines

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 from ..provider.pacing import Rate
@@ -26,6 +27,9 @@ class RunOptions:
     prune: bool = False
     max_credits: float | None = None
     max_requests: int | None = None
+    # Credits per image by model, as the user knows them (--price, [tool.flux-pipeline.prices]):
+    # the budget's expectation for those models instead of the shipped table's estimate.
+    prices: Mapping[str, float] = field(default_factory=dict)
     # httpx over aiohttp, httpx's own, or a transport object (in-process: httpx.ASGITransport)
     transport: Literal["aiohttp", "httpx"] | httpx.AsyncBaseTransport = "aiohttp"
     shard: Shard | None = None  # do shard K of N, into a partial lock

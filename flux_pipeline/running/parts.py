@@ -9,7 +9,6 @@ import contextlib
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 
 import httpx
 
@@ -79,12 +78,7 @@ class RunFiles:
     def __enter__(self) -> RunFiles:
         return self
 
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.record.close()
         self.journal.close()
 
@@ -139,7 +133,12 @@ class Collaborators:
             throttles=throttles,
             client=client,
             fetcher=fetcher,
-            budget=Budget(options.max_credits, options.max_requests, ratios),
+            # A model the user gave the price of is known: its price is the expectation.
+            budget=Budget(
+                options.max_credits,
+                options.max_requests,
+                {**(ratios or {}), **dict.fromkeys(options.prices, 1.0)},
+            ),
             sender=Sender(spec.folder),
             folder=OutputFolder(spec.output, spec.lock_path.parent),
         )

@@ -39,6 +39,7 @@ from ..store.output_folder import OutputFolder
 from ..store.planning import Plan, PlanItem, RequestState, plan
 from ..store.shards import current_lock, made_from
 from ..store.writer_lock import hold_output_folder
+from .budget import cost_notices
 from .keeper import LockKeeper
 from .options import RunOptions
 from .parts import Endpoint, RunFiles
@@ -171,6 +172,11 @@ async def run_async(
     say = notify or (lambda line: None)
     with RunFiles.open(spec, scope.lock_path, old, Redactor(endpoint.api_key), options) as files:
         _tidy(spec, the_plan, old, options.prune, files.cache, say)
+        if options.max_credits is not None:
+            models = [item.request.model for item in scope.work]
+            entries = old.entries.values() if old else ()
+            for line in cost_notices(models, files.ratios, options.prices, entries):
+                say(line)
         keeper = LockKeeper(
             spec.name, scope.lock_path, scope.entries, changed=scope.lock_changed, shard=scope.shard
         )

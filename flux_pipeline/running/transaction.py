@@ -17,7 +17,6 @@ import time
 from collections import deque
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 from ..errors import BadResponse, RequestFailed, RunStopped, SaveFailed, SendingStopped
@@ -99,12 +98,7 @@ class Run:
         self._saver = asyncio.ensure_future(self.keeper.keep_saved(on_failure=self.stop))
         return self
 
-    async def __aexit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         self._closed = True
         assert self._saver is not None
         for task in [*self.deliveries, self._saver]:
@@ -231,7 +225,8 @@ class Run:
                     continue
                 # Input files are read (and checked unchanged) before a credit is reserved.
                 body = self.sender.wire_body(item.request.id, item.request.body)
-                cost = Cost.of(item.request.model, item.width, item.height, item.images)
+                size = (item.width, item.height)
+                cost = Cost.of(item.request.model, *size, item.images, self.options.prices)
                 reservation = await self.budget.reserve(cost, lambda: self.stopped)
                 if isinstance(reservation, str):
                     self.finish(RequestResult(item.request.id, Status.NOT_SENT, reservation))

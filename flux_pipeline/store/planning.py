@@ -10,7 +10,7 @@ current (as `git status` refreshes git's index), so an unchanged image is not re
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -201,8 +201,14 @@ class Plan:
         }
 
 
-def plan(spec: Spec, requests: Sequence[Request] | None = None, lock: Lock | None = None) -> Plan:
-    """The plan of a spec against its lock (read from beside the spec unless given)."""
+def plan(
+    spec: Spec,
+    requests: Sequence[Request] | None = None,
+    lock: Lock | None = None,
+    prices: Mapping[str, float] | None = None,
+) -> Plan:
+    """The plan of a spec against its lock (read from beside the spec unless given); credits
+    estimated from the user's `prices` per image where given, else the price table."""
     if requests is None:
         requests = validate(spec)
     if lock is None:
@@ -219,8 +225,9 @@ def plan(spec: Spec, requests: Sequence[Request] | None = None, lock: Lock | Non
         assert model is not None  # validated
         width, height = model.likely_size(request.body)
         images = model.num_images(request.body)
-        ratio = ratios.get(request.model)
-        credits = estimate(request.model, width, height, images) * (ratio or 1.0)
+        priced = bool(prices) and request.model in (prices or {})
+        ratio = 1.0 if priced else ratios.get(request.model)
+        credits = estimate(request.model, width, height, images, prices) * (ratio or 1.0)
         state = state_of(request, entries.get(request.id), folder, hashes, spec.output)
         if not state.up_to_date and request.body_sha256 in unusable:
             why = unusable[request.body_sha256]

@@ -98,3 +98,31 @@ def test_an_answer_billed_with_no_usable_image_is_not_sent_again_unasked(
     assert forced.exit_code == 0, forced.stdout
     assert sum(bills(emulator).values()) == 4
     assert "unusable" not in invoke("plan", str(spec)).stdout  # a usable answer forgot it
+
+
+def test_where_answers_state_no_cost_the_cap_counts_the_users_price(
+    tmp_path: Path, emulator: EmulatorServer
+) -> None:
+    """The images[] shape states no cost; the provider charges 2.1x the table. Without the
+    real price the run says it counts the table's estimate; with it, the cap holds."""
+    emulator.emulator.configure(shape="images", price_factor=2.1)
+    spec = schnell_spec(tmp_path, 10)
+    told = run(emulator.url, spec, "--max-credits", "2", "--only", "n0")
+    assert "flux/schnell: no answer has reported this model's cost yet" in told.stderr
+    assert "--price flux/schnell=CREDITS" in told.stderr
+    before = emulator.emulator.counters.snapshot()["credits"]
+    (tmp_path / "pyproject.toml").write_text('[tool.flux-pipeline.prices]\n"flux/schnell" = 2.1\n')
+    capped = run(emulator.url, spec, "-j", "4", "--max-credits", "5")
+    assert "no answer has reported" not in capped.stderr
+    billed = emulator.emulator.counters.snapshot()["credits"] - before
+    assert billed <= 5 + 1e-9, billed  # 2 requests (4.2), not 5 (10.5)
+    assert billed > 0
+    override = run(emulator.url, spec, "--max-credits", "1", "--price", "flux/schnell=2.1")
+    assert "the next request would cost 2.1" in override.stdout
+
+
+def test_a_price_for_an_unknown_model_is_refused(tmp_path: Path) -> None:
+    spec = schnell_spec(tmp_path, 1)
+    result = invoke("run", "--emulator", "--price", "flux/shnell=2", str(spec))
+    assert result.exit_code == 2
+    assert "no model 'flux/shnell' (did you mean 'flux/schnell'?)" in result.stderr
