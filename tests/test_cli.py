@@ -66,7 +66,7 @@ def test_plan_table_shows_sizes_seeds_and_totals(tmp_path: Path) -> None:
     assert lines[1].split()[5:] == ["2", "4", "(estimate)"]  # 2 started megapixels each
     assert lines[-1] == (
         f"{spec}: 3 requests (3 new), 5 images; to do: 3, estimated credits: 11 (price table "
-        "of 2026-11-26 for flux-pro, flux-pro/v1.1-ultra; the first answers will show the "
+        "of 2026-12-07 for flux-pro, flux-pro/v1.1-ultra; the first answers will show the "
         "real cost)"
     )
 
