@@ -7,6 +7,9 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+from helpers import invoke, schnell_spec
+
+from flux_pipeline.emulator import EmulatorServer
 from flux_pipeline.store.cache import OutputCache
 from flux_pipeline.store.lock import Output
 
@@ -52,3 +55,22 @@ def test_a_damaged_object_is_removed_when_restoring_and_named(tmp_path: Path) ->
     assert not cache.restorable(entry.body_sha256)
     cache.save(image, sha, "png")  # the next sound copy makes it restorable again
     assert cache.restorable(entry.body_sha256)
+
+
+def test_a_damaged_object_costs_one_request_then_restores_free_again(
+    tmp_path: Path, emulator: EmulatorServer
+) -> None:
+    spec = schnell_spec(tmp_path, 1)
+    env = {"AIMLAPI_KEY": "k"}
+    assert invoke("run", "--base-url", emulator.url, str(spec), env=env).exit_code == 0
+    objects = list((tmp_path / "out/spec/.flux-cache/objects").iterdir())
+    assert len(objects) == 1
+    objects[0].write_bytes(b"damaged")  # the cache's copy goes bad
+    image = next((tmp_path / "out/spec").glob("n0.*"))
+    image.unlink()
+    assert invoke("run", "--base-url", emulator.url, str(spec), env=env).exit_code == 0
+    assert emulator.emulator.counters.snapshot()["paid"] == 2  # the damaged copy could not serve
+    image.unlink()
+    again = invoke("run", "--base-url", emulator.url, str(spec), env=env)
+    assert "1 restored from the cache" in again.stdout  # the object was replaced: free again
+    assert emulator.emulator.counters.snapshot()["paid"] == 2
