@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import dataclasses
 import os
 from pathlib import Path
@@ -25,6 +27,7 @@ __all__ = [
     "plan",
     "read_lock",
     "run",
+    "run_async",
     "validate",
 ]
 
@@ -44,12 +47,47 @@ def run(
     else the provider's) with `api_key` (default: `AIMLAPI_KEY`). `options` are `run`'s:
     `concurrency`, `retries`, `only`, `force`, `max_credits`, ... (`options.RunOptions`).
 
+    Works in a running event loop too (a notebook's cell): the run then takes a worker
+    thread with a loop of its own; `await run_async(...)` leaves the caller's loop free.
+
     Raises as the command exits: `SpecInvalid` (exit 1) for a spec with problems,
     `ConfigError` (exit 2) for no key or a busy output folder. Requests that failed are in
     the result (`result.ok` is False; exit 3): each request's status, reason and credits in
     `result.results`, its image files in `result.outputs()`.
     """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return _run(spec, emulator, base_url, api_key, options)
+    # Inside a running event loop (a notebook's cell): the run takes a loop of its own, in a
+    # worker thread, and this thread waits for it.
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="flux-run") as pool:
+        return pool.submit(_run, spec, emulator, base_url, api_key, options).result()
+
+
+async def run_async(
+    spec: Spec | str | Path,
+    *,
+    emulator: bool = False,
+    base_url: str | None = None,
+    api_key: str | None = None,
+    **options: Any,
+) -> RunResult:
+    """`run`, awaited: `result = await flux_pipeline.run_async(spec, emulator=True)` in a
+    notebook or any coroutine. The run works in a thread with its own event loop, so this
+    loop stays free meanwhile."""
+    return await asyncio.to_thread(_run, spec, emulator, base_url, api_key, options)
+
+
+def _run(
+    spec: Spec | str | Path,
+    emulator: bool,
+    base_url: str | None,
+    api_key: str | None,
+    options: dict[str, Any],
+) -> RunResult:
     from .defaults import API_KEY_ENV, DEFAULT_BASE_URL
+    from .errors import ConfigError
     from .running.options import RunOptions
     from .running.runner import run as run_spec
 
@@ -63,4 +101,9 @@ def run(
             return run_spec(spec, base_url=server.url, api_key="emulator", options=settings)
     url = base_url or os.environ.get("FLUX_PIPELINE_BASE_URL") or DEFAULT_BASE_URL
     key = api_key if api_key is not None else os.environ.get(API_KEY_ENV, "")
+    if not key.strip():
+        raise ConfigError(
+            f"no API key: set {API_KEY_ENV} or pass api_key=..., or run(spec, emulator=True) "
+            "to run offline against the built-in emulator"
+        )
     return run_spec(spec, base_url=url, api_key=key, options=settings)
