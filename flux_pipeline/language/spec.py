@@ -3,21 +3,23 @@ is `yaml_lines`'s)."""
 
 from __future__ import annotations
 
+import copy
+import functools
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
-
-from jsonschema import Draft7Validator
-from jsonschema.exceptions import ValidationError
+from typing import TYPE_CHECKING, Any, cast
 
 from ..defaults import MAX_SPEC_REQUESTS
 from ..errors import Problem, SpecInvalid, did_you_mean
 from ..provider.registry import DEFAULT_MODEL
 from ..provider.schema_errors import error_parts
 from .yaml_lines import LineDict, line_of, load_yaml
+
+if TYPE_CHECKING:
+    from jsonschema.exceptions import ValidationError
 
 MAX_REPEAT = 1000
 
@@ -126,7 +128,32 @@ SPEC_SCHEMA: dict[str, Any] = {
     },
 }
 
-_SPEC_VALIDATOR = Draft7Validator(SPEC_SCHEMA)
+
+@functools.cache
+def _spec_is_valid() -> Callable[[Any], Any]:
+    """The spec schema's yes-or-no check (fastjsonschema, compiled once); jsonschema explains
+    a no (`_structure_problems`), so a valid spec never imports it."""
+    import fastjsonschema
+
+    return fastjsonschema.compile(copy.deepcopy(SPEC_SCHEMA), use_default=False)
+
+
+def _structure_problems(file: str, doc: Any) -> list[Problem]:
+    """Every way `doc` breaks the spec language's schema, at its line."""
+    import fastjsonschema
+
+    try:
+        _spec_is_valid()(doc)
+        return []
+    except fastjsonschema.JsonSchemaException:
+        pass
+    from jsonschema import Draft7Validator
+
+    errors = sorted(
+        Draft7Validator(SPEC_SCHEMA).iter_errors(doc), key=lambda e: list(map(str, e.path))
+    )
+    unique = {str(p): p for p in (_structure_problem(file, doc, e) for e in errors)}
+    return sorted(unique.values(), key=Problem.sort_key)
 
 
 def spec_schema_json() -> str:
@@ -238,10 +265,9 @@ def load_spec(
         kinds = {list: "list", str: "string", bool: "boolean", int: "number", float: "number"}
         kind = next((v for t, v in kinds.items() if isinstance(doc, t)), type(doc).__name__)
         raise SpecInvalid([Problem(f"the spec must be a mapping, not a {kind}", file=file, line=1)])
-    errors = sorted(_SPEC_VALIDATOR.iter_errors(doc), key=lambda e: list(map(str, e.path)))
-    if errors:
-        unique = {str(p): p for p in (_structure_problem(file, doc, e) for e in errors)}
-        raise SpecInvalid(sorted(unique.values(), key=Problem.sort_key))
+    problems = _structure_problems(file, doc)
+    if problems:
+        raise SpecInvalid(problems)
 
     name = doc.get("name", path.name.removesuffix(".yaml").removesuffix(".yml"))
     output = path.parent / doc.get("output", f"out/{name}")

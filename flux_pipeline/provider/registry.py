@@ -29,13 +29,14 @@ import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any
-
-from jsonschema import Draft7Validator
+from typing import TYPE_CHECKING, Any
 
 from ..errors import did_you_mean
 from .inputs import IMAGE_FIELDS, references, value_problem
 from .schema_errors import FieldError, error_order, explain
+
+if TYPE_CHECKING:  # jsonschema explains the rare invalid body; fastjsonschema decides
+    from jsonschema import Draft7Validator
 
 API_PATH = "/v1/images/generations"
 OPENAPI = "flux_pipeline.provider.openapi"  # the embedded documents, byte for byte
@@ -246,6 +247,8 @@ def get_model(name: str) -> Model | None:
 
 @functools.cache
 def _validator(name: str) -> Draft7Validator:
+    from jsonschema import Draft7Validator
+
     return Draft7Validator(registry()[name].request_schema)
 
 
