@@ -118,7 +118,7 @@ def plan(settings: Settings, specs: Sequence[Path], as_json: bool) -> None:
     "--strict",
     is_flag=True,
     help="Fail too on images the API delivered other than asked (another size or format; "
-    "kept and recorded in the lock).",
+    "kept and recorded in the lock), and on images in the output folder no lock entry names.",
 )
 @pass_settings
 def check(settings: Settings, specs: Sequence[Path], as_json: bool, strict: bool) -> None:
@@ -126,7 +126,8 @@ def check(settings: Settings, specs: Sequence[Path], as_json: bool, strict: bool
 
     Exit 0 when every spec is up to date; 1 when any request is new, changed (with the fields
     that changed), missing, corrupt, or in the lock but no longer in the spec (with --strict,
-    also when an image is not as asked).
+    also when an image is not as asked, or an image in the output folder is named by no lock
+    entry: a warning without it).
     """
     from ..review.compare import check as check_spec
     from .reports import check_text

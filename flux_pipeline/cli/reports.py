@@ -82,6 +82,12 @@ def check_text(report: CheckReport) -> str:
         if report.mismatches:
             text += f"; {len(report.mismatches)} not as asked (--strict fails on them):"
             text += "".join(f"\n  {f.id}: {f.reason}" for f in report.mismatches)
+        if report.leftovers:
+            text += (
+                f"\n  warning: {plural(len(report.leftovers), 'image')} in the output folder "
+                "no lock entry names (`run --prune` deletes them; --strict fails on them):"
+            )
+            text += "".join(f"\n    {name}" for name in report.leftovers)
         return text
     summary = f"{len(report.findings) - report.gone} of {report.requests} requests are stale"
     if report.gone:

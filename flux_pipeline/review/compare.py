@@ -3,7 +3,9 @@ changed between two versions of a lock)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import dataclasses
+import os
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,12 +14,17 @@ from ..errors import LockError
 from ..language.bodies import body_changes, changed_fields
 from ..language.expansion import Request
 from ..language.spec import Spec
+from ..provider.images import EXTENSIONS
 from ..store.lock import Entry, Lock, parse_lock, read_lock
+from ..store.output_folder import OutputFolder
 from ..store.planning import RequestState, plan
+from ..store.writer_lock import FOLDER, OWN_NAMES
 from . import git
 
 REMOVED = "removed"
 MISMATCH = "mismatch"
+LEFTOVER = "leftover"
+IMAGE_SUFFIXES = frozenset({*EXTENSIONS.values(), ".jpeg"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +43,9 @@ class CheckReport:
     findings: tuple[Finding, ...]
     # Up-to-date requests whose images are not as asked (kept: paid for); findings if strict.
     mismatches: tuple[Finding, ...] = ()
+    # Images in the output folder no lock entry names (a run dropped their requests); a
+    # warning, findings if strict.
+    leftovers: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -54,6 +64,7 @@ class CheckReport:
             "requests": self.requests,
             "stale": [{"id": f.id, "state": f.state, "reason": f.reason} for f in self.findings],
             "mismatches": [{"id": f.id, "reason": f.reason} for f in self.mismatches],
+            "leftovers": list(self.leftovers),
         }
 
 
@@ -84,9 +95,32 @@ def check(
         differences = "; ".join(o.mismatch for o in outputs if o.mismatch)
         if differences:
             mismatches.append(Finding(item.request.id, MISMATCH, differences))
+    leftovers = _leftovers(spec, entries.values())
     if strict:
         findings += mismatches
-    return CheckReport(spec, len(the_plan.items), tuple(findings), tuple(mismatches))
+        findings += [Finding(name, LEFTOVER, "no lock entry names it") for name in leftovers]
+    report = CheckReport(spec, len(the_plan.items), tuple(findings), tuple(mismatches))
+    return dataclasses.replace(report, leftovers=tuple(leftovers))
+
+
+def _leftovers(spec: Spec, entries: Iterable[Entry]) -> list[str]:
+    """Images in the output folder (as the lock names files) that no entry names: the tool's
+    own folders and another spec's output folder inside it are not looked in."""
+    named = {o.path for e in entries for o in e.outputs}
+    folder = OutputFolder(spec.output, spec.lock_path.parent)
+    found = []
+    for here, folders, files in os.walk(spec.output):
+        folders[:] = sorted(
+            f for f in folders if f not in OWN_NAMES and not (Path(here, f, FOLDER)).is_dir()
+        )
+        for name in files:
+            path = Path(here, name)
+            if path.suffix.lower() not in IMAGE_SUFFIXES or name.startswith("gallery."):
+                continue
+            relative = folder.lock_path(path.resolve())
+            if relative not in named:
+                found.append(relative)
+    return sorted(found)
 
 
 def _why(kind: RequestState) -> str:

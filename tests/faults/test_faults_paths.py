@@ -316,3 +316,28 @@ def test_init_writes_only_regular_files_it_creates(
     text = (project / ".gitignore").read_bytes()
     assert text.startswith(b"*.pyc\r\n") and b"**/.flux-cache/\r\n" in text
     assert b"\n" not in text.replace(b"\r\n", b"")  # its own line endings kept
+
+
+def test_check_lists_images_no_entry_names_and_strict_fails_on_them(
+    tmp_path: Path, emulator: EmulatorServer
+) -> None:
+    spec = write_spec(
+        tmp_path,
+        """
+        version: 1
+        model: flux/schnell
+        defaults: {image_size: {width: 64, height: 64}}
+        jobs: [{name: "img-{{ i }}", prompt: "p {{ i }}", matrix: {i: [0, 1, 2]}}]
+        """,
+    )
+    env = {"AIMLAPI_KEY": "k"}
+    assert invoke("run", "--base-url", emulator.url, str(spec), env=env).exit_code == 0
+    spec.write_text(spec.read_text().replace("[0, 1, 2]", "[0, 1]"))
+    assert invoke("run", "--base-url", emulator.url, str(spec), env=env).exit_code == 0
+    checked = invoke("check", str(spec))
+    assert checked.exit_code == 0
+    assert "warning: 1 image in the output folder no lock entry names" in checked.stdout
+    assert "out/spec/img-2.png" in checked.stdout
+    strict = invoke("check", "--strict", str(spec))
+    assert strict.exit_code == 1 and "leftover" in strict.stdout
+    assert '"leftovers": [\n' in invoke("check", "--json", str(spec)).stdout
