@@ -45,7 +45,7 @@ def spent(
         env["PYTHONPATH"] = str(checkout)
     command = [sys.executable, "-m", "flux_pipeline", "run", "--base-url", server.url]
     done = subprocess.run(
-        [*command, "-j", str(jobs), "--max-credits", str(cap), str(spec)],
+        [*command, "-j", str(jobs), "--partial-budget", "--max-credits", str(cap), str(spec)],
         env=env,
         capture_output=True,
         text=True,

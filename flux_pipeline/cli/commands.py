@@ -74,8 +74,15 @@ def validate(settings: Settings, specs: Sequence[Path], as_json: bool) -> None:
 @cli.command()
 @SPECS
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON on stdout.")
+@click.option(
+    "--max-credits",
+    type=click.FloatRange(min=0),
+    help="Mark the requests a run under this cap would not send (with --partial-budget).",
+)
 @pass_settings
-def plan(settings: Settings, specs: Sequence[Path], as_json: bool) -> None:
+def plan(
+    settings: Settings, specs: Sequence[Path], as_json: bool, max_credits: float | None
+) -> None:
     """Show the requests specs make: size, seed, images, and state against the lock.
 
     States: new (not in the lock), changed (request differs from the lock), missing or corrupt
@@ -91,6 +98,7 @@ def plan(settings: Settings, specs: Sequence[Path], as_json: bool) -> None:
     Exit 0 (stale requests are not a failure: `check` is the gate); 1 on an invalid spec.
     """
     from .. import library
+    from ..running.runner import over_budget
     from .reports import plan_table
 
     plans: list[dict[str, Any]] = []
@@ -99,10 +107,11 @@ def plan(settings: Settings, specs: Sequence[Path], as_json: bool) -> None:
         found, source = project_settings(path.parent)
         known, _ = prices(found, source, ())
         result = library.plan(settings.load_spec(path), prices=known)
+        over = frozenset(over_budget(result.items, max_credits) if max_credits is not None else ())
         if as_json:
-            plans.append(result.as_json())
+            plans.append({**result.as_json(), "over_budget": sorted(over)})
         else:
-            click.echo(plan_table(result))
+            click.echo(plan_table(result, over))
 
     try:
         each_spec(specs, work)

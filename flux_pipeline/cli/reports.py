@@ -34,7 +34,8 @@ def credits_text(item: PlanItem) -> str:
     return f"{item.credits:g}" + (" (estimate)" if item.from_table else "")
 
 
-def plan_table(plan: Plan) -> str:
+def plan_table(plan: Plan, over: frozenset[str] = frozenset()) -> str:
+    """The plan as a table; `over`: the requests a --max-credits cap would not send."""
     rows: list[list[str]] = [["STATE", "NAME", "MODEL", "SIZE", "SEED", "IMAGES", "CREDITS"]]
     for item in plan.items:
         rows.append(
@@ -45,7 +46,7 @@ def plan_table(plan: Plan) -> str:
                 f"{item.width}x{item.height}" + ("" if item.size_checked else "?"),
                 str(item.request.seed),
                 str(item.images),
-                credits_text(item),
+                credits_text(item) + (" over budget" if item.request.id in over else ""),
             ]
         )
     counts = ", ".join(f"{n} {state}" for state, n in sorted(plan.counts.items()))
@@ -66,6 +67,8 @@ def plan_table(plan: Plan) -> str:
         )
     if plan.cached:
         summary += f" ({plan.cached} restored from the cache of earlier outputs)"
+    if over:
+        summary += f"; {len(over)} over budget: not sent under the cap"
     if plan.gone:
         summary += (
             f"; {len(plan.gone)} in the lock no longer in the spec "

@@ -84,6 +84,12 @@ if TYPE_CHECKING:
     "it is sent, so requests in flight count (see the README's budget rule).",
 )
 @click.option(
+    "--partial-budget",
+    is_flag=True,
+    help="When the plan's estimate passes --max-credits, send what fits under the cap "
+    "instead of stopping before the first request.",
+)
+@click.option(
     "--price",
     "price",
     multiple=True,

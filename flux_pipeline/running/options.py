@@ -27,6 +27,7 @@ class RunOptions:
     prune: bool = False
     max_credits: float | None = None
     max_requests: int | None = None
+    partial_budget: bool = False  # a plan estimated past --max-credits: spend up to the cap
     # Credits per image by model, as the user knows them (--price, [tool.flux-pipeline.prices]):
     # the budget's expectation for those models instead of the shipped table's estimate.
     prices: Mapping[str, float] = field(default_factory=dict)

@@ -57,7 +57,7 @@ T = TypeVar("T")
 
 def plan_for(spec: Spec, requests: Sequence[Request] | None, options: RunOptions) -> Plan:
     """The plan a run of these options works from (a shard's against its partial lock too)."""
-    return plan(spec, requests, current_lock(spec, options.shard))
+    return plan(spec, requests, current_lock(spec, options.shard), options.prices)
 
 
 def todo(spec: Spec, requests: Sequence[Request] | None, options: RunOptions) -> list[PlanItem]:
@@ -73,6 +73,50 @@ def unmatched_only(globs: Sequence[str], ids: Sequence[str]) -> None:
             close = difflib.get_close_matches(glob, ids, n=3, cutoff=0.5)
             hint = f"; close: {', '.join(close)}" if close else ""
             raise ConfigError(f"--only {glob!r} matches no request of the spec{hint}")
+
+
+def within_budget(items: Sequence[PlanItem], options: RunOptions) -> None:
+    """ConfigError before anything is sent when the plan's estimate passes --max-credits
+    (unless --partial-budget: spend up to the cap), or no request costs that little."""
+    cap = options.max_credits
+    paid = _paid(items)
+    if cap is None or not paid:
+        return
+    cheapest = min(i.credits for i in paid)
+    if cheapest > cap:
+        raise ConfigError(
+            f"--max-credits {cap:g}: no request costs less than {cheapest:g} credits "
+            "(estimated); nothing was sent"
+        )
+    total = sum(i.credits for i in paid)
+    if total > cap and not options.partial_budget:
+        fits = affordable(paid, cap)
+        raise ConfigError(
+            f"the plan's estimate is {total:g} credits for {len(paid)} requests, more than "
+            f"--max-credits {cap:g}: nothing was sent. Raise the cap, or pass --partial-budget "
+            f"to spend up to it ({len(fits)} of {len(paid)} requests fit); `plan --max-credits "
+            f"{cap:g}` shows which"
+        )
+
+
+def _paid(items: Iterable[PlanItem]) -> list[PlanItem]:
+    return [i for i in items if not i.cached and i.state.kind is not RequestState.UNUSABLE]
+
+
+def over_budget(items: Iterable[PlanItem], cap: float) -> set[str]:
+    """The requests to do that a run under `cap` (with --partial-budget) would not send."""
+    paid = _paid(i for i in items if not i.state.up_to_date)
+    return {i.request.id for i in paid} - {i.request.id for i in affordable(paid, cap)}
+
+
+def affordable(items: Sequence[PlanItem], cap: float) -> list[PlanItem]:
+    """The items a run under `cap` sends, in plan order, while their estimates fit."""
+    chosen, spent = [], 0.0
+    for item in items:
+        if spent + item.credits <= cap + 1e-9:
+            chosen.append(item)
+            spent += item.credits
+    return chosen
 
 
 def select(items: Iterable[PlanItem], options: RunOptions) -> list[PlanItem]:
@@ -225,7 +269,8 @@ def run(
         if options.repair_lock:
             _repair(spec, options, notify or (lambda line: None))
         old = current_lock(spec, options.shard)
-        the_plan = plan(spec, requests, old)
+        the_plan = plan(spec, requests, old, options.prices)
+        within_budget(select(the_plan.items, options), options)
         return _run_handling_signals(
             spec, the_plan, old, base_url, api_key, options, listener, notify
         )

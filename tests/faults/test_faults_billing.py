@@ -42,7 +42,9 @@ def test_a_request_that_timed_out_after_sending_is_not_sent_again(
 def test_the_budget_counts_every_unanswered_send(tmp_path: Path, emulator: EmulatorServer) -> None:
     emulator.emulator.configure(latency=(30.0, 30.0))
     spec = schnell_spec(tmp_path, 10)
-    result = run(emulator.url, spec, "-j", "4", "--timeout", "0.5", "--max-credits", "3")
+    result = run(
+        emulator.url, spec, "-j", "4", "--timeout", "0.5", "--partial-budget", "--max-credits", "3"
+    )
     assert result.exit_code == 3
     paid = bills(emulator)
     assert sum(paid.values()) == 3, paid  # the cap of 3 held against the server's bill
@@ -69,7 +71,7 @@ def _closed_port() -> int:
 def test_a_request_that_never_left_costs_nothing(tmp_path: Path) -> None:
     spec = schnell_spec(tmp_path, 3)
     url = f"http://127.0.0.1:{_closed_port()}"
-    result = run(url, spec, "--retries", "0", "--max-credits", "2")
+    result = run(url, spec, "--retries", "0", "--partial-budget", "--max-credits", "2")
     assert result.exit_code == 3
     assert result.stdout.count("connection refused") == 3  # all three tried: none was paid
     assert "not sent" not in result.stdout
@@ -112,13 +114,13 @@ def test_where_answers_state_no_cost_the_cap_counts_the_users_price(
     assert "--price flux/schnell=CREDITS" in told.stderr
     before = emulator.emulator.counters.snapshot()["credits"]
     (tmp_path / "pyproject.toml").write_text('[tool.flux-pipeline.prices]\n"flux/schnell" = 2.1\n')
-    capped = run(emulator.url, spec, "-j", "4", "--max-credits", "5")
+    capped = run(emulator.url, spec, "-j", "4", "--partial-budget", "--max-credits", "5")
     assert "no answer has reported" not in capped.stderr
     billed = emulator.emulator.counters.snapshot()["credits"] - before
     assert billed <= 5 + 1e-9, billed  # 2 requests (4.2), not 5 (10.5)
     assert billed > 0
     override = run(emulator.url, spec, "--max-credits", "1", "--price", "flux/schnell=2.1")
-    assert "the next request would cost 2.1" in override.stdout
+    assert "no request costs less than 2.1 credits" in override.stderr
 
 
 def test_a_price_for_an_unknown_model_is_refused(tmp_path: Path) -> None:
@@ -126,3 +128,20 @@ def test_a_price_for_an_unknown_model_is_refused(tmp_path: Path) -> None:
     result = invoke("run", "--emulator", "--price", "flux/shnell=2", str(spec))
     assert result.exit_code == 2
     assert "no model 'flux/shnell' (did you mean 'flux/schnell'?)" in result.stderr
+
+
+def test_a_plan_past_the_cap_stops_before_the_first_request(
+    tmp_path: Path, emulator: EmulatorServer
+) -> None:
+    spec = schnell_spec(tmp_path, 3)
+    stopped = run(emulator.url, spec, "--max-credits", "2")
+    assert stopped.exit_code == 2
+    assert "the plan's estimate is 3 credits for 3 requests, more than --max-credits 2" in (
+        stopped.stderr
+    )
+    assert "--partial-budget" in stopped.stderr and "(2 of 3 requests fit)" in stopped.stderr
+    assert emulator.emulator.counters.snapshot()["requests"] == 0
+    shown = invoke("plan", "--max-credits", "2", str(spec))
+    assert shown.stdout.count(" over budget\n") == 1 and "1 over budget: not sent" in shown.stdout
+    partial = run(emulator.url, spec, "--max-credits", "2", "--partial-budget")
+    assert partial.exit_code == 3 and sum(bills(emulator).values()) == 2

@@ -33,7 +33,7 @@ def test_max_credits_holds_with_requests_in_flight(
 ) -> None:
     emulator.emulator.configure(shape=shape, latency=(0.05, 0.05))
     spec = schnell_spec(tmp_path, 40, size=512)
-    spent, stdout = run_capped(emulator, spec, "--max-credits", "5")
+    spent, stdout = run_capped(emulator, spec, "--partial-budget", "--max-credits", "5")
     assert spent == 5  # the table's estimate is right here: exactly the cap, not 16+
     assert "5 done" in stdout and "35 not sent" in stdout
     assert "--max-credits 5 reached (spent 5, the next request would cost 1)" in stdout
@@ -50,7 +50,7 @@ def test_a_cost_the_table_gets_wrong_is_learned_from_the_first_answer(
     # the cost, and the cap holds from then on.
     emulator.emulator.configure(price_factor=3.0, latency=(0.05, 0.05))
     spec = schnell_spec(tmp_path, 40, size=512)
-    spent, stdout = run_capped(emulator, spec, "--max-credits", "10")
+    spent, stdout = run_capped(emulator, spec, "--partial-budget", "--max-credits", "10")
     assert spent == 9 and "3 done" in stdout
     assert "the next request would cost 3" in stdout
 
@@ -60,13 +60,13 @@ def test_the_next_run_knows_the_cost_from_the_lock(
 ) -> None:
     emulator.emulator.configure(price_factor=2.0, latency=(0.05, 0.05))
     spec = schnell_spec(tmp_path, 12, size=512)
-    assert run_capped(emulator, spec, "--max-credits", "4")[0] == 4  # 2 done
+    assert run_capped(emulator, spec, "--partial-budget", "--max-credits", "4")[0] == 4  # 2 done
     # The lock says flux/schnell costs 2 at 512x512: the plan says so, and the cap holds
     # with every slot in use from the first request.
     plan = json.loads(invoke("plan", "--json", str(spec)).stdout)
     todo = [r for r in plan["requests"] if r["state"] != "up to date"]
     assert {(r["credits"], r["credits_from_table"]) for r in todo} == {(2.0, False)}
-    spent, stdout = run_capped(emulator, spec, "--max-credits", "7")
+    spent, stdout = run_capped(emulator, spec, "--partial-budget", "--max-credits", "7")
     assert spent == 6 and "3 done" in stdout
 
 
@@ -75,7 +75,7 @@ def test_an_answer_without_an_image_is_charged_what_it_reports(
 ) -> None:
     emulator.emulator.configure(mangle="no-images", latency=(0.05, 0.05))
     spec = schnell_spec(tmp_path, 40, size=512)
-    spent, stdout = run_capped(emulator, spec, "--max-credits", "3")
+    spent, stdout = run_capped(emulator, spec, "--partial-budget", "--max-credits", "3")
     assert spent == 3 and "3 failed" in stdout
 
 
