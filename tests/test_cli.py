@@ -12,6 +12,7 @@ import yaml
 from helpers import invoke, write_spec
 
 from flux_pipeline.cli.app import cli
+from flux_pipeline.language.spec import load_spec
 
 ROOT = Path(__file__).parents[1]
 SHIPPED = sorted([*ROOT.glob("examples/*.yaml"), *ROOT.glob("specs/*.yaml")])
@@ -124,3 +125,18 @@ def test_global_options_work_after_the_command_and_validate_speaks_json(tmp_path
     (entry,) = json.loads(failed.stdout)["specs"]
     assert not entry["valid"] and len(entry["problems"]) == 3
     assert {(p["line"], p["path"]) for p in entry["problems"]} == {(3, "seed")}
+
+
+def test_requests_not_sent_for_one_reason_are_one_progress_line(tmp_path: Path) -> None:
+    import io
+
+    from flux_pipeline.cli.progress import Progress
+    from flux_pipeline.running.results import RequestResult, Status
+
+    spec = load_spec(write_spec(tmp_path, "version: 1\njobs: [{name: a, prompt: p}]\n"))
+    stream = io.StringIO()
+    with Progress(spec, [], stream=stream) as progress:
+        for k in range(32):
+            progress.update(RequestResult(f"r{k}", Status.NOT_SENT, "interrupted"))
+        progress.update(RequestResult("x", Status.FAILED, "HTTP 400"))
+    assert stream.getvalue() == "not sent: interrupted\n[33/0] failed: x (HTTP 400)\n"

@@ -209,3 +209,34 @@ def test_init_ci_workflow_pays_only_on_a_push_and_keeps_what_a_failed_run_paid_f
     again = Runner(repo, tmp_path / "a3", event="push", secrets=secrets, env=machine)
     again.job(workflow["jobs"]["images"], {}, {})
     assert emulator.emulator.counters.snapshot()["paid"] == 3  # nothing paid twice
+
+
+def test_init_ci_writes_what_is_missing_and_names_what_it_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    workflow = tmp_path / ".github/workflows/images.yml"
+    workflow.parent.mkdir(parents=True)
+    workflow.write_text("# mine\n")
+    result = invoke("init", "--ci")
+    assert result.exit_code == 0, result.stderr
+    assert "wrote images.flux.yaml" in result.stdout
+    assert "kept .github/workflows/images.yml as it was" in result.stdout
+    assert workflow.read_text() == "# mine\n"
+    again = invoke("init", "--ci")
+    assert again.exit_code == 2 and "already exist; nothing was written" in again.stderr
+
+
+def test_a_first_run_in_a_repository_that_does_not_ignore_the_cache_says_so_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    git(tmp_path, "init", "-q")
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(ROOT / "examples/quickstart.yaml", tmp_path)
+    first = invoke("run", "--emulator", "quickstart.yaml")
+    assert "hint: out/quickstart/.flux-cache/ is not git-ignored" in first.stderr
+    assert "hint:" not in invoke("run", "--emulator", "quickstart.yaml").stderr
+    (tmp_path / "other").mkdir()
+    (tmp_path / ".gitignore").write_text("**/.flux-cache/\n")
+    shutil.copy(ROOT / "examples/quickstart.yaml", tmp_path / "other")
+    assert "hint:" not in invoke("run", "--emulator", "other/quickstart.yaml").stderr

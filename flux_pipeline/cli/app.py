@@ -158,7 +158,8 @@ def _exit(error: FluxPipelineError) -> click.exceptions.Exit:
 def cli(
     ctx: click.Context, debug: bool, allow_output_outside: bool, max_spec_requests: int
 ) -> None:
-    """Turn YAML specs into images from the FLUX text-to-image API, reproducibly.
+    """Turn YAML specs into images from the FLUX image API (text-to-image and image editing),
+    reproducibly.
 
     A spec holds Jinja prompt templates and parameter grids. `validate` checks it without the
     network, `plan` shows the requests it makes, `run` generates the images and writes

@@ -25,6 +25,7 @@ class Progress:
         self.started = time.monotonic()
         self._bar: Any = None
         self._task: Any = None
+        self._unsent: set[str] = set()  # reasons for not sending, each said once
         if self.stream.isatty():
             from rich.console import Console
             from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
@@ -71,6 +72,12 @@ class Progress:
             if result.limited:
                 detail += f", in flight {result.limited} (429s)"
             self._bar.update(self._task, advance=1, detail=detail)
+        elif result.status is Status.NOT_SENT:
+            # Many requests are not sent for one reason (an interruption, a budget): one line
+            # for the reason, the summary counts them.
+            if result.reason not in self._unsent:
+                self._unsent.add(result.reason)
+                print(f"not sent: {result.reason}", file=self.stream, flush=True)
         elif result.status != Status.SKIPPED:
             line = f"[{sum(self.counts.values())}/{self.total}] {result.status}: {result.id}"
             if result.reason:

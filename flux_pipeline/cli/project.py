@@ -109,23 +109,30 @@ def init(spec: Path, ci: bool) -> None:
     runs offline, the tool's working folders in .gitignore, and with --ci a GitHub workflow
     that uses the flux-pipeline action. Nothing is overwritten.
 
-    Exit 0; 2 when SPEC or the workflow already exists.
+    Exit 0 (what exists already is kept and named); 2 when everything asked for exists.
     """
     from ..errors import ConfigError
 
-    if spec.exists() or spec.is_symlink():
-        raise ConfigError(f"{spec} already exists; nothing was written")
     workflow = Path(".github/workflows/images.yml")
-    if ci and workflow.exists():
-        raise ConfigError(f"{workflow} already exists; nothing was written")
+    present = [p for p in (spec, *([workflow] if ci else [])) if p.exists() or p.is_symlink()]
+    if len(present) == 1 + ci:
+        names = " and ".join(map(str, present))
+        verb = "exists" if len(present) == 1 else "exist"
+        raise ConfigError(f"{names} already {verb}; nothing was written")
     stem = spec.name.split(".")[0]
     lock = spec.with_name(spec.name.removesuffix(".yaml").removesuffix(".yml") + ".lock.json")
-    _write(spec, STARTER_SPEC.format(name=spec, stem=stem, lock=lock.name))
+    wrote = []
+    if spec not in present:
+        _write(spec, STARTER_SPEC.format(name=spec, stem=stem, lock=lock.name))
+        wrote.append(spec)
     ignored = _add_to_gitignore(spec.parent / ".gitignore")
-    if ci:
+    if ci and workflow not in present:
         made = f"{lock.as_posix()} {(spec.parent / 'out' / stem).as_posix()}"
         _write(workflow, WORKFLOW.format(spec=spec.as_posix(), folder=made))
-    click.echo(f"wrote {spec}" + (f" and {workflow}" if ci else ""))
+        wrote.append(workflow)
+    click.echo(f"wrote {' and '.join(map(str, wrote))}")
+    if present:
+        click.echo(f"kept {' and '.join(map(str, present))} as it was")
     if ignored:
         click.echo(f"added {', '.join(ignored)} to {spec.parent / '.gitignore'}")
     click.echo(f"next: flux-pipeline run --emulator {spec}")

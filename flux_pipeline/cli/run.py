@@ -210,11 +210,14 @@ def run(
 
 def _run_all(loaded: Sequence[tuple[Any, Any]], base_url: str, key: str, options: Any) -> None:
     from ..running.runner import run as run_spec
+    from ..store.writer_lock import FOLDER
     from .progress import Progress
     from .reports import run_summary
 
     failed = False
+    hinted = False
     for spec, requests in loaded:
+        fresh = not (spec.output / FOLDER).exists()
         with Progress(spec, requests) as progress:
             result = run_spec(
                 spec,
@@ -226,11 +229,37 @@ def _run_all(loaded: Sequence[tuple[Any, Any]], base_url: str, key: str, options
                 requests=requests,
             )
         click.echo(run_summary(result))
+        if fresh and not hinted:
+            hinted = _hint_gitignore(spec.output / FOLDER)
         if result.interrupted:
             raise Terminated(result.interrupted)  # the other specs are not started
         failed = failed or not result.ok
     if failed:
         raise click.exceptions.Exit(EXIT_FAILED)
+
+
+def _hint_gitignore(folder: Path) -> bool:
+    """Say once that the tool's folder a run just made is not git-ignored (inside a git
+    repository that does not ignore it); whether it was said."""
+    import subprocess
+
+    try:
+        done = subprocess.run(
+            ["git", "check-ignore", "-q", str(folder.resolve())],
+            cwd=folder.resolve().parent,
+            capture_output=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return False
+    if done.returncode != 1:  # 0: ignored; 128: not a repository (or no git)
+        return False
+    click.echo(
+        f"hint: {folder}/ is not git-ignored: add **/.flux-cache/ and **/.journal.jsonl to "
+        ".gitignore (flux-pipeline init does)",
+        err=True,
+    )
+    return True
 
 
 @cli.command()
