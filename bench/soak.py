@@ -76,7 +76,8 @@ def known(spec: Path, output: Path) -> set[str]:
         ids |= set(json.loads(lock.read_text())["requests"])
     found = read_pending(output / ".flux-cache" / FILE_NAME)
     ids |= set(found.results)
-    return ids | {i for i, answer in found.answers.values() if generation_from_json(answer)}
+    pending = found.answers.values()
+    return ids | {a.request_id for a in pending if generation_from_json(a.answer)}
 
 
 def paid_twice(counts: Counter[str]) -> int:

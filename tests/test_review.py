@@ -49,7 +49,10 @@ def test_check_after_editing_a_prompt(tmp_path: Path, emulator: EmulatorServer) 
     grid(tmp_path, prompt="A shiny {{ style }} {{ product }}")
     found = stale(spec)
     assert set(found) == {"kettle-minimal", "kettle-retro", "toaster-minimal", "toaster-retro"}
-    assert found["kettle-retro"] == ("changed", "changed: prompt")
+    assert found["kettle-retro"] == (
+        "changed",
+        "changed: prompt ('A retro kettle' → 'A shiny retro kettle')",
+    )
 
 
 def test_check_after_adding_an_axis_value(tmp_path: Path, emulator: EmulatorServer) -> None:
@@ -86,6 +89,7 @@ def test_check_counts_stale_requests_apart_from_entries_gone_from_the_spec(
         "  new       toaster-neon: not in the lock",
         "  removed   kettle-retro: in the lock but no longer in the spec",
         "  removed   toaster-retro: in the lock but no longer in the spec",
+        f"  to bring it up to date: flux-pipeline run {spec}",
     ]
 
 

@@ -151,7 +151,10 @@ def test_changed_body_is_redone_and_plan_says_why(tmp_path: Path, emulator: Emul
     spec.write_text(spec.read_text().replace("A {{ style }}", "One {{ style }}"))
     plan = invoke("plan", "--json", str(spec))
     states = {r["id"]: (r["state"], r["reason"]) for r in json.loads(plan.stdout)["requests"]}
-    assert states["kettle-retro"] == ("changed", "changed: prompt")
+    assert states["kettle-retro"] == (
+        "changed",
+        "changed: prompt ('A retro photo of a kettle' → 'One retro photo of a kettle')",
+    )
     assert run_cli(emulator, str(spec)).exit_code == 0
     assert requests_seen(emulator) == 8
 

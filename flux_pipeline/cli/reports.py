@@ -97,6 +97,10 @@ def check_text(report: CheckReport) -> str:
         summary += f"; {report.gone} in the lock no longer in the spec"
     lines = [f"{path}: {summary}"]
     lines += [f"  {f.state:8}  {f.id}: {f.reason}" for f in report.findings]
+    if len(report.findings) > report.gone:
+        lines.append(f"  to bring it up to date: flux-pipeline run {path}")
+    elif report.gone:
+        lines.append(f"  to drop them from the lock: flux-pipeline run {path}")
     return "\n".join(lines)
 
 

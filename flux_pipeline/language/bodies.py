@@ -46,3 +46,19 @@ def body_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
     if said is None:
         return fields
     return [f for f in fields if f not in inputs] + [said]
+
+
+def field_change(old: Mapping[str, Any], new: Mapping[str, Any], path: str, width: int = 40) -> str:
+    """One changed field as a user reads it: `prompt ('a red fox' → 'a blue fox')`, each value
+    shortened to `width` characters; `(none)` where a body has no such field."""
+
+    def at(body: Mapping[str, Any]) -> str:
+        value: Any = body
+        for part in path.split("."):
+            if not isinstance(value, Mapping) or part not in value:
+                return "(none)"
+            value = value[part]
+        text = json.dumps(value, ensure_ascii=False) if not isinstance(value, str) else repr(value)
+        return text if len(text) <= width else text[: width - 1] + "…"
+
+    return f"{path} ({at(old)} → {at(new)})"

@@ -16,7 +16,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from ..language.bodies import body_changes, body_hash
+from ..language.bodies import body_changes, body_hash, field_change
 from ..language.expansion import Request
 from ..language.spec import Spec
 from ..language.validation import output_stems, validate
@@ -72,7 +72,8 @@ def state_of(
     if entry.body_sha256 != request.body_sha256:
         changes = body_changes(entry.body, request.body)
         fields = [c for c in changes if not c.startswith("input ")]
-        said = ["changed: " + ", ".join(fields)] if fields else []
+        shown = [field_change(entry.body, request.body, f) for f in fields]
+        said = ["changed: " + "; ".join(shown)] if fields else []
         said += [c for c in changes if c.startswith("input ")]
         reason = "; ".join(said) or "body changed"
         return State(RequestState.CHANGED, reason)
