@@ -254,3 +254,53 @@ def test_an_undefined_variable_close_to_a_defined_one_gets_a_did_you_mean(tmp_pa
     )
     result = invoke("validate", str(spec))
     assert "prompt: undefined variable 'stlye' (did you mean 'style'?)" in result.stderr
+
+
+def test_every_phase_reports_its_problems_in_one_validate(tmp_path: Path) -> None:
+    """A bad exclude key, an undefined variable, a misspelt field and a size out of range:
+    one run of validate names all four."""
+    spec = write_spec(
+        tmp_path,
+        """
+        version: 1
+        jobs:
+          - name: "a-{{ style }}"
+            prompt: "{{ subjekt }} in {{ style }}"
+            matrix:
+              style: [ink, oil]
+              exclude: [{stlye: ink}]
+          - name: "b-{{ style }}"
+            prompt: "a fox in {{ style }}"
+            matrix: {style: [ink]}
+            request:
+              guidance_scle: 3
+              image_size: {width: 99999, height: 512}
+        """,
+    )
+    result = invoke("validate", str(spec))
+    assert result.exit_code == 1
+    said = result.stderr
+    assert "'stlye' is no axis or row column (did you mean 'style'?)" in said
+    assert "undefined variable 'subjekt'" in said
+    assert "guidance_scle" in said
+    assert "width" in said and "99999" in said
+
+
+def test_a_variable_only_cases_rows_have_is_explained(tmp_path: Path) -> None:
+    spec = write_spec(
+        tmp_path,
+        """
+        version: 1
+        jobs:
+          - name: "{{ prompt_id }}-{{ style }}"
+            prompt: "{{ text }} in {{ style }}"
+            matrix: {style: [ink, oil]}
+            cases: [{prompt_id: fox, text: a red fox, style: ink}]
+        """,
+    )
+    result = invoke("validate", str(spec))
+    assert result.exit_code == 1
+    assert "undefined variable 'prompt_id'" in result.stderr
+    assert "cases rows are added to the matrix's combinations, not crossed with them" in (
+        result.stderr
+    )

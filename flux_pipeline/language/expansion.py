@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +20,7 @@ from typing import Any
 from ..errors import Explained, Problem, SpecInvalid
 from ..provider.inputs import InputFiles
 from .bodies import body_hash, canonical_json
-from .matrix import columns, matrix_combinations, read_cases_file, resolved_matrix
+from .matrix import columns, matrix_combinations, read_cases_file, usable_matrix
 from .render import (
     TEMPLATE_ERRORS,
     Renderer,
@@ -172,6 +173,7 @@ def _render_job(
     job = compiled.job
     file = str(spec.path)
     suffix_repeat = job.repeat > 1 and "repeat" not in compiled.name.variables
+    elsewhere = {name for combo in combos for name in combo}  # some combination's variables
     for index, combo in enumerate(combos):
         for repeat in range(1, job.repeat + 1):
             context = {**spec.vars, **combo, "repeat": repeat, "index": index}
@@ -196,7 +198,7 @@ def _render_job(
                         spec.name, _seed_key(job, name, context), repeat
                     )
             except TEMPLATE_ERRORS as exc:
-                said = describe_error(exc, context)
+                said = describe_error(exc, context) + _only_elsewhere(exc, elsewhere)
                 problems.append(Problem(said, file, line, job.name, shown, path))
                 continue
             yield Request(
@@ -210,6 +212,19 @@ def _render_job(
             )
 
 
+def _only_elsewhere(exc: Exception, elsewhere: set[str]) -> str:
+    """A hint for an undefined variable that other combinations of the job have: `cases:`
+    rows are added to the matrix's combinations, not crossed with them."""
+    match = re.search(r"'([^']+)' is undefined", str(exc))
+    if match is None or match.group(1) not in elsewhere:
+        return ""
+    return (
+        f"; {match.group(1)!r} is a variable of other combinations only: cases rows are added "
+        "to the matrix's combinations, not crossed with them (to cross, make an axis of "
+        "mappings: `p: [{id: fox, text: ...}]`)"
+    )
+
+
 def expand_collect(spec: Spec) -> tuple[list[Request], list[Problem]]:
     """Every request the spec describes, and every problem met while rendering them. The
     number of requests is checked against the spec's cap before any is made, and all of its
@@ -217,18 +232,19 @@ def expand_collect(spec: Spec) -> tuple[list[Request], list[Problem]]:
     requests: list[Request] = []
     problems: list[Problem] = []
     matrices: list[Mapping[str, Any] | None] = []
+    broken: set[int] = set()  # jobs whose axes cannot be made: not expanded
     for job in spec.jobs:
-        try:
-            matrices.append(resolved_matrix(spec, job))
-        except SpecInvalid as exc:
-            problems += exc.problems
-            matrices.append(None)
-    if problems:
-        return requests, problems
+        matrix, found = usable_matrix(spec, job)
+        if matrix is None and job.matrix is not None:
+            broken.add(job.position)
+        matrices.append(matrix)
+        problems += found
     _check_count(spec, matrices)
     renderer = Renderer(template_folders(spec.folder), InputFiles(spec.folder))
     with step_budget():
         for job, matrix in zip(spec.jobs, matrices, strict=True):
+            if job.position in broken:
+                continue
             try:
                 compiled = _compile_job(spec, renderer, job)
                 combos = job_combinations(spec, job, matrix)

@@ -247,11 +247,13 @@ def rows_axis(
     return rows
 
 
-def resolved_matrix(spec: Spec, job: Job) -> Mapping[str, Any] | None:
-    """The job's matrix with each `{files: GLOB}` and `{rows: FILE}` axis made its values;
-    SpecInvalid at the job's line if one cannot be, or if an exclude entry is wrong."""
+def usable_matrix(spec: Spec, job: Job) -> tuple[Mapping[str, Any] | None, list[Problem]]:
+    """The job's matrix with each `{files: GLOB}` and `{rows: FILE}` axis made its values,
+    less any include or exclude entry that is wrong, and the problems found (at the spec's
+    lines): the rest of the job can still be expanded and checked, so that one `validate`
+    reports every problem. (None, problems) when an axis cannot be made at all."""
     if job.matrix is None:
-        return None
+        return None, []
     matrix = dict(job.matrix)
     for axis, value in job.matrix.items():
         if isinstance(value, dict) and axis not in ENTRIES:
@@ -261,11 +263,13 @@ def resolved_matrix(spec: Spec, job: Job) -> Mapping[str, Any] | None:
                 else:
                     at = (str(spec.path), job.line, spec.max_requests)
                     matrix[axis] = rows_axis(spec.folder, value["rows"], *at)
+            except SpecInvalid as exc:  # a rows file that cannot be read
+                return None, list(exc.problems)
             except ValueError as exc:
                 line = job.matrix_lines.get(axis, job.line)
                 where = f"matrix.{axis}"
-                problem = Problem(str(exc), str(spec.path), line, job.name, path=where)
-                raise SpecInvalid([problem]) from None
+                return None, [Problem(str(exc), str(spec.path), line, job.name, path=where)]
+    wrong = list(entry_problems(matrix))
     problems = [
         Problem(
             message,
@@ -274,15 +278,17 @@ def resolved_matrix(spec: Spec, job: Job) -> Mapping[str, Any] | None:
             job.name,
             path=f"matrix.{kind}",
         )
-        for kind, message in entry_problems(matrix)
+        for kind, _, message in wrong
     ]
-    if problems:
-        raise SpecInvalid(problems)
-    return matrix
+    dropped = {id(entry) for _, entry, _ in wrong}
+    for kind in ENTRIES:
+        if kind in matrix:
+            matrix[kind] = [e for e in matrix[kind] if id(e) not in dropped]
+    return matrix, problems
 
 
-def entry_problems(matrix: Mapping[str, Any]) -> Iterable[tuple[str, str]]:
-    """(include|exclude, message) for each entry that names no axis or row column, or (an
+def entry_problems(matrix: Mapping[str, Any]) -> Iterable[tuple[str, Any, str]]:
+    """(include|exclude, the entry, message) for each entry that names no axis or row column, or (an
     exclude) matches no combination; for include, only a key or value that is a near miss of
     one (an include may add variables and combinations: GitHub Actions semantics)."""
     axes = {k: list(v) for k, v in matrix.items() if k not in ENTRIES}
@@ -297,11 +303,11 @@ def entry_problems(matrix: Mapping[str, Any]) -> Iterable[tuple[str, str]]:
             for key, value in entry.items():
                 message = _entry_key_problem(kind, key, value, known)
                 if message:
-                    yield kind, f"{kind} {format_combo(entry)}: {message}"
+                    yield kind, entry, f"{kind} {format_combo(entry)}: {message}"
                     break
             else:
                 if kind == "exclude" and not _satisfiable(entry, axes):
-                    yield kind, f"exclude {format_combo(entry)} matches no combination"
+                    yield kind, entry, f"exclude {format_combo(entry)} matches no combination"
 
 
 def _entry_key_problem(kind: str, key: str, value: Any, known: Mapping[str, list[Any]]) -> str:
