@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import urllib.parse
+from collections.abc import Callable
 from typing import Any, TextIO
 
 from ..errors import ConfigError
@@ -79,6 +80,18 @@ class Redactor:
             out.append(MASK)
             i = end
         return "".join(out)
+
+
+def redact_json(value: Any, redact: Callable[[str], str]) -> Any:
+    """`value` (JSON data) with every string passed through `redact`: for what a server sent,
+    before it is kept on disk."""
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, list):
+        return [redact_json(v, redact) for v in value]
+    if isinstance(value, dict):
+        return {k: redact_json(v, redact) for k, v in value.items()}
+    return value
 
 
 class RedactingStream:

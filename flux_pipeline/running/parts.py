@@ -72,7 +72,7 @@ class RunFiles:
         with contextlib.suppress(OSError):
             cache.remember(entries)
         unusable = UnusableAnswers(cache.root, redact)
-        record = WriteAhead(record_path, redact)
+        record = WriteAhead(record_path)
         return cls(journal, record, cache, found, ratios, unusable)
 
     def __enter__(self) -> RunFiles:

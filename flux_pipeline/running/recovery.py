@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import json
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -146,16 +146,11 @@ def done_line(entry: Entry) -> bytes:
     return (json.dumps(record, ensure_ascii=False, allow_nan=False) + "\n").encode()
 
 
-def rewrite(
-    path: Path,
-    answers: Mapping[str, PendingAnswer],
-    redact: Callable[[str], str] = lambda text: text,
-) -> None:
+def rewrite(path: Path, answers: Mapping[str, PendingAnswer]) -> None:
     """Leave only these answers (by body hash) in the record, or no record."""
     lines = b"".join(
         answer_line(a.request_id, body, a.answer) for body, a in sorted(answers.items())
     )
-    lines = redact(lines.decode()).encode()
     if lines:
         write_atomic(path, lines)
     else:
@@ -171,10 +166,9 @@ class WriteAhead:
     appended while an fsync runs share the next one.
     """
 
-    def __init__(self, path: Path, redact: Callable[[str], str] = lambda text: text) -> None:
+    def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self._redact = redact  # every line passes the key's redactor (a URL may carry it)
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
         self._appended = 0
         self._synced = 0
@@ -182,7 +176,7 @@ class WriteAhead:
 
     def append(self, line: bytes) -> int:
         """Append one record; its number, for `durable`. Raises OSError (a full disk)."""
-        view = memoryview(self._redact(line.decode()).encode())
+        view = memoryview(line)
         while view:
             view = view[os.write(self._fd, view) :]
         self._appended += 1

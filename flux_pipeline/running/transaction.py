@@ -23,6 +23,7 @@ from ..errors import BadResponse, RequestFailed, RunStopped, SaveFailed, Sending
 from ..language.spec import Spec
 from ..language.validation import output_stems
 from ..provider.client import Attempt
+from ..provider.redaction import redact_json
 from ..provider.registry import get_model
 from ..provider.responses import Generation
 from ..store.lock import Entry, Output, mismatch_warning
@@ -123,7 +124,7 @@ class Run:
             found = self.files.found.results.values()
             self.cache.remember([*self.keeper.entries.values(), *found])
         with contextlib.suppress(OSError):
-            rewrite(self.record.path, self.pending, self.client.redact)
+            rewrite(self.record.path, self.pending)
 
     def result(self, seconds: float) -> RunResult:
         """How the run ended, once it has."""
@@ -264,7 +265,9 @@ class Run:
             self.posting -= 1
         unanswered = sum(1 for a in attempts if a.unanswered)  # with --retry-timeouts
         self.settle(reservation, Charge(True, generation.credits, unanswered))
-        answer = generation_json(generation)
+        # The answer is the server's text: a URL may carry the key (never our own ids, hashes
+        # or paths, which a short key could garble).
+        answer = redact_json(generation_json(generation), self.client.redact)
         self.pending[request.body_sha256] = PendingAnswer(request.id, answer)
         with contextlib.suppress(OSError):  # a safety net: the images are fetched anyway
             self.record.append(answer_line(request.id, request.body_sha256, answer))

@@ -41,9 +41,10 @@ class UnusableAnswers:
         """Record a body billed for an unusable answer (one appended line)."""
         self.read()[body_sha256] = reason
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        line = {"body_sha256": body_sha256, "id": request_id, "reason": reason}
+        # Only the reason is the server's text (it may quote the key); ids and hashes are ours.
+        line = {"body_sha256": body_sha256, "id": request_id, "reason": self._redact(reason)}
         with self.path.open("a", encoding="utf-8") as file:
-            file.write(self._redact(json.dumps(line, allow_nan=False)) + "\n")
+            file.write(json.dumps(line, allow_nan=False) + "\n")
 
     def forget(self, body_sha256: str) -> None:
         """Drop a body that has since had a usable answer."""

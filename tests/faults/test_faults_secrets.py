@@ -3,6 +3,7 @@ traceback, on the success, 401, 403, 500 and timeout paths."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,7 @@ import pytest
 from helpers import invoke, write_spec
 
 from flux_pipeline.emulator import EmulatorServer
+from flux_pipeline.running.recovery import read_pending
 
 SENTINEL = "sk-SENTINEL-SECRET-9f8e7d6c"
 PATHS: dict[str, tuple[dict[str, Any], tuple[str, ...], int]] = {
@@ -132,3 +134,20 @@ def test_the_redactor_masks_escaped_forms_and_runs_of_the_key() -> None:
     assert redact("cut: ...\\key-01234") == "cut: ...[redacted]"  # 8+ characters of it
     assert redact("short: key-0") == "short: key-0"  # fewer than 8: left
     assert Redactor("k")("k is a letter") == "k is a letter"
+
+
+def test_a_key_that_is_part_of_request_names_does_not_garble_the_record(
+    tmp_path: Path, emulator: EmulatorServer
+) -> None:
+    """The record keeps our ids and hashes as they are (recovery depends on them); only what
+    the server sent passes the redactor."""
+    emulator.emulator.configure(mangle="key-url")
+    spec = write_spec(
+        tmp_path, 'version: 1\njobs: [{name: "soak-{{ i }}", prompt: p, matrix: {i: [1, 2]}}]\n'
+    )
+    result = invoke("run", "--base-url", emulator.url, str(spec), env={"AIMLAPI_KEY": "soak"})
+    assert result.exit_code == 3
+
+    found = read_pending(tmp_path / "out/spec/.flux-cache/pending.jsonl")
+    assert sorted(a.request_id for a in found.answers.values()) == ["soak-1", "soak-2"]
+    assert all("soak" not in json.dumps(a.answer) for a in found.answers.values())
