@@ -9,12 +9,14 @@ import click
 import jsonschema
 import pytest
 import yaml
-from helpers import invoke, write_spec
+from helpers import invoke, schnell_spec, write_spec
 
 from flux_pipeline.cli.app import cli
+from flux_pipeline.emulator import EmulatorServer
 from flux_pipeline.language.spec import load_spec
 
 ROOT = Path(__file__).parents[1]
+DOCS = ROOT / "docs"
 SHIPPED = sorted([*ROOT.glob("examples/*.yaml"), *ROOT.glob("specs/*.yaml")])
 
 
@@ -25,7 +27,7 @@ def test_shipped_specs_validate_and_plan(spec: Path) -> None:
     assert result.stdout.startswith(f"{spec}: valid, ")
     plan = invoke("plan", "--json", str(spec))
     assert plan.exit_code == 0
-    data = json.loads(plan.stdout)
+    (data,) = json.loads(plan.stdout)["specs"]
     assert data["totals"]["requests"] == len(data["requests"]) > 0
 
 
@@ -72,11 +74,13 @@ def test_plan_table_shows_sizes_seeds_and_totals(tmp_path: Path) -> None:
     )
 
 
-def test_plan_json_of_several_specs_is_a_list(tmp_path: Path) -> None:
+def test_plan_json_has_one_shape_for_one_spec_or_several(tmp_path: Path) -> None:
     one = write_spec(tmp_path, "version: 1\njobs: [{name: a, prompt: p}]\n", "one.yaml")
     two = write_spec(tmp_path, "version: 1\njobs: [{name: b, prompt: p}]\n", "two.yaml")
-    data = json.loads(invoke("plan", "--json", str(one), str(two)).stdout)
-    assert [d["spec"] for d in data] == ["one", "two"]
+    single = json.loads(invoke("plan", "--json", str(one)).stdout)
+    assert [d["spec"] for d in single["specs"]] == ["one"]
+    data = json.loads(invoke("plan", "--json", str(one), str(two)).stdout)["specs"]
+    assert [(d["spec"], d["path"]) for d in data] == [("one", str(one)), ("two", str(two))]
     assert data[0]["requests"][0]["body"] == {
         "model": "flux-pro",
         "prompt": "p",
@@ -116,7 +120,9 @@ def test_global_options_work_after_the_command_and_validate_speaks_json(tmp_path
     result = invoke("validate", "--json", str(spec))
     assert result.exit_code == 0
     assert json.loads(result.stdout) == {
-        "specs": [{"spec": str(spec), "valid": True, "requests": 3, "problems": []}],
+        "specs": [
+            {"spec": "spec", "path": str(spec), "valid": True, "requests": 3, "problems": []}
+        ],
         "problems": 0,
     }
     spec.write_text(spec.read_text().replace("prompt: p", "prompt: p, request: {seed: 0}"))
@@ -140,3 +146,34 @@ def test_requests_not_sent_for_one_reason_are_one_progress_line(tmp_path: Path) 
             progress.update(RequestResult(f"r{k}", Status.NOT_SENT, "interrupted"))
         progress.update(RequestResult("x", Status.FAILED, "HTTP 400"))
     assert stream.getvalue() == "not sent: interrupted\n[33/0] failed: x (HTTP 400)\n"
+
+
+def test_every_json_output_matches_its_schema_in_docs(
+    tmp_path: Path, emulator: EmulatorServer
+) -> None:
+    """One shape whatever the number of specs, the same keys across commands (`spec` is the
+    name, `path` the file), each described by docs/json/COMMAND.schema.json."""
+    spec = schnell_spec(tmp_path, 2)
+    bad = write_spec(tmp_path, "version: 1\njobs: [{name: a, promt: p}]\n", "bad.yaml")
+    assert (
+        invoke("run", "--base-url", emulator.url, str(spec), env={"AIMLAPI_KEY": "k"}).exit_code
+        == 0
+    )
+    outputs = {
+        "validate": [invoke("validate", "--json", str(spec), str(bad))],
+        "plan": [
+            invoke("plan", "--json", str(spec)),
+            invoke("plan", "--json", str(spec), str(spec)),
+        ],
+        "check": [invoke("check", "--json", str(spec))],
+        "diff": [
+            invoke("diff", str(spec), "--against", str(spec.with_name("spec.lock.json")), "--json")
+        ],
+    }
+    for command, results in outputs.items():
+        schema = json.loads((DOCS / "json" / f"{command}.schema.json").read_text())
+        for result in results:
+            data = json.loads(result.stdout)
+            jsonschema.validate(data, schema)
+            for entry in data.get("specs", [data]):
+                assert entry["spec"] in ("spec", "bad") and entry["path"].endswith(".yaml")

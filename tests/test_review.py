@@ -16,7 +16,8 @@ from flux_pipeline.store.cache import HashIndex
 
 def check_json(spec: Path) -> tuple[int, dict[str, object]]:
     result = invoke("check", "--json", str(spec))
-    return result.exit_code, json.loads(result.stdout)
+    (report,) = json.loads(result.stdout)["specs"]
+    return result.exit_code, report
 
 
 def stale(spec: Path) -> dict[str, tuple[str, str]]:
@@ -101,7 +102,7 @@ def test_plan_shows_what_the_cache_restores_for_free_and_what_leaves_the_lock(
     grid(tmp_path, styles="[minimal, neon]")
     run(emulator, spec)
     grid(tmp_path)  # retro is back: its images are in the cache of earlier outputs
-    data = json.loads(invoke("plan", "--json", str(spec)).stdout)
+    (data,) = json.loads(invoke("plan", "--json", str(spec)).stdout)["specs"]
     by_id = {r["id"]: r for r in data["requests"]}
     assert {k: (r["state"], r["cached"], r["credits"]) for k, r in by_id.items()} == {
         "kettle-minimal": ("up to date", False, 1),

@@ -150,7 +150,8 @@ def test_changed_body_is_redone_and_plan_says_why(tmp_path: Path, emulator: Emul
     assert run_cli(emulator, str(spec)).exit_code == 0
     spec.write_text(spec.read_text().replace("A {{ style }}", "One {{ style }}"))
     plan = invoke("plan", "--json", str(spec))
-    states = {r["id"]: (r["state"], r["reason"]) for r in json.loads(plan.stdout)["requests"]}
+    (planned,) = json.loads(plan.stdout)["specs"]
+    states = {r["id"]: (r["state"], r["reason"]) for r in planned["requests"]}
     assert states["kettle-retro"] == (
         "changed",
         "changed: prompt ('A retro photo of a kettle' → 'One retro photo of a kettle')",
@@ -164,7 +165,7 @@ def test_deleted_or_altered_image_is_restored(tmp_path: Path, emulator: Emulator
     assert run_cli(emulator, str(spec)).exit_code == 0
     (tmp_path / "out/grid/kettle-retro.png").unlink()
     (tmp_path / "out/grid/toaster-retro.png").write_bytes(b"not the image")
-    plan = json.loads(invoke("plan", "--json", str(spec)).stdout)
+    (plan,) = json.loads(invoke("plan", "--json", str(spec)).stdout)["specs"]
     states = {r["id"]: r["state"] for r in plan["requests"]}
     assert states == {
         "kettle-minimal": "up to date",

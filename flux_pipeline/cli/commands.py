@@ -41,8 +41,12 @@ def validate(settings: Settings, specs: Sequence[Path], as_json: bool) -> None:
     report: list[dict[str, Any]] = []
 
     def work(path: Path) -> None:
-        report.append({"spec": str(path), "valid": False, "requests": 0, "problems": []})
+        stem = path.name.removesuffix(".yaml").removesuffix(".yml")
+        report.append(
+            {"spec": stem, "path": str(path), "valid": False, "requests": 0, "problems": []}
+        )
         spec = settings.load_spec(path)
+        report[-1]["spec"] = spec.name
         requests = library.validate(spec)
         loaded.append(spec)
         report[-1].update(valid=True, requests=len(requests))
@@ -64,7 +68,11 @@ def validate(settings: Settings, specs: Sequence[Path], as_json: bool) -> None:
 
     each_spec(specs, work, lambda: check_together(loaded), failed)
     for entry in report:
-        entry["problems"] = [p for p in problems if p["spec"] in (entry["spec"], "")]
+        entry["problems"] = [
+            {k: v for k, v in p.items() if k != "spec"}
+            for p in problems
+            if p["spec"] in (entry["path"], "")
+        ]
         entry["valid"] = entry["valid"] and not entry["problems"]
     click.echo(json.dumps({"specs": report, "problems": len(problems)}, indent=2))
     if problems:
@@ -117,7 +125,7 @@ def plan(
         each_spec(specs, work)
     finally:
         if as_json:
-            click.echo(json.dumps(plans if len(specs) > 1 else next(iter(plans), None), indent=2))
+            click.echo(json.dumps({"specs": plans}, indent=2))
 
 
 @cli.command()
@@ -157,8 +165,8 @@ def check(settings: Settings, specs: Sequence[Path], as_json: bool, strict: bool
         each_spec(specs, work)
     finally:
         if as_json:
-            first = next(iter(reports), None)
-            click.echo(json.dumps(reports if len(specs) > 1 else first, indent=2))
+            up_to_date = all(r["up_to_date"] for r in reports) and len(reports) == len(specs)
+            click.echo(json.dumps({"specs": reports, "up_to_date": up_to_date}, indent=2))
     if stale:
         raise click.exceptions.Exit(EXIT_INVALID)
 
@@ -187,7 +195,8 @@ def diff(settings: Settings, spec: Path, ref: str, as_json: bool) -> None:
     loaded = settings.load_spec(spec)
     result = diff_locks(lock_at(loaded, ref), library.read_lock(loaded.lock_path))
     if as_json:
-        click.echo(json.dumps(result.as_json(), indent=2))
+        where = {"spec": loaded.name, "path": str(spec), "against": ref}
+        click.echo(json.dumps({**where, **result.as_json()}, indent=2))
     else:
         click.echo(diff_text(result, str(loaded.lock_path), ref))
 

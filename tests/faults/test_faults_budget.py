@@ -63,7 +63,7 @@ def test_the_next_run_knows_the_cost_from_the_lock(
     assert run_capped(emulator, spec, "--partial-budget", "--max-credits", "4")[0] == 4  # 2 done
     # The lock says flux/schnell costs 2 at 512x512: the plan says so, and the cap holds
     # with every slot in use from the first request.
-    plan = json.loads(invoke("plan", "--json", str(spec)).stdout)
+    (plan,) = json.loads(invoke("plan", "--json", str(spec)).stdout)["specs"]
     todo = [r for r in plan["requests"] if r["state"] != "up to date"]
     assert {(r["credits"], r["credits_from_table"]) for r in todo} == {(2.0, False)}
     spent, stdout = run_capped(emulator, spec, "--partial-budget", "--max-credits", "7")
@@ -88,7 +88,7 @@ def test_max_requests_counts_requests_in_flight(tmp_path: Path, emulator: Emulat
 
 def test_plan_estimates_a_first_run_from_the_price_table(tmp_path: Path) -> None:
     spec = schnell_spec(tmp_path, 3, size=1440)  # 2.07 megapixels: 3 started
-    plan = json.loads(invoke("plan", "--json", str(spec)).stdout)
+    (plan,) = json.loads(invoke("plan", "--json", str(spec)).stdout)["specs"]
     assert plan["totals"]["credits"] == 9 == 3 * estimate("flux/schnell", 1440, 1440, 1)
     assert plan["totals"]["credits_from_table"] == ["flux/schnell"]
 

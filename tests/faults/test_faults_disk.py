@@ -115,7 +115,7 @@ def test_output_folder_deleted_mid_run(tmp_path: Path, emulator: EmulatorServer)
     assert len(lock) == 16
     stale = invoke("check", "--json", str(spec))
     assert stale.exit_code == 1
-    missing = {s["id"] for s in json.loads(stale.stdout)["stale"]}
+    missing = {s["id"] for s in json.loads(stale.stdout)["specs"][0]["stale"]}
     assert missing and all(s.startswith("n") for s in missing)
     before = emulator.emulator.counters.snapshot()["requests"]
     assert run(emulator, spec).exit_code == 0  # type: ignore[attr-defined]
