@@ -202,6 +202,7 @@ def test_diff_against_a_git_revision(tmp_path: Path, emulator: EmulatorServer) -
     result = invoke("diff", str(spec), "--against", "HEAD")
     assert result.exit_code == 0
     assert result.stdout.splitlines() == [
+        f"comparing {spec.with_name('spec.lock.json')} with HEAD",
         "added    kettle-neon",
         "added    toaster-neon",
         "removed  kettle-retro",
@@ -211,8 +212,23 @@ def test_diff_against_a_git_revision(tmp_path: Path, emulator: EmulatorServer) -
     ]
     as_json = json.loads(invoke("diff", str(spec), "--against", "HEAD", "--json").stdout)
     assert as_json["changed"]["kettle-minimal"] == ["body.prompt", "outputs"]
-    same = invoke("diff", str(spec), "--against", str(spec.with_name("spec.lock.json")))
-    assert (
-        same.stdout == f"{spec.with_name('spec.lock.json')}: no changes since "
-        f"{spec.with_name('spec.lock.json')}\n"
-    )
+    lock = spec.with_name("spec.lock.json")
+    same = invoke("diff", str(spec), "--against", str(lock))
+    assert same.stdout.splitlines() == [
+        f"comparing {spec} (not run yet) with {lock}",
+        f"{spec} (not run yet): no changes since {lock}",
+    ]
+
+
+def test_diff_sees_edits_not_run_yet(tmp_path: Path, emulator: EmulatorServer) -> None:
+    git(tmp_path, "init", "-q")
+    spec = grid(tmp_path)
+    run(emulator, spec)
+    git(tmp_path, "add", "-A")
+    git(tmp_path, "commit", "-qm", "first")
+    grid(tmp_path, prompt="A {{ style }} {{ product }}, at dawn")  # edited, not run
+    result = invoke("diff", str(spec), "--against", "HEAD")
+    assert result.stdout.splitlines()[0] == f"comparing {spec} (not run yet) with HEAD"
+    assert "changed  kettle-minimal: body.prompt" in result.stdout
+    as_json = json.loads(invoke("diff", str(spec), "--against", "HEAD", "--json").stdout)
+    assert as_json["compared"] == "spec" and "kettle-retro" in as_json["changed"]

@@ -184,21 +184,29 @@ def check(settings: Settings, specs: Sequence[Path], as_json: bool, strict: bool
 @pass_settings
 def diff(settings: Settings, spec: Path, ref: str, as_json: bool) -> None:
     """What changed in the spec's lock since REF: requests added, removed, and changed
-    (with the fields that changed; "input photos/mug.jpg changed" for an edited input).
+    (with the fields that changed; "input photos/mug.jpg changed" for an edited input). When
+    the lock has not changed since REF, what the spec asks for now (edits not run yet) is
+    compared with REF's lock instead; the first line says which is compared.
 
     Exit 0 (differences are not a failure); 1 on an invalid spec or an unreadable lock or REF.
     """
     from .. import library
-    from ..review.compare import diff_locks, lock_at
+    from ..review.compare import diff_locks, diff_spec, lock_at
     from .reports import diff_text
 
     loaded = settings.load_spec(spec)
-    result = diff_locks(lock_at(loaded, ref), library.read_lock(loaded.lock_path))
+    before = lock_at(loaded, ref)
+    result = diff_locks(before, library.read_lock(loaded.lock_path))
+    compared = "lock"
+    if result.empty:  # not run since REF: what the spec asks for now, against REF's lock
+        result, compared = diff_spec(loaded, before), "spec"
     if as_json:
-        where = {"spec": loaded.name, "path": str(spec), "against": ref}
+        where = {"spec": loaded.name, "path": str(spec), "against": ref, "compared": compared}
         click.echo(json.dumps({**where, **result.as_json()}, indent=2))
     else:
-        click.echo(diff_text(result, str(loaded.lock_path), ref))
+        what = str(loaded.lock_path) if compared == "lock" else f"{spec} (not run yet)"
+        click.echo(f"comparing {what} with {ref}")
+        click.echo(diff_text(result, what, ref))
 
 
 @cli.command()

@@ -164,6 +164,26 @@ def diff_locks(old: Lock | None, new: Lock | None) -> LockDiff:
     )
 
 
+def diff_spec(spec: Spec, old: Lock | None) -> LockDiff:
+    """What the spec asks for now (not run yet) against a lock: requests it adds, drops, and
+    whose bodies changed (with the fields)."""
+    the_plan = plan(spec, None, old)
+    before = old.entries if old else {}
+    changed = {}
+    for item in the_plan.items:
+        entry = before.get(item.request.id)
+        if entry is not None and entry.body_sha256 != item.request.body_sha256:
+            changes = body_changes(entry.body, item.request.body)
+            changed[item.request.id] = tuple(
+                f if f.startswith("input ") else f"body.{f}" for f in changes
+            )
+    return LockDiff(
+        added=tuple(sorted(i.request.id for i in the_plan.items if i.request.id not in before)),
+        removed=tuple(sorted(the_plan.gone)),
+        changed=changed,
+    )
+
+
 def _entry_changes(old: Entry, new: Entry) -> list[str]:
     changes = body_changes(old.body, new.body)
     fields = [f if f.startswith("input ") else f"body.{f}" for f in changes]
