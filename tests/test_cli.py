@@ -177,3 +177,39 @@ def test_every_json_output_matches_its_schema_in_docs(
             jsonschema.validate(data, schema)
             for entry in data.get("specs", [data]):
                 assert entry["spec"] in ("spec", "bad") and entry["path"].endswith(".yaml")
+
+
+IMPORTS = """
+import sys
+from flux_pipeline.cli import cli
+try:
+    cli.main(sys.argv[1:], standalone_mode=False)
+except SystemExit:
+    pass
+heavy = ("aiohttp", "httpx", "jsonschema")
+print(sorted({m.split(".")[0] for m in sys.modules if m.split(".")[0] in heavy}))
+"""
+
+
+def test_validate_and_an_up_to_date_run_import_no_network_library_nor_jsonschema(
+    tmp_path: Path,
+) -> None:
+    import shutil
+    import subprocess
+    import sys
+
+    shutil.copy(ROOT / "examples/quickstart.yaml", tmp_path)
+
+    def imported(*args: str) -> str:
+        done = subprocess.run(
+            [sys.executable, "-c", IMPORTS, *args],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        return done.stdout.strip().splitlines()[-1]
+
+    assert imported("validate", "quickstart.yaml") == "[]"
+    assert "httpx" in imported("run", "--emulator", "quickstart.yaml")  # it had work to do
+    assert imported("run", "--emulator", "quickstart.yaml") == "[]"  # nothing to do

@@ -12,7 +12,7 @@ from helpers import write_spec
 from flux_pipeline import load_spec, plan
 from flux_pipeline.errors import RequestFailed
 from flux_pipeline.running.options import RunOptions
-from flux_pipeline.running.runner import select
+from flux_pipeline.running.scope import select
 from flux_pipeline.store.output_folder import OutputFolder
 from flux_pipeline.store.planning import PlanItem, RequestState, State
 from flux_pipeline.store.shards import Shard

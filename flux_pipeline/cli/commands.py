@@ -106,7 +106,7 @@ def plan(
     Exit 0 (stale requests are not a failure: `check` is the gate); 1 on an invalid spec.
     """
     from .. import library
-    from ..running.runner import over_budget
+    from ..running.scope import over_budget
     from .reports import plan_table
 
     plans: list[dict[str, Any]] = []

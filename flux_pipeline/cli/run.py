@@ -177,7 +177,8 @@ def run(
     from .. import library
     from ..language.validation import check_together
     from ..provider.redaction import clean_key
-    from ..running.runner import RunOptions, todo, unmatched_only
+    from ..running.options import RunOptions
+    from ..running.scope import todo, unmatched_only
     from .reports import dry_run_lines
 
     options["only"] = tuple(options["only"])
@@ -199,6 +200,8 @@ def run(
                 click.echo(line)
         return
     key = clean_key(os.environ.get(API_KEY_ENV, ""), API_KEY_ENV)
+    if _all_up_to_date(loaded, run_options):
+        return  # nothing to send: no emulator, no network library
     if emulator:
         from ..emulator import EmulatorServer
 
@@ -206,6 +209,20 @@ def run(
             _run_all(loaded, server.url, key or "emulator", run_options)
     else:
         _run_all(loaded, base_url, key, run_options)
+
+
+def _all_up_to_date(loaded: Sequence[tuple[Any, Any]], options: Any) -> bool:
+    """When every spec has nothing to do, say so as a run would, and True."""
+    from ..running.scope import nothing_to_do
+    from .reports import run_summary
+
+    results = [nothing_to_do(spec, requests, options) for spec, requests in loaded]
+    done = [result for result in results if result is not None]
+    if len(done) < len(results):
+        return False
+    for result in done:
+        click.echo(run_summary(result))
+    return True
 
 
 def _run_all(loaded: Sequence[tuple[Any, Any]], base_url: str, key: str, options: Any) -> None:
