@@ -88,14 +88,7 @@ def test_github_workflow_with_the_action_works_in_job_order(
     assert workflow["concurrency"]["group"] == "images-${{ github.ref }}"
     assert workflow["concurrency"]["cancel-in-progress"] is False
     assert jobs["merge"]["permissions"] == {"contents": "write"}
-    origin = tmp_path / "origin.git"
-    git(tmp_path, "init", "-q", "--bare", "-b", "main", str(origin))
-    first = tmp_path / "first-push"
-    git(tmp_path, "clone", "-q", str(origin), str(first))
-    copy_examples(first)
-    git(first, "add", "examples")
-    git(first, "-c", "user.name=u", "-c", "user.email=u@x", "commit", "-q", "-m", "specs")
-    git(first, "push", "-q", "origin", "main")
+    origin, first = pushed_examples(tmp_path)
     ran = run_workflow(workflow, first, emulator, tmp_path / "artifacts-1")
     assert not ran.failures
     assert ran.ran == ["validate", "run"] * 4 + ["merge", "check", "gallery"]
@@ -124,6 +117,19 @@ def test_github_workflow_with_the_action_works_in_job_order(
     assert not pull.failures
     assert emulator.emulator.counters.snapshot()["paid"] == paid  # the API was not called
     assert (fork / "examples/out/quickstart/gallery.html").is_file()
+
+
+def pushed_examples(root: Path) -> tuple[Path, Path]:
+    """A bare `origin` and a clone that pushed the examples to it (no images yet)."""
+    origin = root / "origin.git"
+    git(root, "init", "-q", "--bare", "-b", "main", str(origin))
+    first = root / "first-push"
+    git(root, "clone", "-q", str(origin), str(first))
+    copy_examples(first)
+    git(first, "add", "examples")
+    git(first, "-c", "user.name=u", "-c", "user.email=u@x", "commit", "-q", "-m", "specs")
+    git(first, "push", "-q", "origin", "main")
+    return origin, first
 
 
 def git(cwd: Path, *args: str) -> str:
@@ -265,14 +271,7 @@ def test_a_failed_request_in_ci_keeps_what_the_others_paid_for(
     """One request refused (400, not billed): every shard's partial lock and images are
     uploaded, merged and committed all the same, the run fails, and the next push pays 0."""
     workflow = yaml.safe_load((EXAMPLES / "ci/github-actions.yml").read_text())
-    origin = tmp_path / "origin.git"
-    git(tmp_path, "init", "-q", "--bare", "-b", "main", str(origin))
-    first = tmp_path / "first-push"
-    git(tmp_path, "clone", "-q", str(origin), str(first))
-    copy_examples(first)
-    git(first, "add", "examples")
-    git(first, "-c", "user.name=u", "-c", "user.email=u@x", "commit", "-q", "-m", "specs")
-    git(first, "push", "-q", "origin", "main")
+    origin, first = pushed_examples(tmp_path)
     emulator.emulator.configure(refuse_prompt="banner of a Kettle")
     ran = run_workflow(workflow, first, emulator, tmp_path / "artifacts-1")
     assert ran.failures, "the refused request fails the run"
