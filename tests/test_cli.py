@@ -68,7 +68,8 @@ def test_plan_table_shows_sizes_seeds_and_totals(tmp_path: Path) -> None:
     assert lines[3].split()[:4] == ["new", "ultra", "flux-pro/v1.1-ultra", "3136x1344?"]
     assert lines[1].split()[5:] == ["2", "4", "(estimate)"]  # 2 started megapixels each
     assert lines[-1] == (
-        f"{spec}: 3 requests (3 new), 5 images; to do: 3, estimated credits: 11 (price table "
+        f"{spec}: 3 requests (3 new), 5 images in {tmp_path / 'out/shots'}/; to do: 3, "
+        "estimated credits: 11 (price table "
         "of 2026-12-07 for flux-pro, flux-pro/v1.1-ultra; the first answers will show the "
         "real cost)"
     )

@@ -111,10 +111,12 @@ def test_plan_shows_what_the_cache_restores_for_free_and_what_leaves_the_lock(
         "toaster-retro": ("new", True, 0),
     }
     assert data["gone"] == ["kettle-neon", "toaster-neon"]
+    assert by_id["kettle-minimal"]["outputs"] == ["out/grid/kettle-minimal.png"]
     assert (data["totals"]["cached"], data["totals"]["credits"]) == (2, 0)
     text = invoke("plan", str(spec)).stdout.splitlines()
     assert text[-1] == (
-        f"{spec}: 4 requests (2 new, 2 up to date), 4 images; to do: 2, estimated credits: 0 "
+        f"{spec}: 4 requests (2 new, 2 up to date), 4 images in {tmp_path / 'out/grid'}/; "
+        "to do: 2, estimated credits: 0 "
         "(2 restored from the cache of earlier outputs); 2 in the lock no longer in the spec "
         "(dropped by the next run; --prune deletes their images)"
     )
@@ -207,8 +209,10 @@ def test_diff_against_a_git_revision(tmp_path: Path, emulator: EmulatorServer) -
         "added    toaster-neon",
         "removed  kettle-retro",
         "removed  toaster-retro",
-        "changed  kettle-minimal: body.prompt, outputs",
-        "changed  toaster-minimal: body.prompt, outputs",
+        "changed  kettle-minimal: body.prompt ('A minimal kettle' → 'A minimal kettle, at dawn');"
+        " outputs",
+        "changed  toaster-minimal: body.prompt ('A minimal toaster' → 'A minimal toaster, at "
+        "dawn'); outputs",
     ]
     as_json = json.loads(invoke("diff", str(spec), "--against", "HEAD", "--json").stdout)
     assert as_json["changed"]["kettle-minimal"] == ["body.prompt", "outputs"]

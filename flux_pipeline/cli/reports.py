@@ -52,7 +52,7 @@ def plan_table(plan: Plan, over: frozenset[str] = frozenset()) -> str:
     counts = ", ".join(f"{n} {state}" for state, n in sorted(plan.counts.items()))
     summary = (
         f"{plan.spec.path}: {plural(len(plan.items), 'request')} ({counts}), "
-        f"{plural(plan.images, 'image')}; "
+        f"{plural(plan.images, 'image')} in {plan.spec.output}/; "
         f"to do: {len(plan.todo)}, estimated credits: {plan.credits:g}"
     )
     if plan.from_table:
@@ -110,7 +110,8 @@ def diff_text(result: LockDiff, lock: str, ref: str) -> str:
         return f"{lock}: no changes since {ref}"
     lines = [f"added    {key}" for key in result.added]
     lines += [f"removed  {key}" for key in result.removed]
-    lines += [f"changed  {key}: {', '.join(fields)}" for key, fields in result.changed.items()]
+    shown = {**result.changed, **result.shown}
+    lines += [f"changed  {key}: {'; '.join(fields)}" for key, fields in shown.items()]
     return "\n".join(lines)
 
 

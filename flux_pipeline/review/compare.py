@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import LockError
-from ..language.bodies import body_changes, changed_fields
+from ..language.bodies import body_changes, changed_fields, field_change
 from ..language.expansion import Request
 from ..language.spec import Spec
 from ..provider.images import EXTENSIONS
@@ -135,6 +135,8 @@ class LockDiff:
     added: tuple[str, ...]
     removed: tuple[str, ...]
     changed: Mapping[str, tuple[str, ...]]  # id -> changed fields
+    # id -> each change as a user reads it, old and new values shortened
+    shown: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
 
     @property
     def empty(self) -> bool:
@@ -145,6 +147,7 @@ class LockDiff:
             "added": list(self.added),
             "removed": list(self.removed),
             "changed": {k: list(v) for k, v in self.changed.items()},
+            "changes": {k: list(v) for k, v in self.shown.items()},
         }
 
 
@@ -152,15 +155,27 @@ def diff_locks(old: Lock | None, new: Lock | None) -> LockDiff:
     """Requests added, removed, or changed (with the fields that changed) from old to new."""
     before = old.entries if old else {}
     after = new.entries if new else {}
-    changed = {}
+    changed, shown = {}, {}
     for key in sorted(set(before) & set(after)):
         fields = _entry_changes(before[key], after[key])
         if fields:
             changed[key] = tuple(fields)
+            shown[key] = _shown(before[key].body, after[key].body, fields)
     return LockDiff(
         added=tuple(sorted(set(after) - set(before))),
         removed=tuple(sorted(set(before) - set(after))),
         changed=changed,
+        shown=shown,
+    )
+
+
+def _shown(
+    old: Mapping[str, Any], new: Mapping[str, Any], fields: Sequence[str]
+) -> tuple[str, ...]:
+    """Each change with its values where it is a body field (`body.prompt ('a' → 'b')`)."""
+    return tuple(
+        "body." + field_change(old, new, f.removeprefix("body.")) if f.startswith("body.") else f
+        for f in fields
     )
 
 
@@ -169,18 +184,19 @@ def diff_spec(spec: Spec, old: Lock | None) -> LockDiff:
     whose bodies changed (with the fields)."""
     the_plan = plan(spec, None, old)
     before = old.entries if old else {}
-    changed = {}
+    changed, shown = {}, {}
     for item in the_plan.items:
         entry = before.get(item.request.id)
         if entry is not None and entry.body_sha256 != item.request.body_sha256:
             changes = body_changes(entry.body, item.request.body)
-            changed[item.request.id] = tuple(
-                f if f.startswith("input ") else f"body.{f}" for f in changes
-            )
+            fields = [f if f.startswith("input ") else f"body.{f}" for f in changes]
+            changed[item.request.id] = tuple(fields)
+            shown[item.request.id] = _shown(entry.body, item.request.body, fields)
     return LockDiff(
         added=tuple(sorted(i.request.id for i in the_plan.items if i.request.id not in before)),
         removed=tuple(sorted(the_plan.gone)),
         changed=changed,
+        shown=shown,
     )
 
 

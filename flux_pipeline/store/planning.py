@@ -9,6 +9,7 @@ current (as `git status` refreshes git's index), so an unchanged image is not re
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from ..language.bodies import body_changes, body_hash, field_change
 from ..language.expansion import Request
 from ..language.spec import Spec
 from ..language.validation import output_stems, validate
+from ..provider.images import EXTENSIONS
 from ..provider.prices import estimate
 from ..provider.registry import get_model
 from .atomic import sha256_file
@@ -185,11 +187,21 @@ class Plan:
         """Models whose requests to do are estimated from the price table alone."""
         return tuple(sorted({i.request.model for i in self.todo if i.from_table and i.credits}))
 
+    def outputs(self, item: PlanItem) -> list[str]:
+        """Where a request's images go, as the lock names files (`.*` where the answer's
+        format decides the extension)."""
+        model = get_model(item.request.model)
+        fmt = model.output_format(item.request.body) if model else None
+        extension = EXTENSIONS.get(fmt, ".*") if fmt else ".*"
+        folder = os.path.relpath(self.spec.output, self.spec.lock_path.parent)
+        prefix = "" if folder == "." else Path(folder).as_posix() + "/"
+        return [f"{prefix}{stem}{extension}" for stem in output_stems(item.request)]
+
     def as_json(self) -> dict[str, Any]:
         return {
             "spec": self.spec.name,
             "path": str(self.spec.path),
-            "requests": [i.as_json() for i in self.items],
+            "requests": [{**i.as_json(), "outputs": self.outputs(i)} for i in self.items],
             "gone": list(self.gone),
             "totals": {
                 "requests": len(self.items),
