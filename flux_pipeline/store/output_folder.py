@@ -16,6 +16,13 @@ from .atomic import sha256_file
 from .lock import Output
 
 
+def lock_name_of(folder: Path, lock_folder: Path) -> str:
+    """A folder as the lock names paths: from the lock's folder, with `/`, made absolute and
+    normalised without resolving symlinks (a symlinked output folder keeps its link's name)."""
+    relative = os.path.relpath(os.path.abspath(folder), os.path.abspath(lock_folder))
+    return Path(relative).as_posix()
+
+
 class OutputFolder:
     """Paths inside the run's output folder. A path whose folder (symlinks resolved) lies
     outside is refused; each folder is resolved once per run, not once per image.
@@ -26,11 +33,7 @@ class OutputFolder:
 
     def __init__(self, root: Path, lock_folder: Path) -> None:
         self.root = root.resolve()
-        # The output folder from the lock's folder, as written: made absolute and normalised
-        # without resolving symlinks.
-        self._written = Path(
-            os.path.relpath(os.path.abspath(root), os.path.abspath(lock_folder))
-        ).as_posix()
+        self._written = lock_name_of(root, lock_folder)
         self._folders: dict[str, Path] = {"": self.root}
         self._relative: dict[Path, str] = {}  # folder -> its path from the lock's folder
         self._lock_folder = lock_folder

@@ -9,7 +9,7 @@ current (as `git status` refreshes git's index), so an unchanged image is not re
 
 from __future__ import annotations
 
-import os
+import posixpath
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -28,6 +28,7 @@ from .atomic import sha256_file
 from .cache import HashIndex, OutputCache
 from .costs import learned_ratios
 from .lock import Entry, Lock, read_lock
+from .output_folder import lock_name_of
 from .unusable import UnusableAnswers
 
 
@@ -63,11 +64,12 @@ def state_of(
     entry: Entry | None,
     lock_folder: Path,
     hashes: HashIndex | None = None,
-    output_folder: Path | None = None,
+    output_folder: str | None = None,
 ) -> State:
     """Compare one request with its lock entry and its files on disk (hashed through
     `hashes`, if given, so that unchanged files are not read again); images that are sound
-    but not where `output_folder` puts them have moved with it."""
+    but not where `output_folder` (as the lock names it: `lock_name_of`) puts them have moved
+    with it."""
     sha256 = hashes.sha256 if hashes is not None else sha256_file
     if entry is None:
         return State(RequestState.NEW)
@@ -93,20 +95,19 @@ def state_of(
             return State(RequestState.MISSING, f"{output.path} is missing")
         except OSError as exc:
             return State(RequestState.MISSING, f"{output.path} cannot be read: {exc.strerror}")
-    moved = _moved(request, entry, lock_folder, output_folder)
+    moved = _moved(request, entry, output_folder)
     return moved or State(RequestState.UP_TO_DATE)
 
 
-def _moved(request: Request, entry: Entry, lock_folder: Path, output: Path | None) -> State | None:
+def _moved(request: Request, entry: Entry, output: str | None) -> State | None:
     """MOVED if the entry's (sound) images are not where the output folder the spec names now
-    puts them (`output:` changed)."""
+    puts them (`output:` changed). `output` is that folder as the lock names paths (from the
+    lock's folder, symlinks kept): compared as text, no file system call per request."""
     if output is None:
         return None
-    root = output.resolve()
     for stem, recorded in zip(output_stems(request), entry.outputs, strict=False):
-        path = (lock_folder / recorded.path).resolve()
-        if path.parent != (root / stem).parent or path.stem != Path(stem).name:
-            where = Path(recorded.path).parent.as_posix()
+        if posixpath.splitext(recorded.path)[0] != posixpath.normpath(f"{output}/{stem}"):
+            where = posixpath.dirname(recorded.path)
             return State(
                 RequestState.MOVED, f"output: moved; its images are in {where}/ (run moves them)"
             )
@@ -193,9 +194,9 @@ class Plan:
         model = get_model(item.request.model)
         fmt = model.output_format(item.request.body) if model else None
         extension = EXTENSIONS.get(fmt, ".*") if fmt else ".*"
-        folder = os.path.relpath(self.spec.output, self.spec.lock_path.parent)
-        prefix = "" if folder == "." else Path(folder).as_posix() + "/"
-        return [f"{prefix}{stem}{extension}" for stem in output_stems(item.request)]
+        folder = lock_name_of(self.spec.output, self.spec.lock_path.parent)
+        stems = output_stems(item.request)
+        return [posixpath.normpath(f"{folder}/{stem}") + extension for stem in stems]
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -232,6 +233,7 @@ def plan(
     cache = OutputCache(spec.output)  # read only if some request is not up to date
     hashes = HashIndex(cache.root / "hashes.json")
     unusable = UnusableAnswers(cache.root).read()
+    written = lock_name_of(spec.output, folder)
     items = []
     for request in requests:
         model = get_model(request.model)
@@ -241,7 +243,7 @@ def plan(
         priced = bool(prices) and request.model in (prices or {})
         ratio = 1.0 if priced else ratios.get(request.model)
         credits = estimate(request.model, width, height, images, prices) * (ratio or 1.0)
-        state = state_of(request, entries.get(request.id), folder, hashes, spec.output)
+        state = state_of(request, entries.get(request.id), folder, hashes, written)
         if not state.up_to_date and request.body_sha256 in unusable:
             why = unusable[request.body_sha256]
             state = State(
