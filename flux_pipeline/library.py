@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import dataclasses
 import os
 from pathlib import Path
@@ -55,6 +53,9 @@ def run(
     the result (`result.ok` is False; exit 3): each request's status, reason and credits in
     `result.results`, its image files in `result.outputs()`.
     """
+    import asyncio  # here: `validate` and `plan` do not pay for it
+    import concurrent.futures
+
     try:
         asyncio.get_running_loop()
     except RuntimeError:
@@ -76,6 +77,8 @@ async def run_async(
     """`run`, awaited: `result = await flux_pipeline.run_async(spec, emulator=True)` in a
     notebook or any coroutine. The run works in a thread with its own event loop, so this
     loop stays free meanwhile."""
+    import asyncio
+
     return await asyncio.to_thread(_run, spec, emulator, base_url, api_key, options)
 
 
