@@ -179,6 +179,24 @@ def test_changed_shows_old_and_new_side_by_side(tmp_path: Path, emulator: Emulat
         assert (tmp_path / "out/grid" / link).is_file()
 
 
+def test_changed_shows_edits_not_run_yet_beside_the_old_images(
+    tmp_path: Path, emulator: EmulatorServer
+) -> None:
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    spec = spec_run(tmp_path, emulator)
+    for args in (["add", "-A"], ["commit", "-qm", "first"]):
+        subprocess.run(
+            ["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True
+        )
+    text = spec.read_text().replace('{{ product }}"', '{{ product }} at dusk"')
+    spec.write_text(text)  # edited, not run
+    assert invoke("gallery", str(spec), "--changed", "HEAD").exit_code == 0
+    text = (tmp_path / "out/grid/gallery.html").read_text()
+    assert "Changed since HEAD: the spec's edits, not run yet" in text
+    assert text.count('class="pair"') == 6 and text.count("not run yet</div>") == 6
+    assert '<p class="prompt new">A retro kettle at dusk</p>' in text
+
+
 def test_gallery_before_any_run_says_so(tmp_path: Path) -> None:
     spec = write_spec(tmp_path, SPEC.format(prompt="p"))
     result = invoke("gallery", str(spec))

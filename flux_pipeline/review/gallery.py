@@ -25,7 +25,7 @@ from ..store.atomic import write_atomic
 from ..store.lock import Output, read_lock
 from ..store.writer_lock import THUMBS, refuse_links
 from . import git
-from .compare import diff_locks, lock_at
+from .compare import diff_locks, diff_spec, lock_at
 from .grid import Cell, Grid, layout
 
 PROGRESS_EVERY = 100  # images between two progress lines
@@ -217,30 +217,38 @@ def _old_image(spec: Spec, ref: str, output: Output, thumbs: Path) -> Path | Non
         source.unlink(missing_ok=True)
 
 
-def changes(spec: Spec, ref: str, page: Path) -> dict[str, Any]:
-    """Old and new images side by side for the requests changed since `ref`."""
+def changes(
+    spec: Spec, ref: str, page: Path, requests: Sequence[Request] = ()
+) -> dict[str, Any]:
+    """Old and new images side by side for the requests changed since `ref`; when the lock
+    has not changed since, the spec's edits not run yet (old image beside the new prompt)."""
     old, new = lock_at(spec, ref), read_lock(spec.lock_path)
     diff = diff_locks(old, new)
     rows: list[dict[str, Any]] = []
-    found = {"ref": ref, "rows": rows}
-    if diff.empty or old is None or new is None:
+    found = {"ref": ref, "rows": rows, "pending": False}
+    if old is None or new is None:
         return found
+    bodies = {r.id: r.body for r in requests}
+    if diff.empty and requests:
+        diff, found["pending"] = diff_spec(spec, old), True
     refuse_links(spec.output)
     thumbs = spec.output / THUMBS
     base = spec.lock_path.parent
     for key, fields in diff.changed.items():
-        before, after = old.entries[key].outputs[0], new.entries[key].outputs[0]
+        before = old.entries[key].outputs[0]
         then = _old_image(spec, ref, before, thumbs)
-        now = thumbnail(base / after.path, after.sha256, thumbs)
+        after = None if found["pending"] else new.entries[key].outputs[0]
+        now = thumbnail(base / after.path, after.sha256, thumbs) if after else None
+        prompt = (bodies.get(key) if found["pending"] else new.entries[key].body) or {}
         rows.append(
             {
                 "id": key,
                 "fields": ", ".join(fields),
                 "before_prompt": old.entries[key].body.get("prompt", ""),
-                "after_prompt": new.entries[key].body.get("prompt", ""),
+                "after_prompt": prompt.get("prompt", ""),
                 "before": _href(then, page.parent) if then else None,
-                "after": _href(now, page.parent),
-                "href": _href(base / after.path, page.parent),
+                "after": _href(now, page.parent) if now else None,
+                "href": _href(base / after.path, page.parent) if after else None,
             }
         )
     found["added"] = ", ".join(diff.added) or "none"
@@ -269,7 +277,7 @@ def build_gallery(
     page = page or spec.output / "gallery.html"
     grids = layout(requests, lock.entries, rows, cols)
     if changed:  # just the changed requests, old beside new
-        text, shown = render_page(spec, [], page, changes(spec, changed, page))
+        text, shown = render_page(spec, [], page, changes(spec, changed, page, requests))
     else:
         text, shown = render_page(spec, grids, page, progress=progress)
     write_atomic(page, text.encode())
