@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import posixpath
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,7 @@ from ..language.expansion import Request
 from ..language.spec import Spec
 from ..provider.images import EXTENSIONS
 from ..store.lock import Entry, Lock, parse_lock, read_lock
-from ..store.output_folder import OutputFolder
+from ..store.output_folder import lock_name_of
 from ..store.planning import RequestState, plan
 from ..store.writer_lock import FOLDER, OWN_NAMES
 from . import git
@@ -107,17 +108,17 @@ def _leftovers(spec: Spec, entries: Iterable[Entry]) -> list[str]:
     """Images in the output folder (as the lock names files) that no entry names: the tool's
     own folders and another spec's output folder inside it are not looked in."""
     named = {o.path for e in entries for o in e.outputs}
-    folder = OutputFolder(spec.output, spec.lock_path.parent)
+    written = lock_name_of(spec.output, spec.lock_path.parent)
     found = []
     for here, folders, files in os.walk(spec.output):
         folders[:] = sorted(
             f for f in folders if f not in OWN_NAMES and not (Path(here, f, FOLDER)).is_dir()
         )
+        inside = Path(os.path.relpath(here, spec.output)).as_posix()
         for name in files:
-            path = Path(here, name)
-            if path.suffix.lower() not in IMAGE_SUFFIXES or name.startswith("gallery."):
+            if Path(name).suffix.lower() not in IMAGE_SUFFIXES or name.startswith("gallery."):
                 continue
-            relative = folder.lock_path(path.resolve())
+            relative = posixpath.normpath(f"{written}/{inside}/{name}")  # as the lock names it
             if relative not in named:
                 found.append(relative)
     return sorted(found)

@@ -217,9 +217,7 @@ def _old_image(spec: Spec, ref: str, output: Output, thumbs: Path) -> Path | Non
         source.unlink(missing_ok=True)
 
 
-def changes(
-    spec: Spec, ref: str, page: Path, requests: Sequence[Request] = ()
-) -> dict[str, Any]:
+def changes(spec: Spec, ref: str, page: Path, requests: Sequence[Request] = ()) -> dict[str, Any]:
     """Old and new images side by side for the requests changed since `ref`; when the lock
     has not changed since, the spec's edits not run yet (old image beside the new prompt)."""
     old, new = lock_at(spec, ref), read_lock(spec.lock_path)

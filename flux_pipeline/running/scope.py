@@ -15,7 +15,7 @@ from ..errors import ConfigError
 from ..language.expansion import Request
 from ..language.spec import Spec
 from ..store.lock import Entry, Lock, ShardStamp
-from ..store.planning import Plan, PlanItem, RequestState, plan
+from ..store.planning import Plan, PlanItem, RequestState, all_up_to_date, plan
 from ..store.shards import current_lock, made_from
 from ..store.writer_lock import FOLDER
 from .options import RunOptions
@@ -142,9 +142,7 @@ def nothing_to_do(spec: Spec, requests: Sequence[Request], options: RunOptions) 
         return None
     if (spec.output / FOLDER / FILE_NAME).exists():
         return None
-    the_plan = plan(spec, requests, current_lock(spec, None), options.prices)
-    unusable = any(i.state.kind is RequestState.UNUSABLE for i in the_plan.items)
-    if the_plan.gone or unusable or select(the_plan.items, options):
+    if not all_up_to_date(spec, requests, current_lock(spec, None)):
         return None
-    skipped = tuple(RequestResult(i.request.id, Status.SKIPPED) for i in the_plan.items)
+    skipped = tuple(RequestResult(r.id, Status.SKIPPED) for r in requests)
     return RunResult(spec=spec, results=skipped, seconds=0.0)

@@ -188,21 +188,23 @@ class Plan:
         """Models whose requests to do are estimated from the price table alone."""
         return tuple(sorted({i.request.model for i in self.todo if i.from_table and i.credits}))
 
-    def outputs(self, item: PlanItem) -> list[str]:
+    def outputs(self, item: PlanItem, folder: str | None = None) -> list[str]:
         """Where a request's images go, as the lock names files (`.*` where the answer's
-        format decides the extension)."""
+        format decides the extension); `folder`: the output folder as the lock names it."""
         model = get_model(item.request.model)
         fmt = model.output_format(item.request.body) if model else None
         extension = EXTENSIONS.get(fmt, ".*") if fmt else ".*"
-        folder = lock_name_of(self.spec.output, self.spec.lock_path.parent)
+        if folder is None:
+            folder = lock_name_of(self.spec.output, self.spec.lock_path.parent)
         stems = output_stems(item.request)
         return [posixpath.normpath(f"{folder}/{stem}") + extension for stem in stems]
 
     def as_json(self) -> dict[str, Any]:
+        folder = lock_name_of(self.spec.output, self.spec.lock_path.parent)
         return {
             "spec": self.spec.name,
             "path": str(self.spec.path),
-            "requests": [{**i.as_json(), "outputs": self.outputs(i)} for i in self.items],
+            "requests": [{**i.as_json(), "outputs": self.outputs(i, folder)} for i in self.items],
             "gone": list(self.gone),
             "totals": {
                 "requests": len(self.items),
@@ -213,6 +215,22 @@ class Plan:
                 "cached": self.cached,
             },
         }
+
+
+def all_up_to_date(spec: Spec, requests: Sequence[Request], lock: Lock | None) -> bool:
+    """Whether every request is up to date against `lock` and the lock holds no other
+    entry: `state_of` of each, stopping at the first that is not (a run with work then plans
+    in full, under the output folder's writer lock)."""
+    entries = lock.entries if lock else {}
+    if len(entries) != len(requests) or any(r.id not in entries for r in requests):
+        return False
+    folder = spec.lock_path.parent
+    hashes = HashIndex(OutputCache(spec.output).root / "hashes.json")
+    written = lock_name_of(spec.output, folder)
+    try:
+        return all(state_of(r, entries[r.id], folder, hashes, written).up_to_date for r in requests)
+    finally:
+        hashes.save()
 
 
 def plan(
