@@ -3,7 +3,6 @@ is `yaml_lines`'s)."""
 
 from __future__ import annotations
 
-import copy
 import functools
 import json
 import os
@@ -14,6 +13,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from ..defaults import MAX_SPEC_REQUESTS
 from ..errors import Problem, SpecInvalid, did_you_mean
+from ..provider.compiled import compiled_validator
 from ..provider.registry import DEFAULT_MODEL
 from ..provider.schema_errors import error_parts
 from .yaml_lines import LineDict, line_of, load_yaml
@@ -133,9 +133,7 @@ SPEC_SCHEMA: dict[str, Any] = {
 def _spec_is_valid() -> Callable[[Any], Any]:
     """The spec schema's yes-or-no check (fastjsonschema, compiled once); jsonschema explains
     a no (`_structure_problems`), so a valid spec never imports it."""
-    import fastjsonschema
-
-    return fastjsonschema.compile(copy.deepcopy(SPEC_SCHEMA), use_default=False)
+    return compiled_validator(SPEC_SCHEMA, use_default=False)
 
 
 def _structure_problems(file: str, doc: Any) -> list[Problem]:

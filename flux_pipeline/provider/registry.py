@@ -32,6 +32,7 @@ from importlib import resources
 from typing import TYPE_CHECKING, Any
 
 from ..errors import did_you_mean
+from .compiled import compiled_validator
 from .inputs import IMAGE_FIELDS, references, value_problem
 from .schema_errors import FieldError, error_order, explain
 
@@ -256,11 +257,7 @@ def _validator(name: str) -> Draft7Validator:
 def _fast_check(name: str) -> Callable[[Any], Any]:
     """A compiled validator (fastjsonschema, much faster: docs/benchmarks.md) that only
     answers yes or no; jsonschema explains the rare no. Both are built once per model."""
-    import fastjsonschema
-
-    return fastjsonschema.compile(
-        copy.deepcopy(dict(registry()[name].request_schema)), use_default=False
-    )
+    return compiled_validator(registry()[name].request_schema, use_default=False)
 
 
 def is_valid_body(body: Mapping[str, Any]) -> bool:

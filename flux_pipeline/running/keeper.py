@@ -30,7 +30,7 @@ class LockKeeper:
         entries: Mapping[str, Entry],
         *,
         changed: bool,
-        interval: float = 0.05,
+        interval: float = 0.5,
         shard: ShardStamp | None = None,
     ) -> None:
         self._spec_name = spec_name
@@ -97,6 +97,7 @@ class LockKeeper:
                 except OSError as exc:
                     on_failure(f"cannot save the lock {self.path}: {exc.strerror or exc}")
                     return  # the final save, at the end of the run, raises it
-                # A large lock costs more to write (and fsync): space the saves so that
-                # writing it takes at most a fifth of the run's time.
-                await asyncio.sleep(max(self._interval, 4 * (time.monotonic() - started)))
+                # The write-ahead record keeps every answer safe; the lock is saved for its
+                # readers (a review, `git diff`) at most twice a second, and a large lock
+                # (slow to render and fsync) so that saving takes at most a tenth of the time.
+                await asyncio.sleep(max(self._interval, 9 * (time.monotonic() - started)))

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import fastjsonschema
 
 from ..errors import LockError
+from ..provider.compiled import compiled_validator
 from .atomic import write_atomic
 
 if TYPE_CHECKING:
@@ -198,7 +199,7 @@ def _validator(part: str) -> Callable[[Any], Any]:
     schema = lock_schema()
     if part == "entry":
         schema = {"$ref": "#/definitions/entry", "definitions": schema["definitions"]}
-    return fastjsonschema.compile(schema)
+    return compiled_validator(schema)
 
 
 def _damage(path: str, data: Any, exc: fastjsonschema.JsonSchemaValueException) -> LockError:
