@@ -4,14 +4,25 @@ The pipeline, one folder per stage: `language` (a spec into validated requests) 
 `store` (the lock, the plan) -> `running` (a run, with `provider`'s client) -> `review`.
 The public names are importable from here lazily, so that `flux-pipeline --help` does not
 pay for jsonschema, jinja2 or httpx: `load_spec`, `expand`, `validate`, `plan`, `run` (and
-`await run_async(...)` inside a running event loop, as in a notebook), and the errors.
+`await run_async(...)` inside a running event loop, as in a notebook), the assets' `pick`,
+`deliver` and `assets`, and the errors.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-_LIBRARY = ("expand", "load_spec", "plan", "run", "run_async", "validate")
+_LIBRARY = (
+    "assets",
+    "deliver",
+    "expand",
+    "load_spec",
+    "pick",
+    "plan",
+    "run",
+    "run_async",
+    "validate",
+)
 _ERRORS = (
     "BadImage",
     "BadResponse",

@@ -11,17 +11,25 @@ from .language.expansion import Request, expand
 from .language.spec import Spec, load_spec
 from .language.validation import validate
 from .running.results import RunResult, Status
+from .store.delivery import Assets, Delivery, assess
 from .store.lock import read_lock
+from .store.picks import Picks, choose
 from .store.planning import Plan, plan
 
 __all__ = [
+    "Assets",
+    "Delivery",
+    "Picks",
     "Plan",
     "Request",
     "RunResult",
     "Spec",
     "Status",
+    "assets",
+    "deliver",
     "expand",
     "load_spec",
+    "pick",
     "plan",
     "read_lock",
     "run",
@@ -110,3 +118,46 @@ def _run(
             "to run offline against the built-in emulator"
         )
     return run_spec(spec, base_url=url, api_key=key, options=settings)
+
+
+def _spec(spec: Spec | str | Path) -> Spec:
+    return spec if isinstance(spec, Spec) else load_spec(spec)
+
+
+def assets(spec: Spec | str | Path) -> Assets:
+    """Where the spec's asset slots and files stand: each slot's candidates, its pick (or
+    why it has none usable: unpicked, stale, waiting for a run), each file's state."""
+    spec = _spec(spec)
+    return assess(spec, validate(spec), read_lock(spec.lock_path))
+
+
+def pick(
+    spec: Spec | str | Path,
+    slot: str,
+    candidate: str | None = None,
+    *,
+    reject: tuple[str, ...] = (),
+    note: str | None = None,
+    clear: bool = False,
+) -> Picks:
+    """Pick `candidate` (a request's name, `NAME:N` for its Nth image) for an asset slot, in
+    SPEC.picks.yaml: the next `run` or `deliver` delivers it. Also: reject candidates, note
+    why, or clear the slot. The candidate must have been generated."""
+    spec = _spec(spec)
+    return choose(spec, validate(spec), slot, candidate, reject=reject, note=note, clear=clear)
+
+
+def deliver(
+    spec: Spec | str | Path, *, force: bool = False, prune: bool = False, wait: float = 0.0
+) -> Delivery:
+    """Make the asset files of every picked slot that are missing or out of date (no network,
+    no credit), holding the output folder. Files changed by hand are kept unless `force`."""
+    from .store.delivery import deliver as deliver_assets
+    from .store.writer_lock import hold_output_folder
+
+    spec = _spec(spec)
+    requests = validate(spec)
+    with hold_output_folder(
+        spec.output, command="deliver", spec=spec.path, lock_path=spec.lock_path, wait=wait
+    ):
+        return deliver_assets(spec, requests, force=force, prune=prune)

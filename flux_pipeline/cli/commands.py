@@ -137,14 +137,25 @@ def plan(
     help="Fail too on images the API delivered other than asked (another size or format; "
     "kept and recorded in the lock), and on images in the output folder no lock entry names.",
 )
+@click.option(
+    "--allow-unpicked",
+    is_flag=True,
+    help="Pass asset slots that have candidates but no pick yet (a repository still "
+    "exploring); stale picks and changed asset files still fail.",
+)
 @pass_settings
-def check(settings: Settings, specs: Sequence[Path], as_json: bool, strict: bool) -> None:
-    """CI gate: is every request in the lock, unchanged, with its files intact? No network.
+def check(
+    settings: Settings, specs: Sequence[Path], as_json: bool, strict: bool, allow_unpicked: bool
+) -> None:
+    """CI gate: is every request in the lock, unchanged, with its files intact, and every
+    asset picked and delivered? No network.
 
     Exit 0 when every spec is up to date; 1 when any request is new, changed (with the fields
     that changed), missing, corrupt, or in the lock but no longer in the spec (with --strict,
     also when an image is not as asked, or an image in the output folder is named by no lock
-    entry: a warning without it).
+    entry: a warning without it); 1 too for an asset slot with candidates but no pick
+    (unless --allow-unpicked), a stale pick (its request changed since it was picked), and
+    an asset file missing or changed since it was delivered.
     """
     from ..review.compare import check as check_spec
     from .reports import check_text
@@ -154,7 +165,7 @@ def check(settings: Settings, specs: Sequence[Path], as_json: bool, strict: bool
 
     def work(path: Path) -> None:
         nonlocal stale
-        report = check_spec(settings.load_spec(path), strict=strict)
+        report = check_spec(settings.load_spec(path), strict=strict, allow_unpicked=allow_unpicked)
         stale = stale or not report.ok
         if as_json:
             reports.append(report.as_json())

@@ -1,5 +1,6 @@
 """The commands that fit the tool into a project: `init` (a starter spec, the `.gitignore`
-entry, a CI workflow) and `completion` (click's shell completion script)."""
+entry, a CI workflow) and `completion` (click's shell completion script); and the hint a
+first run gives when its folder is not git-ignored."""
 
 from __future__ import annotations
 
@@ -172,3 +173,27 @@ def _add_to_gitignore(path: Path) -> list[str]:
         with path.open("a", encoding="utf-8", newline="") as file:
             file.write(glue + newline.join(block) + newline)
     return missing
+
+
+def hint_gitignore(folder: Path) -> bool:
+    """Say once that the tool's folder a run just made is not git-ignored (inside a git
+    repository that does not ignore it); whether it was said."""
+    import subprocess
+
+    try:
+        done = subprocess.run(
+            ["git", "check-ignore", "-q", str(folder.resolve())],
+            cwd=folder.resolve().parent,
+            capture_output=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return False
+    if done.returncode != 1:  # 0: ignored; 128: not a repository (or no git)
+        return False
+    click.echo(
+        f"hint: {folder}/ is not git-ignored: add **/.flux-cache/ and **/.journal.jsonl to "
+        ".gitignore (flux-pipeline init does)",
+        err=True,
+    )
+    return True

@@ -12,6 +12,7 @@ from ..provider.prices import price_table
 from ..provider.registry import SIZE_OF_INPUT, Model
 from ..review.compare import CheckReport, LockDiff
 from ..running.results import RunResult, Status
+from ..store.delivery import Assets, FileState, SlotStatus
 from ..store.planning import Plan, PlanItem
 
 
@@ -79,8 +80,22 @@ def plan_table(plan: Plan, over: frozenset[str] = frozenset()) -> str:
 
 def check_text(report: CheckReport) -> str:
     """What `check` prints for one spec."""
+    text = _requests_check_text(report)
+    if report.asset_problems:
+        path = report.spec.path
+        count = len(report.asset_problems)
+        text += f"\n{path}: {plural(count, 'asset problem')}:"
+        text += "".join(f"\n  {line}" for line in report.asset_problems)
+    elif report.assets is not None:
+        files = report.assets.files
+        delivered = sum(1 for f in files if f.status.value == "up to date")
+        text += f"; assets: {delivered} of {plural(len(files), 'file')} delivered as picked"
+    return text
+
+
+def _requests_check_text(report: CheckReport) -> str:
     path = report.spec.path
-    if report.ok:
+    if not report.findings:
         text = f"{path}: up to date ({plural(report.requests, 'request')})"
         if report.mismatches:
             text += f"; {len(report.mismatches)} not as asked (--strict fails on them):"
@@ -168,6 +183,8 @@ def run_summary(result: RunResult) -> str:
         lines.append(f"  stopped: {result.stopped}")
     else:
         lines += [f"  not sent: {reason} ({n})" for reason, n in unsent.items()]
+    if result.delivery is not None:
+        lines += [f"  {line}" for line in result.delivery.lines()]
     return "\n".join(lines)
 
 
@@ -214,3 +231,30 @@ def fields_text(model: Model) -> str:
     hidden = {"model", "prompt", "image_size", "aspect_ratio", "output_format"}
     hidden |= {"image_url", "image_urls"}
     return ", ".join(sorted(model.fields - hidden))
+
+
+def slots_text(assets: Assets) -> str:
+    """What `pick --list` prints: each slot, its candidates and pick, each file's state."""
+    path = assets.spec.path
+    if not assets.slots:
+        return f"{path}: no assets (a job declares them with `assets:`)"
+    lines = [f"{path}: {plural(len(assets.slots), 'slot')}"]
+    files: dict[str, list[FileState]] = {}
+    for file in assets.files:
+        files.setdefault(file.slot, []).append(file)
+    for state in assets.slots:
+        slot = state.slot
+        said = str(state.status)
+        if state.pick.candidate and state.status is not SlotStatus.UNPICKED:
+            said = f"{said}: {state.pick.candidate}"
+        if state.reason:
+            said += f" ({state.reason})"
+        lines.append(f"  {slot.name}: {said}")
+        rejected = set(state.pick.rejected)
+        names = [c.name + (" (rejected)" if c.name in rejected else "") for c in slot.candidates]
+        lines.append(f"    candidates: {', '.join(names)}")
+        if state.pick.note:
+            lines.append(f"    note: {state.pick.note}")
+        for file in files.get(slot.name, []):
+            lines.append(f"    {file.path}: {file.status}")
+    return "\n".join(lines)

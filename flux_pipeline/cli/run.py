@@ -22,6 +22,7 @@ from .params import (
     ShardType,
     complete_request_names,
 )
+from .project import hint_gitignore
 
 if TYPE_CHECKING:
     from ..provider.pacing import Rate
@@ -72,10 +73,17 @@ if TYPE_CHECKING:
 )
 @click.option("--force", is_flag=True, help="Redo requests even if they are up to date.")
 @click.option(
+    "--force-assets",
+    is_flag=True,
+    help="Overwrite asset files changed by hand since they were delivered (otherwise they "
+    "are kept, named, and the run exits 3).",
+)
+@click.option(
     "--prune",
     is_flag=True,
     help="Delete the images of requests no longer in the spec (recorded by the lock or the "
-    "cache, unchanged since, inside the output folder); each is named.",
+    "cache, unchanged since, inside the output folder), and the asset files the spec no "
+    "longer declares (unchanged since delivered); each is named.",
 )
 @click.option(
     "--max-credits",
@@ -171,8 +179,13 @@ def run(
     finish; a second one abandons them (the next run fetches their images without paying).
     The key comes from AIMLAPI_KEY and is never printed. Exit 0 when all are done, 1 on an
     invalid spec, 2 on bad usage (no API key, the output folder busy), 3 when some requests
-    failed or the lock could not be saved, 130 when interrupted (Ctrl-C), 143 when
-    terminated (SIGTERM); finished work is kept in every case.
+    failed, the lock could not be saved, or an asset file changed by hand was kept (see
+    --force-assets), 130 when interrupted (Ctrl-C), 143 when terminated (SIGTERM); finished
+    work is kept in every case.
+
+    Jobs that declare `assets:` have their picked images delivered after the run, for no
+    credit: each asset file made (format from its extension, `resize`) and recorded in the
+    lock; one made before from the same image is left as it is (see `pick`, `deliver`).
     """
     from .. import library
     from ..language.validation import check_together
@@ -222,6 +235,8 @@ def _all_up_to_date(loaded: Sequence[tuple[Any, Any]], options: Any) -> bool:
         return False
     for result in done:
         click.echo(run_summary(result))
+    if not all(result.ok for result in done):  # an asset file changed by hand was kept
+        raise click.exceptions.Exit(EXIT_FAILED)
     return True
 
 
@@ -247,36 +262,12 @@ def _run_all(loaded: Sequence[tuple[Any, Any]], base_url: str, key: str, options
             )
         click.echo(run_summary(result))
         if fresh and not hinted:
-            hinted = _hint_gitignore(spec.output / FOLDER)
+            hinted = hint_gitignore(spec.output / FOLDER)
         if result.interrupted:
             raise Terminated(result.interrupted)  # the other specs are not started
         failed = failed or not result.ok
     if failed:
         raise click.exceptions.Exit(EXIT_FAILED)
-
-
-def _hint_gitignore(folder: Path) -> bool:
-    """Say once that the tool's folder a run just made is not git-ignored (inside a git
-    repository that does not ignore it); whether it was said."""
-    import subprocess
-
-    try:
-        done = subprocess.run(
-            ["git", "check-ignore", "-q", str(folder.resolve())],
-            cwd=folder.resolve().parent,
-            capture_output=True,
-            timeout=10,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return False
-    if done.returncode != 1:  # 0: ignored; 128: not a repository (or no git)
-        return False
-    click.echo(
-        f"hint: {folder}/ is not git-ignored: add **/.flux-cache/ and **/.journal.jsonl to "
-        ".gitignore (flux-pipeline init does)",
-        err=True,
-    )
-    return True
 
 
 @cli.command()

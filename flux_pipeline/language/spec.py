@@ -33,6 +33,66 @@ _REQUEST = {
     "description": "Fields of the API request body; string values are Jinja templates.",
 }
 _ROWS = {"type": "array", "items": {"type": "object"}}
+FITS = ("cover", "contain", "stretch")
+_ASSETS: dict[str, Any] = {
+    "type": "object",
+    "description": "What the job's images become: one slot per value of the `per:` "
+    "variables, its picked image delivered as `files:` (renditions at stable paths).",
+    "additionalProperties": False,
+    "required": ["files"],
+    "properties": {
+        "per": {
+            "type": "array",
+            "items": {"type": "string"},
+            "uniqueItems": True,
+            "description": "The variables that make one slot (default: every variable of the "
+            "job's combinations, so a slot's candidates are its repeats and images).",
+        },
+        "name": {
+            "type": "string",
+            "minLength": 1,
+            "description": "The slot's name, a template over the `per:` variables "
+            "(default: their values joined by '-').",
+        },
+        "files": {
+            "type": "array",
+            "minItems": 1,
+            "items": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["path"],
+                "properties": {
+                    "path": {
+                        "type": "string",
+                        "minLength": 1,
+                        "description": "Where the rendition goes, relative to the spec's "
+                        "folder (a template over the slot's variables); .png, .jpg or .webp.",
+                    },
+                    "resize": {
+                        "type": ["string", "integer"],
+                        "description": "WxH (256x256), or N for NxN.",
+                    },
+                    "fit": {
+                        "enum": list(FITS),
+                        "description": "cover (crop to fill, the default), contain (pad with "
+                        "`background`) or stretch.",
+                    },
+                    "background": {
+                        "type": "string",
+                        "description": "Padding colour of `fit: contain`: #rrggbb or "
+                        "#rrggbbaa (default: transparent, or white for JPEG).",
+                    },
+                    "quality": {
+                        "type": "integer",
+                        "minimum": 1,
+                        "maximum": 100,
+                        "description": "JPEG and WebP quality (default 90).",
+                    },
+                },
+            },
+        },
+    },
+}
 
 SPEC_SCHEMA: dict[str, Any] = {
     "$schema": "http://json-schema.org/draft-07/schema#",
@@ -122,6 +182,7 @@ SPEC_SCHEMA: dict[str, Any] = {
                         "that differ only in other variables (a model axis) share a seed.",
                     },
                     "request": _REQUEST,
+                    "assets": _ASSETS,
                 },
             },
         },
@@ -211,6 +272,7 @@ class Job:
     request_lines: Mapping[str, int]
     seed_from: tuple[str, ...] | None = None  # the variables a derived seed depends on
     matrix_lines: Mapping[str, int] = field(default_factory=dict)  # axis (or entries) -> line
+    assets: Mapping[str, Any] | None = None  # as written, with its lines (language/assets.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -332,4 +394,5 @@ def _job(position: int, raw: Any) -> Job:
         matrix_lines=_lines(raw.get("matrix")),
         request=dict(raw.get("request", {})),
         request_lines=_lines(raw.get("request")),
+        assets=raw.get("assets"),
     )

@@ -17,6 +17,7 @@ from typing import Any
 from ..errors import Problem, SpecInvalid, format_combo
 from ..provider.images import EXTENSIONS
 from ..provider.registry import check_body, get_model
+from .assets import asset_slots
 from .expansion import Request, expand_collect
 from .spec import Spec
 
@@ -188,6 +189,7 @@ def validate(spec: Spec) -> list[Request]:
     """Expand and check a spec; the requests if all is well, else SpecInvalid with every problem."""
     requests, problems = expand_collect(spec)
     problems += check_requests(spec, requests)
+    problems += asset_slots(spec, requests)[1]
     if problems:
         raise SpecInvalid(problems)
     return requests

@@ -12,10 +12,13 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import LockError
+from ..language.assets import has_assets
 from ..language.bodies import body_changes, changed_fields, field_change
 from ..language.expansion import Request
 from ..language.spec import Spec
+from ..language.validation import validate
 from ..provider.images import EXTENSIONS
+from ..store.delivery import Assets, assess
 from ..store.lock import Entry, Lock, parse_lock, read_lock
 from ..store.output_folder import lock_name_of
 from ..store.planning import RequestState, plan
@@ -47,10 +50,12 @@ class CheckReport:
     # Images in the output folder no lock entry names (a run dropped their requests); a
     # warning, findings if strict.
     leftovers: tuple[str, ...] = ()
+    assets: Assets | None = None  # where the spec's asset slots and files stand, if it has any
+    asset_problems: tuple[str, ...] = ()  # unpicked, stale, missing or changed assets
 
     @property
     def ok(self) -> bool:
-        return not self.findings
+        return not self.findings and not self.asset_problems
 
     @property
     def gone(self) -> int:
@@ -66,16 +71,26 @@ class CheckReport:
             "stale": [{"id": f.id, "state": f.state, "reason": f.reason} for f in self.findings],
             "mismatches": [{"id": f.id, "reason": f.reason} for f in self.mismatches],
             "leftovers": list(self.leftovers),
+            "asset_problems": list(self.asset_problems),
+            "slots": [s.as_json() for s in self.assets.slots] if self.assets else [],
+            "assets": [f.as_json() for f in self.assets.files] if self.assets else [],
         }
 
 
 def check(
-    spec: Spec, requests: Sequence[Request] | None = None, *, strict: bool = False
+    spec: Spec,
+    requests: Sequence[Request] | None = None,
+    *,
+    strict: bool = False,
+    allow_unpicked: bool = False,
 ) -> CheckReport:
     """Whether every request of the spec is in the lock with the same body and every output
     is on disk with its recorded hash; what is stale otherwise. No network. An image the API
-    delivered other than asked (recorded in the lock) passes, unless `strict`."""
+    delivered other than asked (recorded in the lock) passes, unless `strict`. Assets: every
+    slot picked (unless `allow_unpicked`), no pick stale, every file delivered as recorded."""
     lock = read_lock(spec.lock_path)
+    if requests is None:
+        requests = validate(spec)
     the_plan = plan(spec, requests, lock)
     findings = [
         Finding(
@@ -101,7 +116,11 @@ def check(
         findings += mismatches
         findings += [Finding(name, LEFTOVER, "no lock entry names it") for name in leftovers]
     report = CheckReport(spec, len(the_plan.items), tuple(findings), tuple(mismatches))
-    return dataclasses.replace(report, leftovers=tuple(leftovers))
+    assets = assess(spec, requests, lock) if has_assets(spec) else None
+    problems = tuple(assets.problems(allow_unpicked)) if assets else ()
+    return dataclasses.replace(
+        report, leftovers=tuple(leftovers), assets=assets, asset_problems=problems
+    )
 
 
 def _leftovers(spec: Spec, entries: Iterable[Entry]) -> list[str]:

@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from ..store.atomic import write_atomic
-from ..store.lock import Entry, ShardStamp, assemble_lock, entry_text
+from ..store.lock import AssetRecord, Entry, ShardStamp, assemble_lock, entry_text
 
 
 class LockKeeper:
@@ -32,9 +32,11 @@ class LockKeeper:
         changed: bool,
         interval: float = 0.5,
         shard: ShardStamp | None = None,
+        assets: Mapping[str, AssetRecord] | None = None,
     ) -> None:
         self._spec_name = spec_name
         self._shard = shard  # a partial lock says which shard of which requests it holds
+        self._assets = dict(assets or {})  # delivered assets: kept as they are (delivery's)
         self.path = path
         self.entries = dict(entries)
         self._order = sorted(self.entries)
@@ -60,7 +62,7 @@ class LockKeeper:
             if key not in self._fragments:
                 self._fragments[key] = entry_text(entry)
         fragments = [self._fragments[k] for k in self._order]
-        text = assemble_lock(self._spec_name, fragments, self._shard)
+        text = assemble_lock(self._spec_name, fragments, self._shard, self._assets)
         self._version += 1
         return self._version, text
 

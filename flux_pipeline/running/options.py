@@ -24,6 +24,7 @@ class RunOptions:
     timeout: float = 120.0
     only: tuple[str, ...] = ()
     force: bool = False
+    force_assets: bool = False  # overwrite asset files changed by hand since delivered
     prune: bool = False
     max_credits: float | None = None
     max_requests: int | None = None

@@ -7,9 +7,13 @@ from collections.abc import Callable
 from dataclasses import KW_ONLY, dataclass
 from enum import Enum
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import RequestFailed, RunStopped, SendingStopped
 from ..language.spec import Spec
+
+if TYPE_CHECKING:
+    from ..store.delivery import Delivery
 
 
 class Status(str, Enum):
@@ -54,6 +58,12 @@ class RunResult:
     limit: float | None = None  # the in-flight limit the run settled at, if it had to adapt
     credits: float = 0.0  # charged: what answers reported, else their estimate
     estimated: float = 0.0  # of which estimated: answers that reported no usage
+    delivery: Delivery | None = None  # the assets delivered after the run, if it has any
+
+    @property
+    def assets(self) -> tuple[str, ...]:
+        """The asset files this run delivered (paths relative to the spec's folder)."""
+        return self.delivery.written if self.delivery else ()
 
     def count(self, status: Status) -> int:
         return sum(1 for r in self.results if r.status == status)
@@ -69,8 +79,10 @@ class RunResult:
 
     @property
     def ok(self) -> bool:
-        return self.stopped is None and not any(
-            r.status in (Status.FAILED, Status.NOT_SENT) for r in self.results
+        return (
+            self.stopped is None
+            and not any(r.status in (Status.FAILED, Status.NOT_SENT) for r in self.results)
+            and not (self.delivery and self.delivery.refused)
         )
 
 

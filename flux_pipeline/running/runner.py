@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import signal
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 
 from ..errors import ConfigError, Terminated
+from ..language.assets import has_assets
 from ..language.expansion import Request
 from ..language.spec import Spec
 from ..language.validation import output_stems
@@ -30,6 +32,7 @@ from ..provider.client import make_http_client
 from ..provider.pacing import Rate
 from ..provider.redaction import Redactor, clean_key
 from ..store.cache import OutputCache
+from ..store.delivery import deliver
 from ..store.lock import Lock, repair_lock
 from ..store.output_folder import OutputFolder
 from ..store.planning import Plan, RequestState, plan
@@ -105,7 +108,12 @@ async def run_async(
             for line in cost_notices(models, files.ratios, options.prices, entries):
                 say(line)
         keeper = LockKeeper(
-            spec.name, scope.lock_path, scope.entries, changed=scope.lock_changed, shard=scope.shard
+            spec.name,
+            scope.lock_path,
+            scope.entries,
+            changed=scope.lock_changed,
+            shard=scope.shard,
+            assets=old.assets if old and scope.shard is None else None,
         )
         run = Run(
             spec, options, endpoint, keeper=keeper, files=files, listener=listener, notify=notify
@@ -154,9 +162,14 @@ def run(
         old = current_lock(spec, options.shard)
         the_plan = plan(spec, requests, old, options.prices)
         within_budget(select(the_plan.items, options), options)
-        return _run_handling_signals(
+        result = _run_handling_signals(
             spec, the_plan, old, base_url, api_key, options, listener, notify
         )
+        if has_assets(spec) and options.shard is None and not result.interrupted:
+            planned = [item.request for item in the_plan.items]
+            delivered = deliver(spec, planned, force=options.force_assets, prune=options.prune)
+            result = dataclasses.replace(result, delivery=delivered)
+        return result
 
 
 def _repair(spec: Spec, options: RunOptions, say: Notify) -> None:

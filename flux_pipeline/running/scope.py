@@ -12,12 +12,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ConfigError
+from ..language.assets import has_assets
 from ..language.expansion import Request
 from ..language.spec import Spec
+from ..store.delivery import deliver
 from ..store.lock import Entry, Lock, ShardStamp
 from ..store.planning import Plan, PlanItem, RequestState, all_up_to_date, plan
 from ..store.shards import current_lock, made_from
-from ..store.writer_lock import FOLDER
+from ..store.writer_lock import FOLDER, hold_output_folder
 from .options import RunOptions
 from .recovery import FILE_NAME
 from .results import RequestResult, RunResult, Status
@@ -145,4 +147,10 @@ def nothing_to_do(spec: Spec, requests: Sequence[Request], options: RunOptions) 
     if not all_up_to_date(spec, requests, current_lock(spec, None)):
         return None
     skipped = tuple(RequestResult(r.id, Status.SKIPPED) for r in requests)
-    return RunResult(spec=spec, results=skipped, seconds=0.0)
+    delivered = None
+    if has_assets(spec):  # delivery needs no network: done here, under the folder's lock
+        with hold_output_folder(
+            spec.output, command="run", spec=spec.path, lock_path=spec.lock_path, wait=options.wait
+        ):
+            delivered = deliver(spec, requests, force=options.force_assets, prune=options.prune)
+    return RunResult(spec=spec, results=skipped, seconds=0.0, delivery=delivered)

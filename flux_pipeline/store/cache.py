@@ -99,6 +99,9 @@ class OutputCache:
                 "outputs": [o.as_json() for o in entry.outputs],
                 "response": dict(entry.response),
             }
+            body = getattr(entry, "body", None)
+            if body is not None:  # what was asked: a stale pick names the fields that changed
+                record["body"] = dict(body)
             index[entry.body_sha256] = record
             lines.append(json.dumps(record, sort_keys=True, allow_nan=False) + "\n")
         if lines:
@@ -112,6 +115,12 @@ class OutputCache:
 
     def has(self, body_sha256: str) -> bool:
         return body_sha256 in self._load()
+
+    def body_of(self, body_sha256: str) -> Mapping[str, Any] | None:
+        """The body of a request the cache has recorded (None if not, or not recorded)."""
+        record = self._load().get(body_sha256)
+        body = record.get("body") if record else None
+        return body if isinstance(body, dict) else None
 
     def check(self, sha256: str, fmt: str, hashed: Callable[[Path], str] = sha256_file) -> bool:
         """Whether the object is there with its hash; a damaged one is removed (and named in

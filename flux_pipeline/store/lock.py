@@ -79,6 +79,26 @@ class Entry:
 
 
 @dataclass(frozen=True, slots=True)
+class AssetRecord:
+    """A delivered asset file: the picked image it was made from (`source`: candidate,
+    request, image index, the request's body hash and the image's sha256), the transform, and
+    the file as written (its sha256 tells a hand edit)."""
+
+    slot: str
+    source: Mapping[str, Any]
+    transform: Mapping[str, Any]
+    sha256: str
+    bytes: int
+    width: int
+    height: int
+    format: str
+
+    def as_json(self) -> dict[str, Any]:
+        data = {f: getattr(self, f) for f in AssetRecord.__dataclass_fields__}
+        return {**data, "source": dict(self.source), "transform": dict(self.transform)}
+
+
+@dataclass(frozen=True, slots=True)
 class ShardStamp:
     """What a partial lock records of the spec it was made from: its shard (`index` of
     `count`) and the sha256 of the shard's expanded requests (each name and body hash)."""
@@ -107,16 +127,22 @@ class Lock:
     spec: str
     entries: Mapping[str, Entry]
     shard: ShardStamp | None = None
+    assets: Mapping[str, AssetRecord] = field(default_factory=dict)  # by path
 
 
-def render_lock(spec_name: str, entries: Iterable[Entry], shard: ShardStamp | None = None) -> str:
+def render_lock(
+    spec_name: str,
+    entries: Iterable[Entry],
+    shard: ShardStamp | None = None,
+    assets: Mapping[str, AssetRecord] | None = None,
+) -> str:
     """The lock's text: sorted keys and requests, two-space indent, a final newline.
 
     Exactly `json.dumps(lock, indent=2, sort_keys=True)`, but built from one fragment per
     request (`entry_text`) so that a run that keeps the lock current re-renders only what
     changed (see `assemble_lock`)."""
     by_id = {e.id: entry_text(e) for e in entries}
-    return assemble_lock(spec_name, [by_id[key] for key in sorted(by_id)], shard)
+    return assemble_lock(spec_name, [by_id[key] for key in sorted(by_id)], shard, assets)
 
 
 def entry_text(entry: Entry) -> str:
@@ -127,9 +153,14 @@ def entry_text(entry: Entry) -> str:
     return "    " + json.dumps(entry.id, ensure_ascii=False) + ": " + body.replace("\n", "\n    ")
 
 
-def assemble_lock(spec_name: str, fragments: Sequence[str], shard: ShardStamp | None = None) -> str:
+def assemble_lock(
+    spec_name: str,
+    fragments: Sequence[str],
+    shard: ShardStamp | None = None,
+    assets: Mapping[str, AssetRecord] | None = None,
+) -> str:
     """The lock's text from `entry_text` fragments, in the order of their request ids (and,
-    for a partial lock, the shard it was made from)."""
+    for a partial lock, the shard it was made from; the delivered assets, if any)."""
     requests = "{\n" + ",\n".join(fragments) + "\n  }" if fragments else "{}"
     spec = json.dumps(spec_name, ensure_ascii=False)
     made_from = ""
@@ -139,8 +170,13 @@ def assemble_lock(spec_name: str, fragments: Sequence[str], shard: ShardStamp | 
             + json.dumps(shard.as_json(), indent=2, sort_keys=True).replace("\n", "\n  ")
             + ",\n"
         )
+    delivered = ""
+    if assets:
+        table = {path: record.as_json() for path, record in assets.items()}
+        text = json.dumps(table, indent=2, sort_keys=True, ensure_ascii=False, allow_nan=False)
+        delivered = '  "assets": ' + text.replace("\n", "\n  ") + ",\n"
     return (
-        f'{{\n  "lock_version": {LOCK_VERSION},\n  "requests": {requests},\n'
+        f'{{\n{delivered}  "lock_version": {LOCK_VERSION},\n  "requests": {requests},\n'
         f'{made_from}  "spec": {spec}\n}}\n'
     )
 
@@ -161,8 +197,13 @@ def entry_from_json(raw: Mapping[str, Any]) -> Entry:
     return Entry(**{**raw, "outputs": outputs})
 
 
-def write_lock(path: Path, spec_name: str, entries: Iterable[Entry]) -> None:
-    write_atomic(path, render_lock(spec_name, entries).encode())
+def write_lock(
+    path: Path,
+    spec_name: str,
+    entries: Iterable[Entry],
+    assets: Mapping[str, AssetRecord] | None = None,
+) -> None:
+    write_atomic(path, render_lock(spec_name, entries, assets=assets).encode())
 
 
 def read_lock(path: Path) -> Lock | None:
@@ -197,8 +238,8 @@ def _validator(part: str) -> Callable[[Any], Any]:
     """The schema compiled (fastjsonschema: a 10,000-entry lock in 0.1 s, where jsonschema
     takes 1.3 s), for the whole lock or (`part="entry"`) one entry."""
     schema = lock_schema()
-    if part == "entry":
-        schema = {"$ref": "#/definitions/entry", "definitions": schema["definitions"]}
+    if part in ("entry", "asset"):
+        schema = {"$ref": f"#/definitions/{part}", "definitions": schema["definitions"]}
     return compiled_validator(schema)
 
 
@@ -239,7 +280,9 @@ def parse_lock(text: str, path: str) -> Lock:
         if raw["id"] != key:
             raise LockError(f"{path}: request {key!r} records the id {raw['id']!r}; {REPAIR}")
         entries[key] = entry_from_json(raw)
-    return Lock(spec=data["spec"], entries=entries, shard=ShardStamp.from_json(data.get("shard")))
+    assets = {path: AssetRecord(**raw) for path, raw in data.get("assets", {}).items()}
+    shard = ShardStamp.from_json(data.get("shard"))
+    return Lock(spec=data["spec"], entries=entries, shard=shard, assets=assets)
 
 
 def repair_lock(path: Path) -> list[str]:
@@ -265,9 +308,26 @@ def repair_lock(path: Path) -> list[str]:
             dropped.append(str(key))
     spec = data.get("spec") if isinstance(data.get("spec"), str) else path.name
     shard = ShardStamp.from_json(data.get("shard"))
+    assets = _sound_assets(data.get("assets"))
     if dropped or data.get("lock_version") != LOCK_VERSION:
-        write_atomic(path, render_lock(str(spec), kept, shard).encode())
+        write_atomic(path, render_lock(str(spec), kept, shard, assets).encode())
     return dropped
+
+
+def _sound_assets(raw: Any) -> dict[str, AssetRecord]:
+    """The asset records of a damaged lock that still match the schema (a repair keeps them:
+    they tell a hand-edited asset from a delivered one)."""
+    if not isinstance(raw, dict):
+        return {}
+    check = _validator("asset")
+    sound = {}
+    for path, record in raw.items():
+        try:
+            check(record)
+        except fastjsonschema.JsonSchemaValueException:
+            continue
+        sound[str(path)] = AssetRecord(**record)
+    return sound
 
 
 def mismatch_warning(outputs: Sequence[Output]) -> str:

@@ -113,7 +113,7 @@ def _merge(spec: Spec, partial: bool) -> MergeResult:
         fits = entry.body_sha256 == bodies.get(key)
         if key in bodies and (fits or current is None or current.body_sha256 != bodies[key]):
             entries[key] = entry
-    write_lock(spec.lock_path, spec.name, entries.values())
+    write_lock(spec.lock_path, spec.name, entries.values(), main.assets if main else None)
     _remove(paths)
     merged = tuple((path, len(lock.entries)) for path, lock in locks.items())
     return MergeResult(merged, len(entries), missing)
