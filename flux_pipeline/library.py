@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -124,11 +125,13 @@ def _spec(spec: Spec | str | Path) -> Spec:
     return spec if isinstance(spec, Spec) else load_spec(spec)
 
 
-def assets(spec: Spec | str | Path) -> Assets:
+def assets(spec: Spec | str | Path, requests: Sequence[Request] | None = None) -> Assets:
     """Where the spec's asset slots and files stand: each slot's candidates, its pick (or
     why it has none usable: unpicked, stale, waiting for a run), each file's state."""
     spec = _spec(spec)
-    return assess(spec, validate(spec), read_lock(spec.lock_path))
+    if requests is None:
+        requests = validate(spec)
+    return assess(spec, requests, read_lock(spec.lock_path))
 
 
 def pick(

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import jsonschema
 import pytest
 from helpers import invoke, write_spec
 from hypothesis import given
@@ -299,3 +300,107 @@ def test_a_rendition_has_exactly_the_asked_size_cover_never_pads_contain_never_c
         assert width == target[0] or height == target[1]
         scale = min(target[0] / source[0], target[1] / source[1])
         assert abs(width - source[0] * scale) <= 1.5 and abs(height - source[1] * scale) <= 1.5
+
+
+def test_the_json_of_plan_check_and_pick_describes_slots_and_files_as_documented(
+    icons: Path, emulator: EmulatorServer
+) -> None:
+    run(emulator.url, icons)
+    docs = Path(__file__).parent.parent / "docs" / "json"
+    for command, args in [
+        ("plan", ["plan", "--json"]),
+        ("check", ["check", "--json"]),
+        ("pick", ["pick", "--list", "--json"]),
+    ]:
+        data = json.loads(invoke(*args, str(icons)).stdout)
+        jsonschema.validate(data, json.loads((docs / f"{command}.schema.json").read_text()))
+        (entry,) = data["specs"]
+        assert [s["slot"] for s in entry["slots"]] == ["gear", "star"]
+        assert entry["slots"][0]["pick"] == "icon-gear-flux-dev-r2"
+        assert {a["status"] for a in entry["assets"]} == {"up to date"}
+
+
+def test_the_gallery_marks_each_pick_and_lists_the_asset_files(
+    icons: Path, emulator: EmulatorServer
+) -> None:
+    run(emulator.url, icons)
+    made = invoke("gallery", str(icons))
+    assert made.exit_code == 0, made.output
+    page = (icons.parent / "out/icons/gallery.html").read_text()
+    assert page.count("★ picked for") == 2
+    assert '<figure class="picked"><a href="icon-gear-flux-dev-r2.' in page
+    assert page.count('<img class="asset"') == len(FILES)
+    assert "assets/icons/gear-256.webp</td><td>gear</td><td>icon-gear-flux-dev-r2" in page
+
+
+def test_diff_lists_the_asset_files_delivered_and_made_again(
+    icons: Path, emulator: EmulatorServer
+) -> None:
+    before = icons.with_name("before.lock.json")
+    before.write_text(icons.with_name("icons.lock.json").read_text())  # nothing delivered yet
+    run(emulator.url, icons)
+    delivered = invoke("diff", str(icons), "--against", str(before))
+    assert "asset    assets/icons/gear-64.png: delivered from icon-gear-flux-dev-r2" in (
+        delivered.stdout
+    )
+    before.write_text(icons.with_name("icons.lock.json").read_text())
+    assert invoke("pick", str(icons), "gear", "icon-gear-flux-schnell-r1").exit_code == 0
+    run(emulator.url, icons)
+    again = json.loads(invoke("diff", str(icons), "--against", str(before), "--json").stdout)
+    assert again["assets"]["assets/icons/gear.jpg"] == (
+        "made again from icon-gear-flux-dev-r2 → icon-gear-flux-schnell-r1"
+    )
+    assert not any(path.startswith("assets/icons/star") for path in again["assets"])
+
+
+def test_prune_removes_the_asset_files_the_spec_no_longer_declares(
+    icons: Path, emulator: EmulatorServer
+) -> None:
+    root = icons.parent
+    run(emulator.url, icons)
+    lines = icons.read_text().splitlines(keepends=True)
+    icons.write_text("".join(line for line in lines if "{{ subject }}.jpg" not in line))
+    kept = run(emulator.url, icons)  # without --prune, an undeclared file stays, still recorded
+    assert (root / "assets/icons/gear.jpg").is_file()
+    assert "assets/icons/gear.jpg" in json.loads((root / "icons.lock.json").read_text())["assets"]
+    assert kept.exit_code == 0  # type: ignore[attr-defined]
+    Image.new("RGB", (8, 8), "blue").save(root / "assets/icons/star.jpg")  # changed by hand
+    pruned = run(emulator.url, icons, "--prune")
+    assert "pruned assets/icons/gear.jpg" in pruned.stdout  # type: ignore[attr-defined]
+    assert not (root / "assets/icons/gear.jpg").exists()
+    assert (root / "assets/icons/star.jpg").is_file()  # not as delivered: never deleted
+    lock = json.loads((root / "icons.lock.json").read_text())
+    assert not any(path.endswith(".jpg") for path in lock["assets"])
+
+
+def test_a_rendition_drops_metadata_and_keeps_the_colour_profile(tmp_path: Path) -> None:
+    from PIL import ImageCms, PngImagePlugin
+
+    profile = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    source = tmp_path / "source.png"
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Comment", "prompt: a secret prompt")
+    exif = Image.Exif()
+    exif[0x010E] = "camera notes"
+    Image.new("RGB", (40, 20), "green").save(source, pnginfo=info, icc_profile=profile, exif=exif)
+    for fmt, ext in [("png", "png"), ("jpeg", "jpg"), ("webp", "webp")]:
+        made = tmp_path / f"made.{ext}"
+        made.write_bytes(render(source, Transform(fmt, (20, 20), "cover", quality=80)))
+        with Image.open(made) as image:
+            assert image.info.get("icc_profile") == profile
+            assert "Comment" not in image.info and not image.getexif()
+            assert b"secret prompt" not in made.read_bytes()
+
+
+def test_the_python_api_picks_and_lists_the_delivered_assets(tmp_path: Path) -> None:
+    import flux_pipeline
+
+    spec = write_spec(tmp_path, ONE_EACH)
+    first = flux_pipeline.run(spec, emulator=True)
+    assert sorted(first.assets) == ["site/bold.webp", "site/calm.webp"]
+    slots = {s.slot.name: s for s in flux_pipeline.assets(spec).slots}
+    assert str(slots["badge"].status) == "unpicked"
+    picks = flux_pipeline.pick(spec, "badge", "badge:1", note="the round one")
+    assert picks.get("badge").note == "the round one"
+    second = flux_pipeline.run(spec, emulator=True)
+    assert second.assets == ("site/badge.png",) and second.ok

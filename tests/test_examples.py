@@ -184,7 +184,12 @@ def test_product_edits_are_derived_from_their_photos_and_rerun_only_what_changed
     assert len(entries) == 9
     # The lock names each input by path and hash, never its bytes: it stays small.
     text = (folder / "product-edits.lock.json").read_text()
-    assert "base64" not in text and len(text) < 15_000
+    requests = json.dumps(json.loads(text)["requests"], indent=2)
+    assert "base64" not in text and len(requests) < 15_000
+    # Each edit is delivered for the web page as WebP at two widths, for no credit.
+    for width in (800, 400):
+        with Image.open(folder / f"assets/web/mug-on-a-marble-table-{width}.webp") as page:
+            assert (page.format, page.size) == ("WEBP", (width, width))
     photos = {
         p: Image.open(folder / p) for p in ("photos/mug.jpg", "photos/lamp.jpg", "photos/vase.jpg")
     }
@@ -284,3 +289,42 @@ def test_a_failed_request_in_ci_keeps_what_the_others_paid_for(
     again = run_workflow(workflow, second, emulator, tmp_path / "artifacts-2")
     assert again.failures  # still refused, and said so
     assert emulator.emulator.counters.snapshot()["paid"] == paid  # the next push pays 0
+
+
+def test_the_icon_set_is_one_generation_per_subject_delivered_at_three_sizes(
+    tmp_path: Path, emulator: EmulatorServer
+) -> None:
+    folder, entries = run_example(tmp_path, emulator, "icons")
+    spec = folder / "icons.yaml"
+    assert len(entries) == 9 and emulator.emulator.counters.snapshot()["paid"] == 9
+    assert invoke("check", str(spec)).exit_code == 1  # 3 slots to pick
+    for subject in ("gear", "star", "bell"):
+        assert invoke("pick", str(spec), subject, f"icon-{subject}-r2").exit_code == 0
+    delivered = invoke("run", "--base-url", emulator.url, str(spec), env=KEY)
+    assert delivered.exit_code == 0 and emulator.emulator.counters.snapshot()["paid"] == 9
+    for size in (64, 128, 256):
+        with Image.open(folder / f"assets/icons/bell-{size}.png") as icon:
+            assert icon.size == (size, size)
+    assert invoke("check", str(spec)).exit_code == 0
+
+
+def test_the_model_comparison_puts_the_best_image_per_prompt_at_a_stable_path(
+    tmp_path: Path, emulator: EmulatorServer
+) -> None:
+    folder, _ = run_example(tmp_path, emulator, "model-comparison")
+    spec = folder / "model-comparison.yaml"
+    ramen = "a-bowl-of-ramen"
+    assert invoke("pick", str(spec), ramen, f"{ramen}-flux-dev").exit_code == 0
+    assert invoke("check", "--allow-unpicked", str(spec)).exit_code == 1  # not delivered yet
+    invoke("run", "--base-url", emulator.url, str(spec), env=KEY)
+    best = folder / f"assets/comparison/{ramen}.png"
+    picked = (
+        folder
+        / json.loads(spec.with_name("model-comparison.lock.json").read_text())["requests"][
+            f"{ramen}-flux-dev"
+        ]["outputs"][0]["path"]
+    )
+    with Image.open(best) as image, Image.open(picked) as source:
+        assert image.format == "PNG" and mean_difference(image, source) < 1
+    assert invoke("check", "--allow-unpicked", str(spec)).exit_code == 0
+    assert invoke("check", str(spec)).exit_code == 1  # the lighthouse has no pick yet

@@ -125,9 +125,4 @@ def deliver(settings: Settings, spec: Path, force: bool, prune: bool, wait: floa
 
 
 def _assets_json(found: Any) -> dict[str, Any]:
-    return {
-        "spec": found.spec.name,
-        "path": str(found.spec.path),
-        "slots": [s.as_json() for s in found.slots],
-        "files": [f.as_json() for f in found.files],
-    }
+    return {"spec": found.spec.name, "path": str(found.spec.path), **found.as_json()}

@@ -107,7 +107,7 @@ def plan(
     """
     from .. import library
     from ..running.scope import over_budget
-    from .reports import plan_table
+    from .reports import assets_table, plan_table
 
     plans: list[dict[str, Any]] = []
 
@@ -116,10 +116,13 @@ def plan(
         known, _ = prices(found, source, ())
         result = library.plan(settings.load_spec(path), prices=known)
         over = frozenset(over_budget(result.items, max_credits) if max_credits is not None else ())
+        assets = library.assets(result.spec, [i.request for i in result.items])
         if as_json:
-            plans.append({**result.as_json(), "over_budget": sorted(over)})
+            plans.append({**result.as_json(), **assets.as_json(), "over_budget": sorted(over)})
         else:
             click.echo(plan_table(result, over))
+            if assets.slots:
+                click.echo(assets_table(assets))
 
     try:
         each_spec(specs, work)
@@ -244,6 +247,8 @@ def merge(settings: Settings, spec: Path, wait: float, partial: bool) -> None:
     if result.missing:
         shards = ", ".join(map(str, result.missing))
         click.echo(f"  without shard {shards} (--partial): their requests are not in the lock")
+    for line in result.delivery.lines() if result.delivery else ():
+        click.echo(f"  {line}")
 
 
 @cli.command()

@@ -32,6 +32,9 @@ jobs:
     matrix:                     # every combination of the axes
       product: [copper kettle, toaster]
       style: [minimal, retro]
+    assets:                     # what each image becomes, at a path you can commit
+      files:                    # (with `repeat: 3`, pick the best: `flux-pipeline pick --list`)
+        - {{path: "assets/{{{{ product | slug }}}}-{{{{ style }}}}.webp", resize: 256x256}}
 """
 
 GITIGNORE_LINES = (

@@ -127,6 +127,7 @@ def diff_text(result: LockDiff, lock: str, ref: str) -> str:
     lines += [f"removed  {key}" for key in result.removed]
     shown = {**result.changed, **result.shown}
     lines += [f"changed  {key}: {'; '.join(fields)}" for key, fields in shown.items()]
+    lines += [f"asset    {path}: {what}" for path, what in result.assets.items()]
     return "\n".join(lines)
 
 
@@ -258,3 +259,18 @@ def slots_text(assets: Assets) -> str:
         for file in files.get(slot.name, []):
             lines.append(f"    {file.path}: {file.status}")
     return "\n".join(lines)
+
+
+def assets_table(assets: Assets) -> str:
+    """What `plan` shows of a spec's assets: each file, its slot's state and what a run does."""
+    states = {s.slot.name: s for s in assets.slots}
+    rows = [["ASSET", "SLOT", "FROM", "STATE"]]
+    for file in assets.files:
+        slot = states[file.slot]
+        source = slot.source.candidate if slot.source else (slot.pick.candidate or "-")
+        state = str(file.status) if slot.source else str(slot.status)
+        rows.append([file.path, file.slot, source, state])
+    picked = sum(1 for s in assets.slots if s.source is not None)
+    summary = f"assets: {plural(len(assets.slots), 'slot')} ({picked} with a usable pick)"
+    reasons = [f"  {s.slot.name}: {s.reason}" for s in assets.slots if s.reason]
+    return "\n".join([table(rows), *reasons, summary])

@@ -21,7 +21,7 @@ from typing import Any
 from ..errors import Problem, format_combo
 from ..provider.registry import get_model
 from .expansion import Request
-from .render import TEMPLATE_ERRORS, Renderer, describe_error, template_folders
+from .render import TEMPLATE_ERRORS, Renderer, describe_error, slug, template_folders
 from .spec import Job, LineDict, Spec
 
 FORMATS = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp"}
@@ -159,7 +159,7 @@ def _slot(
         if name_template is not None:
             name = str(name_template.render(context)).strip()
         else:
-            name = "-".join(str(v) for v in values.values()) or job.name
+            name = "-".join(slug(v) for v in values.values()) or job.name
     except TEMPLATE_ERRORS as exc:
         problems.append(
             Problem(

@@ -52,7 +52,7 @@ _ASSETS: dict[str, Any] = {
             "type": "string",
             "minLength": 1,
             "description": "The slot's name, a template over the `per:` variables "
-            "(default: their values joined by '-').",
+            "(default: their values, slugged, joined by '-').",
         },
         "files": {
             "type": "array",

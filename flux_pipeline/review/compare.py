@@ -19,7 +19,7 @@ from ..language.spec import Spec
 from ..language.validation import validate
 from ..provider.images import EXTENSIONS
 from ..store.delivery import Assets, assess
-from ..store.lock import Entry, Lock, parse_lock, read_lock
+from ..store.lock import AssetRecord, Entry, Lock, parse_lock, read_lock
 from ..store.output_folder import lock_name_of
 from ..store.planning import RequestState, plan
 from ..store.writer_lock import FOLDER, OWN_NAMES
@@ -72,8 +72,7 @@ class CheckReport:
             "mismatches": [{"id": f.id, "reason": f.reason} for f in self.mismatches],
             "leftovers": list(self.leftovers),
             "asset_problems": list(self.asset_problems),
-            "slots": [s.as_json() for s in self.assets.slots] if self.assets else [],
-            "assets": [f.as_json() for f in self.assets.files] if self.assets else [],
+            **(self.assets.as_json() if self.assets else {"slots": [], "assets": []}),
         }
 
 
@@ -157,10 +156,12 @@ class LockDiff:
     changed: Mapping[str, tuple[str, ...]]  # id -> changed fields
     # id -> each change as a user reads it, old and new values shortened
     shown: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
+    # asset file -> what changed in its delivery: "added from C", "removed", "C1 → C2"
+    assets: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
     @property
     def empty(self) -> bool:
-        return not (self.added or self.removed or self.changed)
+        return not (self.added or self.removed or self.changed or self.assets)
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -168,6 +169,7 @@ class LockDiff:
             "removed": list(self.removed),
             "changed": {k: list(v) for k, v in self.changed.items()},
             "changes": {k: list(v) for k, v in self.shown.items()},
+            "assets": dict(self.assets),
         }
 
 
@@ -186,7 +188,28 @@ def diff_locks(old: Lock | None, new: Lock | None) -> LockDiff:
         removed=tuple(sorted(set(before) - set(after))),
         changed=changed,
         shown=shown,
+        assets=_asset_changes(old.assets if old else {}, new.assets if new else {}),
     )
+
+
+def _asset_changes(
+    before: Mapping[str, AssetRecord], after: Mapping[str, AssetRecord]
+) -> dict[str, str]:
+    """Each delivered asset file that came, went or was made again, as a user reads it."""
+    changes = {}
+    for path in sorted(set(before) | set(after)):
+        old, new = before.get(path), after.get(path)
+        if new is None:
+            changes[path] = "no longer delivered"
+        elif old is None:
+            changes[path] = f"delivered from {new.source['candidate']}"
+        elif old.sha256 != new.sha256:
+            source = (old.source["candidate"], new.source["candidate"])
+            what = f"{source[0]} → {source[1]}" if source[0] != source[1] else source[0]
+            if dict(old.transform) != dict(new.transform):
+                what += " (transform changed)"
+            changes[path] = f"made again from {what}"
+    return changes
 
 
 def _shown(

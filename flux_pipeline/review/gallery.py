@@ -9,6 +9,7 @@ name, seed and size, and the prompt on hover and below.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import itertools
 import os
@@ -18,10 +19,12 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from ..language.assets import has_assets
 from ..language.expansion import Request
 from ..language.spec import Spec
 from ..provider.inputs import references
 from ..store.atomic import write_atomic
+from ..store.delivery import Assets, assess
 from ..store.lock import Output, read_lock
 from ..store.writer_lock import THUMBS, refuse_links
 from . import git
@@ -74,6 +77,7 @@ class _Figure:
     thumb: str | None = None
     size: str = ""
     inputs: tuple[_Input, ...] = ()  # an edit's input images, shown beside it
+    picked: str = ""  # the asset slot this image is the pick of
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +168,7 @@ def render_page(
     page: Path,
     changes: dict[str, Any] | None = None,
     progress: Callable[[int, int], None] | None = None,
+    assets: Assets | None = None,
 ) -> tuple[str, int]:
     """The gallery page's HTML (the packaged template, autoescaped) and how many images it
     shows; `progress(done, total)` is told of every `PROGRESS_EVERY` images (thumbnails are
@@ -174,8 +179,12 @@ def render_page(
     total = sum(len(c.outputs) or 1 for g in grids for cells in g.cells.values() for c in cells)
     counter = itertools.count(1)
 
+    picked = {s.source.path: s.slot.name for s in (assets.slots if assets else ()) if s.source}
+
     def figure(cell: Cell, output: Output | None) -> _Figure:
         made = _figure(cell, output, base, page.parent, thumbs)
+        if output is not None and base / output.path in picked:
+            made = dataclasses.replace(made, picked=picked[base / output.path])
         done = next(counter)
         if progress is not None and (done % PROGRESS_EVERY == 0 or done == total):
             progress(done, total)
@@ -190,9 +199,39 @@ def render_page(
         for figure in figures
     )
     text = _template().render(
-        title=spec.name, shown=shown, source=spec.path.name, grids=sections, changes=changes
+        title=spec.name,
+        shown=shown,
+        source=spec.path.name,
+        grids=sections,
+        changes=changes,
+        assets=_asset_rows(spec, assets, page.parent, thumbs) if assets else [],
     )
     return text, shown
+
+
+def _asset_rows(spec: Spec, assets: Assets, page_folder: Path, thumbs: Path) -> list[Any]:
+    """Each asset file as the page lists it: where it is, what it was made from, its state."""
+    rows = []
+    states = {s.slot.name: s for s in assets.slots}
+    for file in assets.files:
+        target = spec.lock_path.parent / file.path
+        record = assets.recorded.get(file.path)
+        thumb = None
+        if record is not None and target.is_file():
+            thumb = _href(thumbnail(target, record.sha256, thumbs), page_folder)
+        slot = states[file.slot]
+        rows.append(
+            {
+                "path": file.path,
+                "href": _href(target, page_folder) if target.is_file() else None,
+                "thumb": thumb,
+                "slot": file.slot,
+                "source": slot.source.candidate if slot.source else slot.pick.candidate,
+                "state": str(file.status) if slot.source else str(slot.status),
+                "reason": file.reason or slot.reason,
+            }
+        )
+    return rows
 
 
 # ----- changes since a revision ----------------------------------------------------------------
@@ -277,7 +316,8 @@ def build_gallery(
     if changed:  # just the changed requests, old beside new
         text, shown = render_page(spec, [], page, changes(spec, changed, page, requests))
     else:
-        text, shown = render_page(spec, grids, page, progress=progress)
+        assets = assess(spec, requests, lock) if has_assets(spec) else None
+        text, shown = render_page(spec, grids, page, progress=progress, assets=assets)
     write_atomic(page, text.encode())
     sheet_path = None
     if png:

@@ -127,6 +127,12 @@ class Assets:
     recorded: Mapping[str, AssetRecord] = field(default_factory=dict)
     undeclared: tuple[str, ...] = ()  # recorded files the spec no longer declares
 
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "slots": [s.as_json() for s in self.slots],
+            "assets": [f.as_json() for f in self.files],
+        }
+
     def problems(self, allow_unpicked: bool = False) -> list[str]:
         """What `check` fails on, each with its way forward."""
         lines = []

@@ -11,9 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ConfigError, LockError
+from ..language.assets import has_assets
 from ..language.expansion import Request
 from ..language.spec import Spec
 from ..language.validation import validate
+from .delivery import Delivery, deliver
 from .lock import Entry, Lock, ShardStamp, read_lock, write_lock
 from .writer_lock import hold_output_folder
 
@@ -81,6 +83,7 @@ class MergeResult:
     merged: tuple[tuple[Path, int], ...]
     requests: int
     missing: tuple[int, ...] = ()
+    delivery: Delivery | None = None  # the assets delivered once the lock is whole
 
 
 def merge(spec: Spec, *, wait: float = 0.0, partial: bool = False) -> MergeResult:
@@ -116,7 +119,9 @@ def _merge(spec: Spec, partial: bool) -> MergeResult:
     write_lock(spec.lock_path, spec.name, entries.values(), main.assets if main else None)
     _remove(paths)
     merged = tuple((path, len(lock.entries)) for path, lock in locks.items())
-    return MergeResult(merged, len(entries), missing)
+    # Shards deliver nothing (each holds part of the images): the merged lock does.
+    delivered = deliver(spec, requests) if has_assets(spec) else None
+    return MergeResult(merged, len(entries), missing, delivered)
 
 
 def _refusals(
