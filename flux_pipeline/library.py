@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .language.assets import slots_of
 from .language.expansion import Request, expand
 from .language.spec import Spec, load_spec
 from .language.validation import validate
@@ -125,13 +126,18 @@ def _spec(spec: Spec | str | Path) -> Spec:
     return spec if isinstance(spec, Spec) else load_spec(spec)
 
 
-def assets(spec: Spec | str | Path, requests: Sequence[Request] | None = None) -> Assets:
+def assets(
+    spec: Spec | str | Path, requests: Sequence[Request] | None = None, *, every: bool = False
+) -> Assets:
     """Where the spec's asset slots and files stand: each slot's candidates, its pick (or
-    why it has none usable: unpicked, stale, waiting for a run), each file's state."""
+    why it has none usable: unpicked, stale, waiting for a run), each file's state. `every`:
+    a spec without `assets:` has a slot per combination (its variants), as `pick` and the
+    review page see it."""
     spec = _spec(spec)
     if requests is None:
         requests = validate(spec)
-    return assess(spec, requests, read_lock(spec.lock_path))
+    slots = slots_of(spec, requests) if every else None
+    return assess(spec, requests, read_lock(spec.lock_path), slots=slots)
 
 
 def pick(

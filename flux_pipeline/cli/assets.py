@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from ..errors import EXIT_FAILED, ConfigError
+from ..errors import EXIT_FAILED, ConfigError, plural
 from .app import Settings, cli, each_spec, pass_settings
 from .params import WAIT
 
@@ -57,7 +57,7 @@ def pick(
     def work(path: Path) -> None:
         loaded = settings.load_spec(path)
         if listing or slot is None:
-            found = library.assets(loaded)
+            found = library.assets(loaded, every=True)
             if as_json:
                 click.echo(json.dumps({"specs": [_assets_json(found)]}, indent=2))
             else:
@@ -115,8 +115,8 @@ def deliver(settings: Settings, spec: Path, force: bool, prune: bool, wait: floa
         for line in lines:
             click.echo(f"{path}: {line}")
         if not lines:
-            files = len(delivery.assets.files)
-            click.echo(f"{path}: {files} asset files up to date")
+            files = plural(len(delivery.assets.files), "asset file")
+            click.echo(f"{path}: {files}, up to date")
         refused = refused or bool(delivery.refused)
 
     each_spec([spec], work)
@@ -126,3 +126,61 @@ def deliver(settings: Settings, spec: Path, force: bool, prune: bool, wait: floa
 
 def _assets_json(found: Any) -> dict[str, Any]:
     return {"spec": found.spec.name, "path": str(found.spec.path), **found.as_json()}
+
+
+@cli.command()
+@click.argument("spec", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to serve on; anything but loopback lets others on the network reach the "
+    "page (they still need the printed URL's token).",
+)
+@click.option("--port", default=0, type=click.IntRange(0, 65535), help="Port (default: any free).")
+@click.option("--no-open", is_flag=True, help="Print the URL; do not open a browser.")
+@pass_settings
+def review(settings: Settings, /, spec: Path, host: str, port: int, no_open: bool) -> None:
+    """Serve a local page to compare each slot's candidates and pick with the keyboard.
+
+    One slot per row (the spec's asset slots, or each combination's variants), candidates
+    side by side with model, seed and what differs; `1`-`9` pick, `j`/`k` move between
+    slots, arrows between candidates, `space` zooms, `x` rejects, `u` undoes, `?` shows the
+    keys. Each choice is written at once to SPEC.picks.yaml (commit it); delivering the asset
+    files stays `run`'s (or `deliver`'s) job. While a run of the spec works, its new images
+    appear on the page. The URL carries a random token every request needs. Ctrl-C stops.
+    """
+    import secrets
+    import socket
+    import webbrowser
+
+    import uvicorn
+
+    from .. import library
+    from ..review.server import create_app
+
+    specs = []
+
+    def load(path: Path) -> None:  # the spec is valid before a port is taken
+        specs.append(settings.load_spec(path))
+        library.validate(specs[-1])
+
+    each_spec([spec], load)
+    loaded = specs[0]
+    token = secrets.token_urlsafe(24)
+    listener = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind((host, port))
+    listener.listen(128)
+    bound = listener.getsockname()[1]
+    shown = f"[{host}]" if ":" in host else host
+    url = f"http://{shown}:{bound}/?token={token}"
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        click.echo(f"warning: serving on {host}: others on the network can reach it", err=True)
+    click.echo(f"review of {spec}: {url}  (Ctrl-C stops)")
+    if not no_open:
+        webbrowser.open(url)
+    config = uvicorn.Config(
+        create_app(loaded, token=token), log_level="warning", timeout_graceful_shutdown=1
+    )
+    uvicorn.Server(config).run(sockets=[listener])

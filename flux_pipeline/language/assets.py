@@ -90,6 +90,26 @@ def has_assets(spec: Spec) -> bool:
     return any(job.assets is not None for job in spec.jobs)
 
 
+def slots_of(spec: Spec, requests: Sequence[Request]) -> list[Slot]:
+    """The slots a person picks in: the assets' where the spec declares them, else each
+    combination's variants (its repeats and images), named by its first request's name."""
+    if has_assets(spec):
+        return asset_slots(spec, requests)[0]
+    groups: dict[tuple[str, str], list[Request]] = {}
+    for request in requests:
+        shown = {k: v for k, v in request.vars.items() if k != "repeat"}
+        groups.setdefault((request.job, repr(shown)), []).append(request)
+    slots, names = [], set()
+    for members in groups.values():
+        first = members[0]
+        name = first.id.removesuffix("-r1") if len(members) > 1 else first.id
+        name = name if name not in names else first.id
+        names.add(name)
+        values = {k: v for k, v in first.vars.items() if k != "repeat"}
+        slots.append(Slot(name, first.job, values, _candidates(members), (), first.line))
+    return slots
+
+
 def asset_slots(spec: Spec, requests: Sequence[Request]) -> tuple[list[Slot], list[Problem]]:
     """The slots of every job that declares `assets:`, and every problem with them."""
     slots: list[Slot] = []

@@ -298,6 +298,8 @@ class Delivery:
                 said.append(
                     f"slot {state.slot.name}: {state.reason} (its files are kept as they are)"
                 )
+            elif state.status is SlotStatus.WAITING:
+                said.append(f"slot {state.slot.name}: {state.reason}")
             elif state.status is SlotStatus.UNPICKED:
                 count = plural(len(state.slot.candidates), "candidate")
                 said.append(

@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from ..errors import ConfigError, Problem, SpecInvalid, did_you_mean
-from ..language.assets import Slot, asset_slots
+from ..language.assets import Slot, slots_of
 from ..language.expansion import Request
 from ..language.spec import LineDict, Spec, load_yaml
 from .atomic import write_atomic
@@ -187,36 +187,57 @@ def choose(
     note: str | None = None,
     clear: bool = False,
 ) -> Picks:
-    """Write one slot's decision to the picks file (atomically): pick `candidate` (it must
-    have been generated: its body hash and image hash are recorded), reject candidates, set a
-    note, or `clear` the slot. ConfigError naming the slots or candidates for a wrong name."""
-    slots = asset_slots(spec, requests)[0]
+    """Change one slot's decision in the picks file: pick `candidate`, reject candidates
+    (rejecting the pick un-picks it), set a note, or `clear` the slot (see `decide`)."""
+    slots = slots_of(spec, requests)
+    current = read_picks(spec, slots).get(slot_name)
+    if clear:
+        return decide(spec, requests, slot_name, None, (), "", slots=slots)
+    rejected = {*current.rejected, *reject}
+    if candidate is not None:
+        rejected.discard(candidate)
+    picked = candidate or (current.candidate if current.candidate not in rejected else None)
+    said = current.note if note is None else note
+    return decide(spec, requests, slot_name, picked, sorted(rejected), said, slots=slots)
+
+
+def decide(
+    spec: Spec,
+    requests: Sequence[Request],
+    slot_name: str,
+    candidate: str | None,
+    rejected: Sequence[str] = (),
+    note: str = "",
+    *,
+    slots: Sequence[Slot] | None = None,
+) -> Picks:
+    """Set one slot's whole decision in the picks file, atomically: the pick (it must have
+    been generated: its body hash and image hash are recorded), the rejected candidates and
+    the note. ConfigError naming the slots or candidates for a wrong name."""
+    slots = slots if slots is not None else slots_of(spec, requests)
     by_name = {s.name: s for s in slots}
     slot = by_name.get(slot_name)
     if slot is None:
         hint = did_you_mean(slot_name, by_name) or f" (its slots: {_listed(by_name)})"
         raise ConfigError(f"no slot {slot_name!r} in {spec.path}{hint}")
     picks = read_picks(spec, slots)
-    if clear:
-        picks = picks.with_slot(slot.name, None)
-        picks.save(spec)
-        return picks
-    current = picks.get(slot.name)
-    for name in [*reject, *([candidate] if candidate else [])]:
+    for name in [*rejected, *([candidate] if candidate else [])]:
         if slot.candidate(name) is None:
             names = [c.name for c in slot.candidates]
             hint = did_you_mean(name, names) or f" (its candidates: {', '.join(names[:8])})"
             raise ConfigError(f"{name!r} is no candidate of slot {slot.name!r}{hint}")
-    rejected = {*current.rejected, *reject}
-    if candidate is not None:
-        current = _picked(spec, requests, slot, candidate, current)
-        rejected.discard(candidate)
-    elif current.candidate in rejected:  # rejecting the pick un-picks it
-        current = replace(current, candidate=None, body_sha256="", image_sha256="")
-    current = replace(current, rejected=tuple(sorted(rejected)))
-    if note is not None:
-        current = replace(current, note=note)
-    picks = picks.with_slot(slot.name, current)
+    current = picks.get(slot.name)
+    if candidate is None:
+        decision = Pick(rejected=tuple(sorted(set(rejected))), note=note)
+    elif candidate == current.candidate:  # kept as it was picked (a stale pick stays stale)
+        decision = replace(current, rejected=tuple(sorted(set(rejected))), note=note)
+    else:
+        decision = replace(
+            _picked(spec, requests, slot, candidate, Pick()),
+            rejected=tuple(sorted(set(rejected) - {candidate})),
+            note=note,
+        )
+    picks = picks.with_slot(slot.name, decision)
     picks.save(spec)
     return picks
 
