@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,3 +32,18 @@ def _no_real_key(monkeypatch: pytest.MonkeyPatch) -> None:
     """No test may pick up a real key from the developer's environment."""
     monkeypatch.delenv("AIMLAPI_KEY", raising=False)
     monkeypatch.delenv("FLUX_PIPELINE_BASE_URL", raising=False)
+
+
+@pytest.fixture
+def browser() -> Iterator[object]:
+    if shutil.which("chromium") is None:
+        pytest.skip("Debian's chromium is not installed")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(
+            executable_path=shutil.which("chromium"),
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
+        yield launched
+        launched.close()

@@ -61,6 +61,8 @@ def wait_for_lock(lock_path: Path, entries: int, timeout: float = 30) -> None:
 
 
 KEY = {"AIMLAPI_KEY": "test-key"}
+#: Screenshots kept for whoever changes a layout (looked at, not asserted pixel by pixel).
+ARTIFACTS = Path(os.environ.get("FLUX_PIPELINE_ARTIFACTS", "build/test-artifacts"))
 GRID = """
     version: 1
     name: grid

@@ -326,9 +326,9 @@ def test_the_gallery_marks_each_pick_and_lists_the_asset_files(
     run(emulator.url, icons)
     made = invoke("gallery", str(icons))
     assert made.exit_code == 0, made.output
-    page = (icons.parent / "out/icons/gallery.html").read_text()
+    page = (icons.parent / "out/icons/.flux-cache/gallery/gallery.html").read_text()
     assert page.count("★ picked for") == 2
-    assert '<figure class="picked"><a href="icon-gear-flux-dev-r2.' in page
+    assert '<figure class="picked"><a href="../../icon-gear-flux-dev-r2.' in page
     assert page.count('<img class="asset"') == len(FILES)
     assert "assets/icons/gear-256.webp</td><td>gear</td><td>icon-gear-flux-dev-r2" in page
 

@@ -61,8 +61,8 @@ def test_makefile_validates_runs_checks_and_builds_galleries(tmp_path: Path) -> 
     gallery = make(folder, "gallery")
     assert gallery.returncode == 0, gallery.stderr
     for spec in specs:
-        assert (folder / "out" / spec / "gallery.html").is_file()
-        assert (folder / "out" / spec / "gallery.png").is_file()
+        assert (folder / "out" / spec / ".flux-cache/gallery/gallery.html").is_file()
+        assert (folder / "out" / spec / ".flux-cache/gallery/gallery.png").is_file()
 
     (folder / "quickstart.yaml").write_text(
         (folder / "quickstart.yaml").read_text().replace("soft light", "hard light")
@@ -92,7 +92,8 @@ def test_github_workflow_with_the_action_works_in_job_order(
     ran = run_workflow(workflow, first, emulator, tmp_path / "artifacts-1")
     assert not ran.failures
     assert ran.ran == ["validate", "run"] * 4 + ["merge", "check", "gallery"]
-    assert (first / "examples/out/product-shots/gallery.html").is_file()
+    assert (first / "flux-gallery/product-shots.html").is_file()
+    assert (tmp_path / "artifacts-1/gallery/flux-gallery/product-shots.html").is_file()
     assert not list((first / "examples").glob("*.shard-*"))
     paid = emulator.emulator.counters.snapshot()["paid"]
     assert paid > 0
@@ -116,7 +117,7 @@ def test_github_workflow_with_the_action_works_in_job_order(
     pull.action({"specs": "examples/quickstart.yaml"})
     assert not pull.failures
     assert emulator.emulator.counters.snapshot()["paid"] == paid  # the API was not called
-    assert (fork / "examples/out/quickstart/gallery.html").is_file()
+    assert (fork / "flux-gallery/quickstart.html").is_file()
 
 
 def pushed_examples(root: Path) -> tuple[Path, Path]:

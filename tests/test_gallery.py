@@ -8,7 +8,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from helpers import invoke, write_spec
+from helpers import ARTIFACTS, invoke, write_spec
 from PIL import Image
 
 from flux_pipeline.emulator import EmulatorServer
@@ -73,7 +73,7 @@ def test_page_shows_every_image_and_the_axes_in_chromium(
     spec = spec_run(tmp_path, emulator)
     result = invoke("gallery", str(spec))
     assert result.exit_code == 0
-    page = tmp_path / "out/grid/gallery.html"
+    page = tmp_path / "out/grid/.flux-cache/gallery/gallery.html"
     assert result.stdout == f"{page}: 6 images\n"
     url = page.as_uri()
     dom = chromium("--window-size=1600,4000", "--dump-dom", url, profile=tmp_path / "p1")
@@ -124,7 +124,7 @@ def test_thumbnails_are_made_once(tmp_path: Path, emulator: EmulatorServer) -> N
 def test_rows_and_cols_choose_the_axes(tmp_path: Path, emulator: EmulatorServer) -> None:
     spec = spec_run(tmp_path, emulator)
     invoke("gallery", str(spec), "--rows", "product", "--cols", "style")
-    text = (tmp_path / "out/grid/gallery.html").read_text()
+    text = (tmp_path / "out/grid/.flux-cache/gallery/gallery.html").read_text()
     assert "<th>product \\ style</th><th>style = minimal</th><th>style = retro</th>" in text
 
 
@@ -132,7 +132,7 @@ def test_contact_sheet_matches_the_grid(tmp_path: Path, emulator: EmulatorServer
     spec = spec_run(tmp_path, emulator)
     result = invoke("gallery", str(spec), "--png")
     assert result.exit_code == 0
-    sheet = tmp_path / "out/grid/gallery.png"
+    sheet = tmp_path / "out/grid/.flux-cache/gallery/gallery.png"
     head, caption = LINE_H + 8, 3 * LINE_H + 4  # one line of column labels; 3 of captions
     with Image.open(sheet) as image:
         # label column + 3 columns of 256; title band + column labels + 2 rows of 256 + caption
@@ -167,16 +167,23 @@ def test_changed_shows_old_and_new_side_by_side(tmp_path: Path, emulator: Emulat
     git("add", "-A")
     git("commit", "-qm", "first")
     spec_run(tmp_path, emulator, prompt="A {{ style }} {{ product }} at dawn")
-    assert invoke("gallery", str(spec), "--changed", "HEAD").exit_code == 0
-    text = (tmp_path / "out/grid/gallery.html").read_text()
-    assert "Changed since HEAD" in text
+    assert invoke("gallery", str(spec)).exit_code == 0
+    full = tmp_path / "out/grid/.flux-cache/gallery/gallery.html"
+    before = full.read_bytes()
+    made = invoke("gallery", str(spec), "--changed", "HEAD")
+    assert made.exit_code == 0
+    page = tmp_path / "out/grid/.flux-cache/gallery/gallery-changed.html"
+    assert made.stdout == f"{page}: 6 images\n"  # the 6 changed requests
+    assert full.read_bytes() == before  # its own file: the full gallery is left alone
+    text = page.read_text()
+    assert "Changed since HEAD" in text and "6 changed requests from" in text
     assert text.count('class="pair"') == 6
     assert text.count(' before"') == 6  # every old image came out of git
     # The prompts, old beside new.
     assert '<p class="prompt old">A retro kettle</p>' in text
     assert '<p class="prompt new">A retro kettle at dawn</p>' in text
     for link in re.findall(r'src="([^"]+)"', text):
-        assert (tmp_path / "out/grid" / link).is_file()
+        assert (page.parent / link).is_file()
 
 
 def test_changed_shows_edits_not_run_yet_beside_the_old_images(
@@ -191,7 +198,7 @@ def test_changed_shows_edits_not_run_yet_beside_the_old_images(
     text = spec.read_text().replace('{{ product }}"', '{{ product }} at dusk"')
     spec.write_text(text)  # edited, not run
     assert invoke("gallery", str(spec), "--changed", "HEAD").exit_code == 0
-    text = (tmp_path / "out/grid/gallery.html").read_text()
+    text = (tmp_path / "out/grid/.flux-cache/gallery/gallery-changed.html").read_text()
     assert "Changed since HEAD: the spec's edits, not run yet" in text
     assert text.count('class="pair"') == 6 and text.count("not run yet</div>") == 6
     assert '<p class="prompt new">A retro kettle at dusk</p>' in text
@@ -214,7 +221,7 @@ def test_an_edit_shows_its_input_beside_it_on_a_files_axis_grid(
     shutil.copy(examples / "product-edits.yaml", spec)
     assert invoke("run", "--base-url", emulator.url, str(spec), env=KEY).exit_code == 0
     assert invoke("gallery", str(spec)).exit_code == 0
-    page = tmp_path / "out/product-edits/gallery.html"
+    page = tmp_path / "out/product-edits/.flux-cache/gallery/gallery.html"
     text = page.read_text()
     inputs = re.findall(
         r'<a href="([^"]+)"><img src="([^"]+)" alt="input (photos/[a-z]+\.jpg)"', text
@@ -223,9 +230,12 @@ def test_an_edit_shows_its_input_beside_it_on_a_files_axis_grid(
     for href, thumb, path in inputs:
         assert (page.parent / href).resolve() == (tmp_path / path).resolve()
         assert (page.parent / thumb).is_file()
-    assert "photo = photos/mug.jpg" in text  # the files: axis is a grid axis
+    # The files: axis goes down, as a rows: axis does; its edits go across.
+    assert '<th class="row">photo = photos/mug.jpg</th>' in text
+    assert "<th>edit = on a marble table</th>" in text
     dom = chromium("--window-size=1600,4000", "--dump-dom", page.as_uri(), profile=tmp_path / "p")
-    assert re.search(r'<body data-loaded="18" data-images="18"', dom), dom[:500]
+    # 9 edits counted (their input photos shown beside them are not images of the spec)
+    assert re.search(r'<body data-loaded="9" data-images="9"', dom), dom[:500]
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed")
@@ -245,13 +255,13 @@ def test_every_image_of_repeats_and_num_images_is_shown_with_rendered_titles(
     )
     result = invoke("gallery", "--png", str(spec))
     assert result.exit_code == 0 and ": 8 images" in result.stdout
-    page = tmp_path / "out/spec/gallery.html"
+    page = tmp_path / "out/spec/.flux-cache/gallery/gallery.html"
     text = page.read_text()
-    assert "{{" not in text and "lantern-1 … lantern-4 (4 requests)" in text
+    assert "{{" not in text and "<h2>lantern-‹repeat› (4 requests)" in text  # the job's name
     assert all(f"lantern-{r}-{k}" in text for r in range(1, 5) for k in (1, 2))
     dom = chromium("--window-size=1600,3000", "--dump-dom", page.as_uri(), profile=tmp_path / "p")
     assert re.search(r'<body data-loaded="8" data-images="8"', dom), dom[:500]
-    with Image.open(tmp_path / "out/spec/gallery.png") as sheet:
+    with Image.open(tmp_path / "out/spec/.flux-cache/gallery/gallery.png") as sheet:
         assert sheet.width >= 8 * 256  # eight images side by side in one cell row
 
 
@@ -284,3 +294,62 @@ def test_a_large_gallery_reports_progress_on_stderr(
     result = invoke("gallery", str(spec))
     assert result.exit_code == 0
     assert "gallery: 100/120 images" in result.stderr and "gallery: 120/120 images" in result.stderr
+
+
+WIDE = """
+    version: 1
+    name: wide
+    model: flux/schnell
+    defaults: {image_size: {width: 512, height: 256}}
+    jobs:
+      - name: "{{ size }}-{{ style }}"
+        prompt: an icon, {{ style }}, a very long description of the row {{ size }}
+        matrix:
+          size: [gear-64, gear-128, gear-256]
+          style: [flat, line, glyph, outline]
+"""
+
+
+def test_a_self_contained_page_shows_every_image_wherever_it_is_copied_and_fits_1400px(
+    tmp_path: Path, emulator: EmulatorServer, browser: object
+) -> None:
+    spec = run_text(tmp_path / "project", emulator, WIDE)
+    elsewhere = tmp_path / "published" / "page.html"
+    made = invoke("gallery", "--self-contained", "-o", str(tmp_path / "page.html"), str(spec))
+    assert made.exit_code == 0, made.output
+    elsewhere.parent.mkdir()
+    shutil.copy(tmp_path / "page.html", elsewhere)  # alone: no thumbnails, no images beside it
+    page = browser.new_page(viewport={"width": 1400, "height": 900})  # type: ignore[attr-defined]
+    page.goto(elsewhere.as_uri())
+    page.wait_for_function("document.body.dataset.loaded === '12'")
+    widths = page.eval_on_selector_all("img", "els => els.map(e => e.naturalWidth)")
+    assert len(widths) == 12 and all(w > 0 for w in widths)
+    assert page.locator("img.broken").count() == 0
+    # Four columns and a long row label fit a 1400 px window: nothing scrolls sideways.
+    assert page.evaluate("document.documentElement.scrollWidth") <= 1400
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "gallery-1400x900.png"))
+
+
+def test_changed_rows_sort_as_numbers_and_the_sheet_leaves_no_gap_under_wide_images(
+    tmp_path: Path, emulator: EmulatorServer
+) -> None:
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    spec = run_text(tmp_path, emulator, WIDE)
+    for args in (["add", "-A"], ["commit", "-qm", "first"]):
+        subprocess.run(
+            ["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True
+        )
+    spec.write_text(spec.read_text().replace("an icon,", "a round icon,"))
+    assert invoke("gallery", "--changed", "HEAD", str(spec)).exit_code == 0
+    text = (tmp_path / "out/wide/.flux-cache/gallery/gallery-changed.html").read_text()
+    order = re.findall(r'<th class="row">(gear-\d+)-flat<', text)
+    assert order == ["gear-64", "gear-128", "gear-256"]
+    assert invoke("gallery", "--png", str(spec)).exit_code == 0
+    with Image.open(tmp_path / "out/wide/.flux-cache/gallery/gallery.png") as sheet:
+        # 4 rows (styles) of 512x256 images: each row as tall as its images (124 px and
+        # margins), not a square cell of 256 with half of it empty.
+        assert sheet.height == 32 + (LINE_H + 8) + 4 * (124 + 8 + 3 * LINE_H + 4)
+        image_bottom = 32 + (LINE_H + 8) + 4 + 124  # title, column labels, the image
+        below = sheet.crop((160, image_bottom + 2, 160 + 248, image_bottom + 2 + LINE_H))
+        assert below.convert("L").getextrema()[0] < 128  # the caption's text, right there

@@ -4,15 +4,13 @@ while a run works."""
 
 from __future__ import annotations
 
-import os
-import shutil
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
-from helpers import KEY, ServedApp, invoke, write_spec
+from helpers import ARTIFACTS, KEY, ServedApp, invoke, write_spec
 from starlette.testclient import TestClient
 
 from flux_pipeline import library, load_spec
@@ -33,8 +31,6 @@ SPEC = """
         assets:
           files: [{path: "site/{{ subject }}.webp", resize: 128x128}]
 """
-CHROMIUM = shutil.which("chromium")
-ARTIFACTS = Path(os.environ.get("FLUX_PIPELINE_ARTIFACTS", "build/test-artifacts"))
 
 
 @pytest.fixture
@@ -118,21 +114,6 @@ def test_files_outside_the_folders_or_not_images_are_never_served(
 # ----- in the browser ----------------------------------------------------------------------
 
 
-@pytest.fixture
-def browser() -> Iterator[object]:
-    if CHROMIUM is None:
-        pytest.skip("Debian's chromium is not installed")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
-        )
-        yield launched
-        launched.close()
-
-
 def open_review(browser: object, spec: Path) -> tuple[ServedApp, object]:
     served = ServedApp(create_app(load_spec(spec), token=TOKEN)).__enter__()
     page = browser.new_page(viewport={"width": 1400, "height": 900})  # type: ignore[attr-defined]
@@ -201,3 +182,29 @@ def test_new_images_appear_while_a_run_works_without_a_reload(
         assert page.locator("section.slot").count() == 2  # type: ignore[attr-defined]
     finally:
         served.__exit__()
+
+
+def test_the_command_prints_a_url_that_opens_the_page_and_only_with_its_token(
+    spec: Path,
+) -> None:
+    import subprocess
+    import sys
+
+    import httpx
+
+    with subprocess.Popen(
+        [sys.executable, "-m", "flux_pipeline", "review", "--no-open", str(spec)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    ) as served:
+        try:
+            assert served.stdout is not None
+            line = served.stdout.readline()  # printed once the port is listening
+            url = line.split(": ", 1)[1].split()[0]
+            assert url.startswith("http://127.0.0.1:") and "?token=" in url
+            page = httpx.get(url, timeout=30)
+            assert page.status_code == 200 and "<title>shots · review</title>" in page.text
+            assert httpx.get(url.split("?")[0], timeout=30).status_code == 403
+        finally:
+            served.terminate()

@@ -149,6 +149,8 @@ def review(settings: Settings, /, spec: Path, host: str, port: int, no_open: boo
     keys. Each choice is written at once to SPEC.picks.yaml (commit it); delivering the asset
     files stays `run`'s (or `deliver`'s) job. While a run of the spec works, its new images
     appear on the page. The URL carries a random token every request needs. Ctrl-C stops.
+
+    Exit 0 when stopped with Ctrl-C; 1 on an invalid spec or picks file; 2 if the port is taken.
     """
     import secrets
     import socket
@@ -170,8 +172,12 @@ def review(settings: Settings, /, spec: Path, host: str, port: int, no_open: boo
     token = secrets.token_urlsafe(24)
     listener = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    listener.bind((host, port))
-    listener.listen(128)
+    try:
+        listener.bind((host, port))
+        listener.listen(128)
+    except OSError as exc:
+        listener.close()
+        raise ConfigError(f"cannot serve on {host}:{port}: {exc.strerror or exc}") from None
     bound = listener.getsockname()[1]
     shown = f"[{host}]" if ":" in host else host
     url = f"http://{shown}:{bound}/?token={token}"

@@ -257,11 +257,18 @@ def merge(settings: Settings, spec: Path, wait: float, partial: bool) -> None:
     "-o",
     "--output",
     type=click.Path(dir_okay=False, path_type=Path),
-    help="Where the page goes. Default: gallery.html in the output folder.",
+    help="Where the page goes. Default: OUTPUT/.flux-cache/gallery/gallery.html (or "
+    "gallery-changed.html with --changed), away from the images you commit.",
 )
 @click.option("--rows", metavar="VAR", help="The variable down the grid.")
 @click.option("--cols", metavar="VAR", help="The variable across the grid.")
 @click.option("--png", is_flag=True, help="Also write a labelled contact sheet (PNG) beside it.")
+@click.option(
+    "--self-contained",
+    is_flag=True,
+    help="Embed the thumbnails in the page: committed, copied or uploaded from CI, it shows "
+    "every image wherever it is opened (the full-size links need the images beside it).",
+)
 @click.option(
     "--changed",
     metavar="REF",
@@ -270,19 +277,22 @@ def merge(settings: Settings, spec: Path, wait: float, partial: bool) -> None:
 @pass_settings
 def gallery(
     settings: Settings,
+    /,
     spec: Path,
     output: Path | None,
     rows: str | None,
     cols: str | None,
     png: bool,
     changed: str | None,
+    self_contained: bool,
 ) -> None:
     """Write a static HTML page of the spec's images laid out on its grid's axes.
 
-    One variable goes across (--cols), one down (--rows); the others become sections. Each
-    image links to the full size and shows its name, seed, size and prompt. The page has no
-    external assets and links to the images relatively: open it from disk or publish the
-    folder as a CI artifact.
+    One variable goes across (--cols), one down (--rows; by default a `files:` or `rows:`
+    axis); the others become sections, one per job. Each image links to the full size and
+    shows its name, seed, size and prompt; an asset slot's pick is marked and the asset files
+    are listed. The page has no external assets and links to the images relatively; with
+    --self-contained it carries its thumbnails and works anywhere.
 
     Exit 0; 1 on an invalid spec; 2 when the spec has no lock yet, or --rows/--cols names no
     axis of the spec.
@@ -295,10 +305,10 @@ def gallery(
         loaded,
         library.validate(loaded),
         page=output,
-        rows=rows,
-        cols=cols,
+        axes=(rows, cols),
         png=png,
         changed=changed,
+        self_contained=self_contained,
         progress=lambda done, total: click.echo(f"gallery: {done}/{total} images", err=True),
     )
     click.echo(f"{result.page}: {result.images} images")

@@ -1,14 +1,17 @@
 """The gallery: a static HTML page, and a PNG contact sheet, of a spec's outputs laid out on
 its grid's axes (an X/Y plot: one variable across, one down, the others as sections).
 
-The page is self-contained: inline style, relative links to the images, no server and no
-external assets. It shows thumbnails (made once per image and cached by its hash under
-`.thumbs/` in the output folder) that link to the full image, lazily loaded, each with its
-name, seed and size, and the prompt on hover and below.
+The page needs no server and no external asset: inline style, relative links to the images.
+It shows thumbnails (made once per image and cached by its hash under `.thumbs/` in the
+output folder) that link to the full image, each with its name, seed and size, and the
+prompt. It is written outside the assets by default (`OUTPUT/.flux-cache/gallery/`, the
+`--changed` page to a file of its own); `self_contained` embeds the thumbnails, so a page
+committed, copied or uploaded from CI shows every image wherever it is opened.
 """
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import io
 import itertools
@@ -26,12 +29,13 @@ from ..provider.inputs import references
 from ..store.atomic import write_atomic
 from ..store.delivery import Assets, assess
 from ..store.lock import Output, read_lock
-from ..store.writer_lock import THUMBS, refuse_links
+from ..store.writer_lock import FOLDER, THUMBS, refuse_links
 from . import git
 from .compare import diff_locks, diff_spec, lock_at
-from .grid import Cell, Grid, layout
+from .grid import Cell, Grid, down_axes, layout, natural_key
 
 PROGRESS_EVERY = 100  # images between two progress lines
+GALLERY = "gallery"  # the default page's folder, under the output folder's .flux-cache/
 THUMB = 320  # longest side of a thumbnail, in pixels
 
 
@@ -63,6 +67,27 @@ def thumbnail(source: Path, sha256: str, folder: Path) -> Path:
     return target
 
 
+@dataclass(frozen=True, slots=True)
+class _Links:
+    """How the page addresses files: relative to its folder, and thumbnails either made
+    beside the output folder (`.thumbs/`) or, self-contained, embedded in the page."""
+
+    page_folder: Path
+    thumbs: Path
+    embed: bool = False
+
+    def href(self, path: Path) -> str:
+        return Path(os.path.relpath(path, self.page_folder)).as_posix()
+
+    def thumb(self, source: Path, sha256: str) -> str:
+        return self.src(thumbnail(source, sha256, self.thumbs))
+
+    def src(self, thumb: Path) -> str:
+        if self.embed:
+            return "data:image/jpeg;base64," + base64.b64encode(thumb.read_bytes()).decode()
+        return self.href(thumb)
+
+
 # ----- the page --------------------------------------------------------------------------------
 
 
@@ -87,41 +112,30 @@ class _Input:
     thumb: str
 
 
-def _inputs(
-    request: Request, spec_folder: Path, page_folder: Path, thumbs: Path
-) -> tuple[_Input, ...]:
+def _inputs(request: Request, spec_folder: Path, links: _Links) -> tuple[_Input, ...]:
     """The local input images of an edit that are still on disk, as the page links them."""
     shown = []
     for reference in references(request.body):
         source = spec_folder / reference.path
         if source.is_file():
-            thumb = thumbnail(source, reference.sha256, thumbs)
-            shown.append(
-                _Input(reference.path, _href(source, page_folder), _href(thumb, page_folder))
-            )
+            thumb = links.thumb(source, reference.sha256)
+            shown.append(_Input(reference.path, links.href(source), thumb))
     return tuple(shown)
 
 
-def _href(path: Path, page_folder: Path) -> str:
-    return Path(os.path.relpath(path, page_folder)).as_posix()
-
-
-def _figure(
-    cell: Cell, output: Output | None, base: Path, page_folder: Path, thumbs: Path
-) -> _Figure:
+def _figure(cell: Cell, output: Output | None, base: Path, links: _Links) -> _Figure:
     request = cell.request
     prompt = str(request.body.get("prompt", ""))
-    inputs = _inputs(request, base, page_folder, thumbs)
+    inputs = _inputs(request, base, links)
     if output is None or not (base / output.path).is_file():
         return _Figure(request.id, request.seed, prompt, inputs=inputs)
     image = base / output.path
-    thumb = thumbnail(image, output.sha256, thumbs)
     return _Figure(
         Path(output.path).stem,
         request.seed,
         prompt,
-        _href(image, page_folder),
-        _href(thumb, page_folder),
+        links.href(image),
+        links.thumb(image, output.sha256),
         f"{output.width}x{output.height}",
         inputs,
     )
@@ -165,24 +179,24 @@ def _template() -> Any:
 def render_page(
     spec: Spec,
     grids: Sequence[Grid],
-    page: Path,
+    links: _Links,
     changes: dict[str, Any] | None = None,
     progress: Callable[[int, int], None] | None = None,
     assets: Assets | None = None,
 ) -> tuple[str, int]:
-    """The gallery page's HTML (the packaged template, autoescaped) and how many images it
-    shows; `progress(done, total)` is told of every `PROGRESS_EVERY` images (thumbnails are
-    the slow part)."""
+    """The gallery page's HTML (the packaged template, autoescaped) and how many generated
+    images it shows (input photos are not counted; old-beside-new pairs count once);
+    `progress(done, total)` is told of every `PROGRESS_EVERY` images (thumbnails are the slow
+    part)."""
     base = spec.lock_path.parent
     refuse_links(spec.output)
-    thumbs = spec.output / THUMBS
     total = sum(len(c.outputs) or 1 for g in grids for cells in g.cells.values() for c in cells)
     counter = itertools.count(1)
 
     picked = {s.source.path: s.slot.name for s in (assets.slots if assets else ()) if s.source}
 
     def figure(cell: Cell, output: Output | None) -> _Figure:
-        made = _figure(cell, output, base, page.parent, thumbs)
+        made = _figure(cell, output, base, links)
         if output is not None and base / output.path in picked:
             made = dataclasses.replace(made, picked=picked[base / output.path])
         done = next(counter)
@@ -198,18 +212,20 @@ def render_page(
         for figures in row["cells"]
         for figure in figures
     )
+    if changes is not None:
+        shown = len(changes["rows"])
     text = _template().render(
         title=spec.name,
         shown=shown,
         source=spec.path.name,
         grids=sections,
         changes=changes,
-        assets=_asset_rows(spec, assets, page.parent, thumbs) if assets else [],
+        assets=_asset_rows(spec, assets, links) if assets else [],
     )
     return text, shown
 
 
-def _asset_rows(spec: Spec, assets: Assets, page_folder: Path, thumbs: Path) -> list[Any]:
+def _asset_rows(spec: Spec, assets: Assets, links: _Links) -> list[Any]:
     """Each asset file as the page lists it: where it is, what it was made from, its state."""
     rows = []
     states = {s.slot.name: s for s in assets.slots}
@@ -218,12 +234,12 @@ def _asset_rows(spec: Spec, assets: Assets, page_folder: Path, thumbs: Path) -> 
         record = assets.recorded.get(file.path)
         thumb = None
         if record is not None and target.is_file():
-            thumb = _href(thumbnail(target, record.sha256, thumbs), page_folder)
+            thumb = links.thumb(target, record.sha256)
         slot = states[file.slot]
         rows.append(
             {
                 "path": file.path,
-                "href": _href(target, page_folder) if target.is_file() else None,
+                "href": links.href(target) if target.is_file() else None,
                 "thumb": thumb,
                 "slot": file.slot,
                 "source": slot.source.candidate if slot.source else slot.pick.candidate,
@@ -256,7 +272,9 @@ def _old_image(spec: Spec, ref: str, output: Output, thumbs: Path) -> Path | Non
         source.unlink(missing_ok=True)
 
 
-def changes(spec: Spec, ref: str, page: Path, requests: Sequence[Request] = ()) -> dict[str, Any]:
+def changes(
+    spec: Spec, ref: str, links: _Links, requests: Sequence[Request] = ()
+) -> dict[str, Any]:
     """Old and new images side by side for the requests changed since `ref`; when the lock
     has not changed since, the spec's edits not run yet (old image beside the new prompt)."""
     old, new = lock_at(spec, ref), read_lock(spec.lock_path)
@@ -269,13 +287,13 @@ def changes(spec: Spec, ref: str, page: Path, requests: Sequence[Request] = ()) 
     if diff.empty and requests:
         diff, found["pending"] = diff_spec(spec, old), True
     refuse_links(spec.output)
-    thumbs = spec.output / THUMBS
     base = spec.lock_path.parent
-    for key, fields in diff.changed.items():
+    for key in sorted(diff.changed, key=natural_key):
+        fields = diff.changed[key]
         before = old.entries[key].outputs[0]
-        then = _old_image(spec, ref, before, thumbs)
+        then = _old_image(spec, ref, before, links.thumbs)
         after = None if found["pending"] else new.entries[key].outputs[0]
-        now = thumbnail(base / after.path, after.sha256, thumbs) if after else None
+        now = links.thumb(base / after.path, after.sha256) if after else None
         prompt = (bodies.get(key) if found["pending"] else new.entries[key].body) or {}
         rows.append(
             {
@@ -283,9 +301,9 @@ def changes(spec: Spec, ref: str, page: Path, requests: Sequence[Request] = ()) 
                 "fields": ", ".join(fields),
                 "before_prompt": old.entries[key].body.get("prompt", ""),
                 "after_prompt": prompt.get("prompt", ""),
-                "before": _href(then, page.parent) if then else None,
-                "after": _href(now, page.parent) if now else None,
-                "href": _href(base / after.path, page.parent) if after else None,
+                "before": links.src(then) if then else None,
+                "after": now,
+                "href": links.href(base / after.path) if after else None,
             }
         )
     found["added"] = ", ".join(diff.added) or "none"
@@ -301,23 +319,28 @@ def build_gallery(
     requests: Sequence[Request],
     *,
     page: Path | None = None,
-    rows: str | None = None,
-    cols: str | None = None,
+    axes: tuple[str | None, str | None] = (None, None),
     png: bool = False,
     changed: str | None = None,
     progress: Callable[[int, int], None] | None = None,
+    self_contained: bool = False,
 ) -> GalleryResult:
-    """Write the gallery page (and with `png`, a contact sheet beside it)."""
+    """Write the gallery page (and with `png`, a contact sheet beside it): by default
+    `OUTPUT/.flux-cache/gallery/gallery.html` (`gallery-changed.html` for `changed`), never
+    among the images; `axes`: the variables down and across (--rows, --cols);
+    `self_contained` embeds the thumbnails in the page."""
     lock = read_lock(spec.lock_path)
     if lock is None:
         raise ConfigError(f"{spec.path}: no lock yet; run the spec first")
-    page = page or spec.output / "gallery.html"
-    grids = layout(requests, lock.entries, rows, cols)
+    name = "gallery-changed.html" if changed else "gallery.html"
+    page = page or spec.output / FOLDER / GALLERY / name
+    links = _Links(page.parent, spec.output / THUMBS, self_contained)
+    grids = layout(requests, lock.entries, *axes, down=down_axes(spec))
     if changed:  # just the changed requests, old beside new
-        text, shown = render_page(spec, [], page, changes(spec, changed, page, requests))
+        text, shown = render_page(spec, [], links, changes(spec, changed, links, requests))
     else:
         assets = assess(spec, requests, lock) if has_assets(spec) else None
-        text, shown = render_page(spec, grids, page, progress=progress, assets=assets)
+        text, shown = render_page(spec, grids, links, progress=progress, assets=assets)
     write_atomic(page, text.encode())
     sheet_path = None
     if png:

@@ -3,12 +3,14 @@ sections (an X/Y plot), with every request's lock entry in its cell."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from ..errors import ConfigError, did_you_mean
 from ..language.expansion import Request
+from ..language.spec import Spec
 from ..store.lock import Entry, Output
 
 MISSING = "—"
@@ -39,6 +41,22 @@ class Grid:
     cells: Mapping[tuple[Any, Any], tuple[Cell, ...]]
 
 
+def natural_key(text: Any) -> list[Any]:
+    """Sorts `gear-64` before `gear-128`: digits compare as numbers."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", str(text))]
+
+
+def down_axes(spec: Spec) -> frozenset[str]:
+    """The axes a spec reads from files (`{files: GLOB}`, `{rows: FILE}`): they go down the
+    grid by default, one photo or row per line, as the README says they work alike."""
+    return frozenset(
+        axis
+        for job in spec.jobs
+        for axis, value in (job.matrix or {}).items()
+        if isinstance(value, Mapping) and ({"files", "rows"} & set(value))
+    )
+
+
 def _value(combo: Mapping[str, Any], var: str | None) -> Any:
     if var is None:
         return ""
@@ -67,9 +85,12 @@ def layout(
     entries: Mapping[str, Entry],
     rows: str | None = None,
     cols: str | None = None,
+    *,
+    down: frozenset[str] = frozenset(),
 ) -> list[Grid]:
     """Cells grouped by job, then by the values of the axes that are neither rows nor cols
-    (unless that leaves about one image per section, as rows of cases do)."""
+    (unless that leaves about one image per section, as rows of cases do). `down`: axes that
+    go down by default (a spec's file axes, `down_axes`)."""
     grids: list[Grid] = []
     by_job: dict[str, list[Request]] = {}
     for request in requests:
@@ -80,7 +101,7 @@ def layout(
         for wanted in (rows, cols):  # a row column asked for by name lays out too
             if wanted and wanted not in axes and len({_value(r.vars, wanted) for r in members}) > 1:
                 axes.append(wanted)
-        row_var, col_var, others = _choose(members, axes, rows, cols)
+        row_var, col_var, others = _choose(members, axes, rows, cols, down)
         if len({tuple(_value(r.vars, a) for a in others) for r in members}) * 2 > len(members):
             others = []
         sections: dict[tuple[Any, ...], list[Request]] = {}
@@ -102,14 +123,20 @@ def layout(
 
 
 def _choose(
-    members: Sequence[Request], axes: list[str], rows: str | None, cols: str | None
+    members: Sequence[Request],
+    axes: list[str],
+    rows: str | None,
+    cols: str | None,
+    down: frozenset[str] = frozenset(),
 ) -> tuple[str | None, str | None, list[str]]:
-    """The rows, the columns and the section variables of a job's grid. A row axis (values
-    that are mappings) makes the rows by default; a row column asked for stands for its axis."""
+    """The rows, the columns and the section variables of a job's grid. A file axis (a row
+    axis, whose values are mappings, or a `files:` axis) makes the rows by default; a row
+    column asked for stands for its axis."""
     first = members[0].vars
     row_axes = [a for a in axes if isinstance(first.get(a), Mapping)]
-    if row_axes and rows is None and cols is None:
-        rows = row_axes[0]
+    file_axes = [a for a in axes if a in down or a in row_axes]
+    if file_axes and rows is None and cols is None:
+        rows = file_axes[0]
 
     def parent(name: str | None) -> str | None:
         return next((a for a in row_axes if name is not None and name in first[a]), None)
@@ -121,10 +148,16 @@ def _choose(
     return row_var, col_var, [a for a in pool if a not in (col_var, row_var)]
 
 
+_EXPRESSION = re.compile(r"\{\{-?\s*([^}|]+?)\s*(?:\|[^}]*)?-?\}\}")
+
+
 def _title(section: Sequence[Request]) -> str:
-    """A section's title from its requests' rendered names: the first and last of them."""
-    first, last = section[0].id, section[-1].id
-    return first if first == last else f"{first} … {last} ({len(section)} requests)"
+    """A section's title: its job's name as the spec writes it, each expression shown as the
+    variable it uses (`{{ photo | stem }}-{{ edit | slug }}`: `‹photo›-‹edit›`), and how
+    many requests it has."""
+    count = len(section)
+    name = _EXPRESSION.sub(lambda m: f"‹{m.group(1).strip()}›", section[0].job)
+    return f"{name} ({count} request{'s' if count != 1 else ''})"
 
 
 def _check_axes(jobs: Iterable[Sequence[Request]], rows: str | None, cols: str | None) -> None:

@@ -1,4 +1,5 @@
-"""The gallery's contact sheet: one labelled PNG of every grid, labels wrapped to fit."""
+"""The gallery's contact sheet: one labelled PNG of every grid, labels wrapped to fit; each
+row as tall as its tallest image (no gap under wide images), an edit's input photo inset."""
 
 from __future__ import annotations
 
@@ -8,10 +9,12 @@ from pathlib import Path
 from typing import Any
 
 from ..language.spec import Spec
+from ..provider.inputs import references
 from ..store.lock import Output
 from .grid import Cell, Grid
 
 SHEET_CELL = 256  # pixels of a cell, an image in it
+INSET = 64  # longest side of an edit's input photo, inset in its image's corner
 #: Characters of the default font at size 14 that fit a cell, and the row labels' column.
 CELL_CHARS = 34
 LABEL_CHARS = 20
@@ -49,7 +52,7 @@ def contact_sheet(spec: Spec, grids: Sequence[Grid]) -> Any:
         for g in grids
     ]
     height = sum(
-        title_h + h + len(g.rows) * (SHEET_CELL + caption_h)
+        title_h + h + sum(_row_height(g, r) + caption_h for r in g.rows)
         for g, h in zip(grids, head_h, strict=True)
     )
     width = max(widths, default=label_w + SHEET_CELL)
@@ -68,9 +71,27 @@ def contact_sheet(spec: Spec, grids: Sequence[Grid]) -> Any:
             x += SHEET_CELL * span(grid, col)
         y += head
         for row in grid.rows:
-            _draw_row(sheet, draw, font, grid, row, (label_w, y), base, span)
-            y += SHEET_CELL + caption_h
+            tall = _row_height(grid, row)
+            _draw_row(sheet, draw, font, grid, row, (label_w, y, tall), base, span)
+            y += tall + caption_h
     return sheet
+
+
+def _thumb_size(width: int, height: int) -> tuple[int, int]:
+    """The size an image of `width` x `height` takes in a cell (fitted, aspect kept)."""
+    scale = min((SHEET_CELL - 8) / max(width, 1), (SHEET_CELL - 8) / max(height, 1), 1.0)
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def _row_height(grid: Grid, row: Any) -> int:
+    """A row's height: its tallest image, as the lock records sizes (a box if none)."""
+    heights = [
+        _thumb_size(o.width, o.height)[1]
+        for col in grid.cols
+        for cell in grid.cells.get((row, col), ())
+        for o in cell.outputs
+    ]
+    return max(heights, default=SHEET_CELL - 8) + 8
 
 
 def _draw_row(
@@ -79,12 +100,13 @@ def _draw_row(
     font: Any,
     grid: Grid,
     row: Any,
-    at: tuple[int, int],
+    at: tuple[int, int, int],
     base: Path,
     span: Callable[[Grid, Any], int],
 ) -> None:
-    """One row of the sheet: its label, then every image of each of its cells."""
-    start, y = at
+    """One row of the sheet (`at`: x, y, its height): its label, then every image of each of
+    its cells."""
+    start, y, tall = at
     if grid.rows_var:
         label = _lines(f"{grid.rows_var} = {row}", LABEL_CHARS, most=12)
         for k, line in enumerate(label):
@@ -93,7 +115,7 @@ def _draw_row(
         x = start
         for cell in grid.cells.get((row, col), ()):
             for output in cell.outputs or (None,):
-                _paste(sheet, draw, font, (x, y), cell, output, base)
+                _paste(sheet, draw, font, (x, y, tall), cell, output, base)
                 x += SHEET_CELL
         start += SHEET_CELL * span(grid, col)
 
@@ -102,24 +124,33 @@ def _paste(
     sheet: Any,
     draw: Any,
     font: Any,
-    at: tuple[int, int],
+    at: tuple[int, int, int],
     cell: Cell,
     output: Output | None,
     base: Path,
 ) -> None:
-    """One image of a cell (a grey box if it is missing) with its name below, wrapped."""
+    """One image of a cell (a grey box if it is missing), an edit's input photo inset in its
+    corner, and its name right below, wrapped."""
     from PIL import Image
 
-    x, y = at
+    x, y, tall = at
     if output is not None and (base / output.path).is_file():
         with Image.open(base / output.path) as image:
             image.thumbnail((SHEET_CELL - 8, SHEET_CELL - 8))
             sheet.paste(image.convert("RGB"), (x + 4, y + 4))
     else:
-        draw.rectangle((x + 4, y + 4, x + SHEET_CELL - 4, y + SHEET_CELL - 4), fill=(225, 225, 225))
+        draw.rectangle((x + 4, y + 4, x + SHEET_CELL - 4, y + tall - 4), fill=(225, 225, 225))
+    for reference in references(cell.request.body)[:1]:
+        if (base / reference.path).is_file():
+            with Image.open(base / reference.path) as photo:
+                photo.thumbnail((INSET, INSET))
+                draw.rectangle(
+                    (x + 6, y + 6, x + 9 + photo.width, y + 9 + photo.height), fill="white"
+                )
+                sheet.paste(photo.convert("RGB"), (x + 8, y + 8))
     name = Path(output.path).stem if output else cell.request.id
     for k, line in enumerate(_lines(name, CELL_CHARS)):
-        draw.text((x + 6, y + SHEET_CELL + 2 + k * LINE_H), line, fill=(60, 60, 60), font=font)
+        draw.text((x + 6, y + tall + 2 + k * LINE_H), line, fill=(60, 60, 60), font=font)
 
 
 def _col_label(grid: Grid, col: Any, span: int) -> list[str]:

@@ -233,7 +233,19 @@ def _run_handling_signals(
 
 def run_event_loop(main: Coroutine[Any, Any, T]) -> T:
     """Run on uvloop where it exists: its socket handling costs the client less CPU per
-    request (figures in docs/benchmarks.md)."""
+    request (figures in docs/benchmarks.md). Where this thread already runs a loop (a
+    notebook, a tool driving a browser), in a worker thread with a loop of its own."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return _new_loop(main)
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1, thread_name_prefix="flux-run") as pool:
+        return pool.submit(_new_loop, main).result()
+
+
+def _new_loop(main: Coroutine[Any, Any, T]) -> T:
     try:
         import uvloop
     except ImportError:
