@@ -49,10 +49,11 @@ def cpu() -> float:
 WORK = Path(__file__).with_name("work")  # git-ignored
 
 
-def creation_cost(folder: Path, count: int = 300) -> float:
-    """CPU seconds to create, write and rename one small file in `folder` (a run creates two
-    per image: the image and the cache's copy). On this VM's ext4 disk it ranges from 0.02 ms
-    to 0.6 ms depending on where the folder's blocks are, which is most of the spread between
+def creation_cost(folder: Path, count: int) -> float:
+    """CPU seconds to create, write and rename one small file in a folder of `count` files
+    (a run creates two per image, each in a folder that grows to the run's size: the image
+    and the cache's copy). On this VM's ext4 disk it ranges from 0.02 ms to 0.7 ms depending
+    on where the folder's blocks are and how full it is, which is most of the spread between
     runs; tmpfs is about 0.015 ms."""
     probe = folder / "creation-probe"
     probe.mkdir()
@@ -72,7 +73,7 @@ def run_once(
     if where is not None:
         Path(where).mkdir(exist_ok=True)
     with tempfile.TemporaryDirectory(dir=where) as folder:
-        creation = creation_cost(Path(folder))
+        creation = creation_cost(Path(folder), count)
         spec = load_spec(write_spec(Path(folder), count))
         the_plan = plan(spec)
         options = RunOptions(concurrency=concurrency, transport=transport, retries=0)
