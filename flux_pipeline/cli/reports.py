@@ -89,7 +89,7 @@ def check_text(report: CheckReport) -> str:
     elif report.assets is not None:
         files = report.assets.files
         delivered = sum(1 for f in files if f.status.value == "up to date")
-        text += f"; assets: {delivered} of {plural(len(files), 'file')} delivered as picked"
+        text += f"; assets: {delivered} of {plural(len(files), 'file')} delivered"
     return text
 
 
@@ -272,5 +272,11 @@ def assets_table(assets: Assets) -> str:
         rows.append([file.path, file.slot, source, state])
     picked = sum(1 for s in assets.slots if s.source is not None)
     summary = f"assets: {plural(len(assets.slots), 'slot')} ({picked} with a usable pick)"
-    reasons = [f"  {s.slot.name}: {s.reason}" for s in assets.slots if s.reason]
+    reasons = [f"  {s.slot.name}: {s.reason}" for s in assets.slots if s.status.value == "stale"]
+    counts = Counter(s.status.value for s in assets.slots)
+    if counts["waiting"]:
+        summary += f"; {counts['waiting']} wait for their images (`run` makes them, then delivers)"
+    if counts["unpicked"]:
+        spec = assets.spec.path
+        summary += f"; {counts['unpicked']} to pick (`flux-pipeline review {spec}`)"
     return "\n".join([table(rows), *reasons, summary])
