@@ -106,6 +106,10 @@ def _run(
 
     if not isinstance(spec, Spec):
         spec = load_spec(spec)
+    if isinstance(options.get("remote"), str):  # remote="s3://bucket/prefix"
+        from .store.remote import open_remote
+
+        options = {**options, "remote": open_remote(options["remote"])}
     settings = dataclasses.replace(RunOptions(), **options)
     if emulator:
         from .emulator import EmulatorServer

@@ -4,7 +4,7 @@ The top stage: it may import every other."""
 
 from __future__ import annotations
 
-from . import assets, commands, project, run  # noqa: F401  (they register their commands with the group)
+from . import assets, commands, project, remote, run  # noqa: F401  (they register their commands with the group)
 from .app import cli, main
 
 __all__ = ["cli", "main"]

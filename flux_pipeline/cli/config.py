@@ -70,3 +70,28 @@ def prices(
             raise ConfigError(f"{where}: {model}'s price must be a positive number, not {value!r}")
         found[model], origin[model] = number, where
     return found, origin
+
+
+def configured_remote(settings: Mapping[str, Any], options: dict[str, Any], say: Any = None) -> Any:
+    """The remote cache the options and settings name, opened and checked (popping the
+    remote options from `options`); None when there is none. RemoteError (exit 2) when it
+    cannot be used, unless --remote-optional (then a warning)."""
+    import os
+
+    from ..store.remote import REMOTE_ENV, RemoteError, open_remote
+
+    url = options.pop("remote_url", None)
+    no_remote = options.pop("no_remote", False)
+    read_only = options.pop("remote_read_only", False)
+    optional = options.pop("remote_optional", False)
+    url = url or os.environ.get(REMOTE_ENV) or settings.get("remote")
+    if no_remote or not url:
+        return None
+    try:
+        return open_remote(str(url), read_only=read_only)
+    except RemoteError as exc:
+        if not optional:
+            raise
+        if say is not None:
+            say(f"warning: {exc}; going on without it (--remote-optional)")
+        return None

@@ -94,3 +94,34 @@ def complete_request_names(ctx: click.Context, param: Any, incomplete: str) -> l
         except Exception:  # noqa: BLE001 - a spec with problems completes nothing
             continue
     return [CompletionItem(n) for n in dict.fromkeys(names) if n.startswith(incomplete)]
+
+
+REMOTE_KEYS = ("remote_url", "no_remote", "remote_read_only", "remote_optional")
+
+
+def remote_options(command: Any) -> Any:
+    """The options of the commands that use the shared remote cache (run, push, pull)."""
+    options = [
+        click.option(
+            "--remote",
+            "remote_url",
+            metavar="URL",
+            help="The shared remote cache: s3://bucket/prefix (credentials and endpoint from "
+            "the AWS_* variables), gs://, az://, file:///path. Default: FLUX_PIPELINE_REMOTE, "
+            "else `remote` in [tool.flux-pipeline].",
+        ),
+        click.option("--no-remote", is_flag=True, help="Use no remote cache, whatever is set."),
+        click.option(
+            "--remote-read-only",
+            is_flag=True,
+            help="Read the remote cache, never write it (pull requests from forks).",
+        ),
+        click.option(
+            "--remote-optional",
+            is_flag=True,
+            help="Go on without the remote when it cannot be reached (default: exit 2).",
+        ),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command

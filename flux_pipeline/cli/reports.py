@@ -184,6 +184,13 @@ def run_summary(result: RunResult) -> str:
         lines.append(f"  stopped: {result.stopped}")
     else:
         lines += [f"  not sent: {reason} ({n})" for reason, n in unsent.items()]
+    if result.from_remote:
+        lines.append(
+            f"  {plural(result.from_remote, 'request')} from the remote cache, for nothing"
+        )
+    if result.pushed:
+        lines.append(f"  pushed {plural(result.pushed, 'request')} to the remote cache")
+    lines += [f"  remote: {problem}" for problem in result.remote_problems]
     if result.delivery is not None:
         lines += [f"  {line}" for line in result.delivery.lines()]
     return "\n".join(lines)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -13,14 +14,16 @@ import click
 from ..defaults import API_KEY_ENV, DEFAULT_BASE_URL
 from ..errors import EXIT_FAILED, Terminated
 from .app import Settings, cli, each_spec, pass_settings
-from .config import prices, project_settings
+from .config import configured_remote, prices, project_settings
 from .params import (
+    REMOTE_KEYS,
     SPECS,
     WAIT,
     RateType,
     SecondsRangeType,
     ShardType,
     complete_request_names,
+    remote_options,
 )
 from .project import hint_gitignore
 
@@ -152,6 +155,7 @@ if TYPE_CHECKING:
     "429s slow the whole run down and do not count against --retries.",
 )
 @WAIT
+@remote_options
 @click.option(
     "--drain-timeout",
     default=120.0,
@@ -190,15 +194,12 @@ def run(
     from .. import library
     from ..language.validation import check_together
     from ..provider.redaction import clean_key
-    from ..running.options import RunOptions
     from ..running.scope import todo, unmatched_only
     from .reports import dry_run_lines
 
-    options["only"] = tuple(options["only"])
-    given = options.pop("price")
-    settings_found, source = project_settings(specs[0].parent if specs else Path("."))
-    options["prices"], _ = prices(settings_found, source, given)
-    run_options = RunOptions(**options)
+    settings_found, _ = project_settings(specs[0].parent if specs else Path("."))
+    remote = {k: options.pop(k) for k in REMOTE_KEYS}
+    run_options = _run_options(specs, options)
     loaded = []
 
     def load(path: Path) -> None:
@@ -215,6 +216,8 @@ def run(
     key = clean_key(os.environ.get(API_KEY_ENV, ""), API_KEY_ENV)
     if _all_up_to_date(loaded, run_options):
         return  # nothing to send: no emulator, no network library
+    found = configured_remote(settings_found, remote, lambda line: click.echo(line, err=True))
+    run_options = dataclasses.replace(run_options, remote=found)
     if emulator:
         from ..emulator import EmulatorServer
 
@@ -222,6 +225,16 @@ def run(
             _run_all(loaded, server.url, key or "emulator", run_options)
     else:
         _run_all(loaded, base_url, key, run_options)
+
+
+def _run_options(specs: Sequence[Path], options: dict[str, Any]) -> Any:
+    """RunOptions from the command's options and the project's prices."""
+    from ..running.options import RunOptions
+
+    settings_found, source = project_settings(specs[0].parent if specs else Path("."))
+    given = options.pop("price")
+    found, _ = prices(settings_found, source, given)
+    return RunOptions(**{**options, "only": tuple(options["only"]), "prices": found})
 
 
 def _all_up_to_date(loaded: Sequence[tuple[Any, Any]], options: Any) -> bool:

@@ -12,6 +12,9 @@ from ..store.shards import Shard
 if TYPE_CHECKING:
     import httpx
 
+if TYPE_CHECKING:
+    from ..store.remote import Remote
+
 
 @dataclass(frozen=True, slots=True)
 class RunOptions:
@@ -39,3 +42,5 @@ class RunOptions:
     drain_timeout: float = 120.0  # seconds the requests in flight may take after a signal
     max_wait: float = 600.0  # seconds a request may be told 429 before it fails
     repair_lock: bool = False  # drop the lock's damaged entries first
+    # A shared remote cache (store.remote.open_remote): looked up before paying, pushed after.
+    remote: Remote | None = None

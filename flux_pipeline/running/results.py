@@ -59,6 +59,9 @@ class RunResult:
     credits: float = 0.0  # charged: what answers reported, else their estimate
     estimated: float = 0.0  # of which estimated: answers that reported no usage
     delivery: Delivery | None = None  # the assets delivered after the run, if it has any
+    from_remote: int = 0  # requests the remote cache had: restored for nothing
+    pushed: int = 0  # requests this run paid for, now in the remote cache
+    remote_problems: tuple[str, ...] = ()  # pushes that failed, entries the remote refused
 
     @property
     def assets(self) -> tuple[str, ...]:

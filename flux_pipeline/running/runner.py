@@ -36,6 +36,7 @@ from ..store.delivery import deliver
 from ..store.lock import Lock, repair_lock
 from ..store.output_folder import OutputFolder
 from ..store.planning import Plan, RequestState, plan
+from ..store.remote import prefetch, push_entries
 from ..store.shards import current_lock
 from ..store.writer_lock import hold_output_folder
 from .budget import cost_notices
@@ -161,15 +162,46 @@ def run(
             _repair(spec, options, notify or (lambda line: None))
         old = current_lock(spec, options.shard)
         the_plan = plan(spec, requests, old, options.prices)
+        fetched = 0
+        if options.remote is not None and not options.force:
+            fetched = _from_remote(spec, the_plan, options)
+            if fetched:  # now in the local cache: planned again, they cost nothing
+                the_plan = plan(spec, requests, old, options.prices)
         within_budget(select(the_plan.items, options), options)
         result = _run_handling_signals(
             spec, the_plan, old, base_url, api_key, options, listener, notify
         )
+        if options.remote is not None:
+            result = _to_remote(spec, result, options, fetched)
         if has_assets(spec) and options.shard is None and not result.interrupted:
             planned = [item.request for item in the_plan.items]
             delivered = deliver(spec, planned, force=options.force_assets, prune=options.prune)
             result = dataclasses.replace(result, delivery=delivered)
         return result
+
+
+def _from_remote(spec: Spec, the_plan: Plan, options: RunOptions) -> int:
+    """Look up, in the remote cache, the requests this run would pay for; bring what it has
+    into the local cache (verified). How many it had."""
+    assert options.remote is not None
+    bodies = [i.request.body_sha256 for i in select(the_plan.items, options) if not i.cached]
+    if not bodies:
+        return 0
+    return prefetch(OutputCache(spec.output), bodies, options.remote, options.concurrency)
+
+
+def _to_remote(spec: Spec, result: RunResult, options: RunOptions, fetched: int) -> RunResult:
+    """Push what this run paid for to the remote (a failed push is reported, never fatal)."""
+    assert options.remote is not None
+    paid = {r.id for r in result.results if r.status is Status.DONE}
+    lock = current_lock(spec, options.shard)
+    entries = [e for key, e in (lock.entries if lock else {}).items() if key in paid]
+    folder = spec.lock_path.parent
+    pushed, failed = push_entries(entries, folder, options.remote, options.concurrency)
+    problems = (*options.remote.rejected, *failed)
+    return dataclasses.replace(
+        result, from_remote=fetched, pushed=pushed, remote_problems=tuple(problems)
+    )
 
 
 def _repair(spec: Spec, options: RunOptions, say: Notify) -> None:

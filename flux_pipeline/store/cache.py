@@ -89,10 +89,10 @@ class OutputCache:
 
     def remember(self, entries: Iterable[Recorded]) -> None:
         """Note requests the cache does not know yet (a few lines appended)."""
-        index = self._load()
-        lines = []
+        records = []
+        known = self._load()
         for entry in entries:
-            if entry.body_sha256 in index:
+            if entry.body_sha256 in known:
                 continue
             record = {
                 "body_sha256": entry.body_sha256,
@@ -102,12 +102,38 @@ class OutputCache:
             body = getattr(entry, "body", None)
             if body is not None:  # what was asked: a stale pick names the fields that changed
                 record["body"] = dict(body)
-            index[entry.body_sha256] = record
+            records.append(record)
+        self._add(records)
+
+    def _add(self, records: Iterable[dict[str, Any]]) -> None:
+        """Append the records the index does not hold yet (a few lines)."""
+        index = self._load()
+        lines = []
+        for record in records:
+            if record["body_sha256"] in index:
+                continue
+            index[record["body_sha256"]] = record
             lines.append(json.dumps(record, sort_keys=True, allow_nan=False) + "\n")
         if lines:
             self.root.mkdir(parents=True, exist_ok=True)
             with self.index_path.open("a", encoding="utf-8") as handle:
                 handle.writelines(lines)
+
+    def keep(self, entry: Mapping[str, Any], images: Sequence[bytes]) -> None:
+        """Keep a request another machine paid for (a remote's verified entry and images):
+        its objects, then its record, so that `restore` puts it in place for nothing."""
+        self.objects.mkdir(parents=True, exist_ok=True)
+        for output, data in zip(entry["outputs"], images, strict=True):
+            target = self.object_path(output["sha256"], output["format"])
+            if not target.exists():
+                write_atomic(target, data, durable=False)
+        record = {
+            "body_sha256": entry["body_sha256"],
+            "outputs": [dict(o) for o in entry["outputs"]],
+            "response": dict(entry.get("response", {})),
+            "body": dict(entry.get("body", {})),
+        }
+        self._add([record])
 
     def outputs(self) -> list[dict[str, Any]]:
         """Every output the cache has recorded (with the path the lock gave it)."""

