@@ -64,6 +64,8 @@ def test_a_second_machine_pays_nothing_for_what_the_first_paid_for(
     assert "pushed 6 requests to the remote cache" in ran.stdout  # type: ignore[attr-defined]
     assert paid(emulator) == 6
     second = write_spec(tmp_path / "b", SPEC)  # another clone, nothing generated
+    planned = invoke("plan", "--remote", remote_url, str(second), env=s3.env())
+    assert planned.stdout.count("0 (remote)") == 6, planned.output
     again = run(emulator, second, s3.env(), "--remote", remote_url)
     assert again.exit_code == 0, again.output  # type: ignore[attr-defined]
     assert "6 requests from the remote cache, for nothing" in again.stdout  # type: ignore[attr-defined]
@@ -84,6 +86,9 @@ def test_pull_brings_a_lock_only_clone_its_images_and_check_passes(
     shutil.copy(first, clone / "spec.yaml")
     shutil.copy(tmp_path / "a/spec.lock.json", clone / "spec.lock.json")  # the lock, no images
     assert invoke("check", str(clone / "spec.yaml")).exit_code == 1
+    told = invoke("check", "--remote", remote_url, str(clone / "spec.yaml"), env=s3.env("reader"))
+    assert told.exit_code == 1
+    assert told.stdout.count("the remote cache has it: `flux-pipeline pull") == 6
     pulled = invoke("pull", "--remote", remote_url, str(clone / "spec.yaml"), env=s3.env("reader"))
     assert pulled.exit_code == 0, pulled.output
     assert "pulled 6 images" in pulled.stdout
@@ -119,8 +124,11 @@ def test_read_only_reads_and_writes_nothing(
         lock = read_lock(tmp_path / "spec.lock.json")
         assert lock is not None
         assert not any(remote.has(e.body_sha256) for e in lock.entries.values())
-    # And a read-only identity is refused by the server itself, were it to try.
-    assert invoke("push", "--remote", remote_url, str(spec), env=s3.env("reader")).exit_code == 3
+    # Credentials that cannot write, without --remote-read-only: said once, and reading goes on.
+    spec.write_text(spec.read_text().replace("photograph", "painting"))
+    unsaid = run(emulator, spec, s3.env("reader"), "--remote", remote_url)
+    assert unsaid.exit_code == 0, unsaid.output  # type: ignore[attr-defined]
+    assert unsaid.stdout.count("the credentials cannot write") == 1  # type: ignore[attr-defined]
 
 
 # ----- the fast cases, on obstore's memory store -------------------------------------------

@@ -14,8 +14,8 @@ import click
 
 from ..errors import EXIT_INVALID, LockError, SpecInvalid, plural
 from .app import Settings, cli, each_spec, pass_settings
-from .config import prices, project_settings
-from .params import SPECS, WAIT
+from .config import configured_remote, prices, project_settings
+from .params import SPECS, WAIT, remote_options
 
 
 @cli.command()
@@ -87,9 +87,15 @@ def validate(settings: Settings, specs: Sequence[Path], as_json: bool) -> None:
     type=click.FloatRange(min=0),
     help="Mark the requests a run under this cap would not send (with --partial-budget).",
 )
+@remote_options
 @pass_settings
 def plan(
-    settings: Settings, specs: Sequence[Path], as_json: bool, max_credits: float | None
+    settings: Settings,
+    /,
+    specs: Sequence[Path],
+    as_json: bool,
+    max_credits: float | None,
+    **options: Any,
 ) -> None:
     """Show the requests specs make: size, seed, images, and state against the lock.
 
@@ -99,22 +105,28 @@ def plan(
     date. Credits are estimated from your prices ([tool.flux-pipeline.prices] in
     pyproject.toml) or the price table, scaled by what the lock recorded for the same model;
     a figure no recorded answer backs is marked "(estimate)". A request whose images the
-    cache of earlier outputs holds, verified, costs nothing ("0 (cache)"). Lock entries no
-    longer in the spec are counted: the next run drops them from the lock. A size marked "?"
-    is not stated by the documents: the image's own is recorded.
+    cache of earlier outputs holds, verified, costs nothing ("0 (cache)"), as does one the
+    shared remote cache has, when one is configured ("0 (remote)": a lookup by key each).
+    Lock entries no longer in the spec are counted: the next run drops them from the lock. A
+    size marked "?" is not stated by the documents: the image's own is recorded.
 
     Exit 0 (stale requests are not a failure: `check` is the gate); 1 on an invalid spec.
     """
     from .. import library
     from ..running.scope import over_budget
+    from ..store.remote import with_remote
     from .reports import assets_table, plan_table
 
     plans: list[dict[str, Any]] = []
+    found_settings, _ = project_settings(specs[0].parent if specs else Path("."))
+    remote = configured_remote(found_settings, options, lambda line: click.echo(line, err=True))
 
     def work(path: Path) -> None:
         found, source = project_settings(path.parent)
         known, _ = prices(found, source, ())
         result = library.plan(settings.load_spec(path), prices=known)
+        if remote is not None:
+            result = with_remote(result, remote)
         over = frozenset(over_budget(result.items, max_credits) if max_credits is not None else ())
         assets = library.assets(result.spec, [i.request for i in result.items])
         if as_json:
@@ -146,9 +158,16 @@ def plan(
     help="Pass asset slots that have candidates but no pick yet (a repository still "
     "exploring); stale picks and changed asset files still fail.",
 )
+@remote_options
 @pass_settings
 def check(
-    settings: Settings, specs: Sequence[Path], as_json: bool, strict: bool, allow_unpicked: bool
+    settings: Settings,
+    /,
+    specs: Sequence[Path],
+    as_json: bool,
+    strict: bool,
+    allow_unpicked: bool,
+    **options: Any,
 ) -> None:
     """CI gate: is every request in the lock, unchanged, with its files intact, and every
     asset picked and delivered? No network.
@@ -165,10 +184,14 @@ def check(
 
     reports: list[Any] = []
     stale = False
+    found, _ = project_settings(specs[0].parent if specs else Path("."))
+    remote = configured_remote(found, options, lambda line: click.echo(line, err=True))
 
     def work(path: Path) -> None:
         nonlocal stale
-        report = check_spec(settings.load_spec(path), strict=strict, allow_unpicked=allow_unpicked)
+        report = check_spec(
+            settings.load_spec(path), strict=strict, allow_unpicked=allow_unpicked, remote=remote
+        )
         stale = stale or not report.ok
         if as_json:
             reports.append(report.as_json())

@@ -30,6 +30,8 @@ def table(rows: Sequence[Sequence[str]], right: frozenset[int] = frozenset()) ->
 
 
 def credits_text(item: PlanItem) -> str:
+    if item.remote:
+        return "0 (remote)"
     if item.cached:
         return "0 (cache)"
     return f"{item.credits:g}" + (" (estimate)" if item.from_table else "")

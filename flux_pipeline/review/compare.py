@@ -22,6 +22,7 @@ from ..store.delivery import Assets, assess
 from ..store.lock import AssetRecord, Entry, Lock, parse_lock, read_lock
 from ..store.output_folder import lock_name_of
 from ..store.planning import RequestState, plan
+from ..store.remote import Remote, in_remote
 from ..store.writer_lock import FOLDER, OWN_NAMES
 from . import git
 
@@ -82,20 +83,25 @@ def check(
     *,
     strict: bool = False,
     allow_unpicked: bool = False,
+    remote: Remote | None = None,
 ) -> CheckReport:
     """Whether every request of the spec is in the lock with the same body and every output
     is on disk with its recorded hash; what is stale otherwise. No network. An image the API
     delivered other than asked (recorded in the lock) passes, unless `strict`. Assets: every
-    slot picked (unless `allow_unpicked`), no pick stale, every file delivered as recorded."""
+    slot picked (unless `allow_unpicked`), no pick stale, every file delivered as recorded.
+    With a `remote`, a request whose images are missing here but in the remote says so."""
     lock = read_lock(spec.lock_path)
     if requests is None:
         requests = validate(spec)
     the_plan = plan(spec, requests, lock)
+    there = in_remote(the_plan.items, remote) if remote is not None else set()
+    pull = f"; the remote cache has it: `flux-pipeline pull {spec.path}` restores it"
     findings = [
         Finding(
             item.request.id,
             item.state.kind.value,
-            item.state.reason or _why(item.state.kind),
+            (item.state.reason or _why(item.state.kind))
+            + (pull if item.request.body_sha256 in there else ""),
         )
         for item in the_plan.items
         if not item.state.up_to_date

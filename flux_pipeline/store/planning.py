@@ -126,6 +126,7 @@ class PlanItem:
     credits: float
     size_checked: bool = True  # the documents state the size: an image of another is flagged
     cached: bool = False  # its images are in the cache of earlier outputs: no request needed
+    remote: bool = False  # the shared remote cache has it: restored by the run, no request
     from_table: bool = False  # the credits are the price table's: no answer of the model yet
 
     @property
@@ -149,6 +150,7 @@ class PlanItem:
             "credits": self.credits,
             "credits_from_table": self.from_table,
             "cached": self.cached,
+            "remote": self.remote,
             "body": dict(self.request.body),
         }
 

@@ -128,14 +128,22 @@ class Remote:
         folder = self._folder(body_sha256)
         if self.has(body_sha256):
             return False
-        for output, path in zip(entry["outputs"], files, strict=True):
-            key = f"{folder}/{output['sha256']}{EXTENSIONS[output['format']]}"
-            _create(obstore, self.store, key, path.read_bytes())
         record = dict(entry)
         if self.key is not None:
             record["hmac"] = _signature(self.key, record)
         text = json.dumps(record, sort_keys=True, ensure_ascii=False).encode()
-        return _create(obstore, self.store, f"{folder}/entry.json", text)
+        try:
+            for output, path in zip(entry["outputs"], files, strict=True):
+                key = f"{folder}/{output['sha256']}{EXTENSIONS[output['format']]}"
+                _create(obstore, self.store, key, path.read_bytes())
+            return _create(obstore, self.store, f"{folder}/entry.json", text)
+        except Exception as exc:
+            if type(exc).__name__ != "PermissionDeniedError":
+                raise
+            if not self.read_only:  # said once; from now on it only reads
+                self.read_only = True
+                self.rejected.append("the credentials cannot write: the remote is read-only")
+            return False
 
 
 def _create(obstore: Any, store: Any, key: str, data: bytes) -> bool:
@@ -290,3 +298,29 @@ def _sound(path: Path, sha256: str, hashed: Any) -> bool:
         return bool(path.is_file() and hashed(path) == sha256)
     except OSError:
         return False
+
+
+def in_remote(items: Sequence[Any], remote: Remote, workers: int = 8) -> set[str]:
+    """The body hashes among the plan's `items` still to do that the remote has (a HEAD of
+    each entry, concurrently): `plan` shows them at `0 (remote)`."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    bodies = [i.request.body_sha256 for i in items if not i.state.up_to_date and not i.cached]
+    with ThreadPoolExecutor(max(1, workers), thread_name_prefix="flux-remote") as pool:
+        return {b for b, there in zip(bodies, pool.map(remote.has, bodies), strict=True) if there}
+
+
+def with_remote(plan: Any, remote: Remote) -> Any:
+    """The plan with each request the remote has marked `remote`, at 0 credits."""
+    import dataclasses
+
+    there = in_remote(plan.items, remote)
+    if not there:
+        return plan
+    items = tuple(
+        dataclasses.replace(i, credits=0.0, remote=True)
+        if i.request.body_sha256 in there and not i.state.up_to_date and not i.cached
+        else i
+        for i in plan.items
+    )
+    return dataclasses.replace(plan, items=items)
