@@ -109,7 +109,8 @@ def _run(
     if isinstance(options.get("remote"), str):  # remote="s3://bucket/prefix"
         from .store.remote import open_remote
 
-        options = {**options, "remote": open_remote(options["remote"])}
+        # An emulator's images must never reach a team's cache: an emulator run only reads it.
+        options = {**options, "remote": open_remote(options["remote"], read_only=emulator)}
     settings = dataclasses.replace(RunOptions(), **options)
     if emulator:
         from .emulator import EmulatorServer

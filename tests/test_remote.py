@@ -11,9 +11,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 from helpers import KEY, invoke, write_spec
 from seaweed import S3, seaweed_server, weed
 
+from flux_pipeline.cli import cli
 from flux_pipeline.emulator import EmulatorServer
 from flux_pipeline.store.lock import read_lock
 from flux_pipeline.store.remote import RemoteError, entry_record, open_remote
@@ -209,3 +211,68 @@ def test_two_writers_of_one_body_leave_one_entry_and_no_error(made: Path) -> Non
 def test_an_unknown_scheme_is_refused() -> None:
     with pytest.raises(RemoteError, match="use s3://"):
         open_remote("ftp://example.com/cache")
+
+
+def test_gc_deletes_only_what_no_named_lock_reaches(
+    tmp_path: Path, emulator: EmulatorServer, s3: S3, remote_url: str
+) -> None:
+    kept = write_spec(tmp_path / "main", SPEC)
+    other = write_spec(tmp_path / "branch", SPEC.replace("photograph", "drawing"))
+    for spec in (kept, other):
+        assert run(emulator, spec, s3.env(), "--remote", remote_url).exit_code == 0  # type: ignore[attr-defined]
+    lock = kept.with_name("spec.lock.json")
+    args = ["remote", "gc", "--remote", remote_url, "--keep", str(lock)]
+    asked = CliRunner().invoke(cli, args, input="n\n", env=s3.env())
+    assert asked.exit_code == 0 and "6 requests kept" in asked.stdout
+    assert "objects of 6 requests to delete" in asked.stdout
+    with pytest.MonkeyPatch.context() as env:
+        for name, value in s3.env().items():
+            env.setenv(name, value)
+        remote = open_remote(remote_url)
+        bodies = {
+            path: [e.body_sha256 for e in read_lock(path).entries.values()]  # type: ignore[union-attr]
+            for path in (lock, other.with_name("spec.lock.json"))
+        }
+        assert all(remote.has(b) for b in bodies[other.with_name("spec.lock.json")])  # asked: no
+        deleted = invoke(*args, "--yes", env=s3.env())
+        assert deleted.exit_code == 0 and "deleted 12 objects" in deleted.stdout
+        assert all(remote.has(b) for b in bodies[lock])
+        assert not any(remote.has(b) for b in bodies[other.with_name("spec.lock.json")])
+    nothing = invoke("remote", "gc", "--remote", remote_url, env=s3.env())
+    assert nothing.exit_code == 2 and "name what to keep" in nothing.stderr
+
+
+def _entries(remote_url: str) -> int:
+    """How many requests the remote holds (listed: a test may)."""
+    from flux_pipeline.store.remote import collect_garbage
+
+    return len(
+        {key.split("/")[2] for key in collect_garbage(open_remote(remote_url), set(), delete=False)}
+    )
+
+
+def test_an_emulator_run_reads_the_remote_and_never_writes_it(tmp_path: Path) -> None:
+    url = f"file://{tmp_path / 'remote'}"
+    spec = write_spec(tmp_path / "a", SPEC)
+    ran = invoke("run", "--emulator", "--remote", url, str(spec))
+    assert ran.exit_code == 0, ran.output
+    assert "pushed" not in ran.stdout and _entries(url) == 0
+
+
+def test_the_action_pushes_on_a_push_and_only_reads_in_a_pull_request(
+    tmp_path: Path, emulator: EmulatorServer
+) -> None:
+    from actions import Runner
+
+    url = f"file://{tmp_path / 'remote'}"
+    pushed = write_spec(tmp_path / "main", SPEC)
+    main = Runner(tmp_path / "main", tmp_path / "artifacts", event="push")
+    main.env = {"FLUX_PIPELINE_BASE_URL": emulator.url}
+    main.action({"specs": pushed.name, "api-key": "k", "remote": url, "gallery": "false"})
+    assert not main.failures, main.failures
+    assert _entries(url) == 6 and paid(emulator) == 6
+    fork = write_spec(tmp_path / "fork", SPEC.replace("photograph", "sketch"))
+    pull = Runner(tmp_path / "fork", tmp_path / "artifacts-pr", event="pull_request")
+    pull.action({"specs": fork.name, "remote": url, "gallery": "false"})
+    assert not pull.failures, pull.failures
+    assert _entries(url) == 6  # the pull request wrote nothing

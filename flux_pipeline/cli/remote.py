@@ -97,3 +97,55 @@ def pull(settings: Settings, /, specs: Sequence[Path], wait: float, **options: A
     each_spec(specs, work)
     if missing:
         raise click.exceptions.Exit(EXIT_FAILED)
+
+
+@cli.group()
+def remote() -> None:
+    """Look after the shared remote cache (`remote gc`). Exit 0."""
+
+
+@remote.command()
+@click.option(
+    "--keep",
+    "keep_locks",
+    multiple=True,
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    metavar="LOCK",
+    help="A lock whose requests stay (repeatable).",
+)
+@click.option(
+    "--keep-ref",
+    multiple=True,
+    metavar="REF",
+    help="Every *.lock.json in this git revision stays (repeatable: main, a release tag).",
+)
+@click.option("--yes", is_flag=True, help="Delete without asking (CI).")
+@remote_options
+def gc(keep_locks: Sequence[Path], keep_ref: Sequence[str], yes: bool, **options: Any) -> None:
+    """Delete from the remote cache every request no named lock reaches. It lists what it
+    would delete first and asks, unless --yes. Only what you name is kept: name every branch
+    and release whose images must stay reachable (the one place the remote is listed).
+
+    Exit 0; 2 when the remote cannot be used or nothing is named to keep.
+    """
+    from ..store.remote import collect_garbage, reachable
+
+    if not keep_locks and not keep_ref:
+        raise ConfigError("name what to keep: --keep LOCK or --keep-ref REF (nothing is assumed)")
+    found = _remote([Path(".")], options)
+    keep = reachable(keep_locks, keep_ref)
+    doomed = collect_garbage(found, keep, delete=False)
+    click.echo(f"{found.url}: {plural(len(keep), 'request')} kept by what you named")
+    if not doomed:
+        click.echo("nothing to delete")
+        return
+    bodies = sorted({key.split("/")[2] for key in doomed})
+    for body in bodies[:20]:
+        click.echo(f"  would delete {body}")
+    if len(bodies) > 20:
+        click.echo(f"  ... and {len(bodies) - 20} more")
+    click.echo(f"{plural(len(doomed), 'object')} of {plural(len(bodies), 'request')} to delete")
+    if not yes and not click.confirm("delete them?", default=False):
+        raise click.exceptions.Exit(0)
+    collect_garbage(found, keep, delete=True)
+    click.echo(f"deleted {plural(len(doomed), 'object')}")

@@ -216,6 +216,8 @@ def run(
     key = clean_key(os.environ.get(API_KEY_ENV, ""), API_KEY_ENV)
     if _all_up_to_date(loaded, run_options):
         return  # nothing to send: no emulator, no network library
+    # An emulator's images must never reach a team's cache: an emulator run only reads it.
+    remote["remote_read_only"] = remote["remote_read_only"] or emulator
     found = configured_remote(settings_found, remote, lambda line: click.echo(line, err=True))
     run_options = dataclasses.replace(run_options, remote=found)
     if emulator:
