@@ -276,3 +276,33 @@ def test_the_action_pushes_on_a_push_and_only_reads_in_a_pull_request(
     pull.action({"specs": fork.name, "remote": url, "gallery": "false"})
     assert not pull.failures, pull.failures
     assert _entries(url) == 6  # the pull request wrote nothing
+
+
+def test_a_push_that_fails_is_retried_then_reported_and_the_run_still_succeeds(
+    tmp_path: Path, emulator: EmulatorServer
+) -> None:
+    import flux_pipeline
+
+    remote = open_remote(f"memory://{uuid.uuid4().hex}")
+    real_put = remote.objects.put
+    tries: dict[str, int] = {}
+
+    def flaky(key: str, data: bytes) -> bool:
+        tries[key] = tries.get(key, 0) + 1
+        if tries[key] == 1:  # every object's first upload fails: the push is tried again
+            raise OSError("the network dropped")
+        return real_put(key, data)
+
+    remote.objects.put = flaky  # type: ignore[method-assign]
+    spec = write_spec(tmp_path / "a", SPEC)
+    result = flux_pipeline.run(spec, base_url=emulator.url, api_key="k", remote=remote)
+    assert result.ok and result.pushed == 6 and not result.remote_problems
+
+    def down(key: str, data: bytes) -> bool:
+        raise OSError("the network is down")
+
+    remote.objects.put = down  # type: ignore[method-assign]
+    spec.write_text(spec.read_text().replace("photograph", "watercolour"))
+    again = flux_pipeline.run(spec, base_url=emulator.url, api_key="k", remote=remote)
+    assert again.ok and again.pushed == 0  # the run's own result does not fail
+    assert len(again.remote_problems) == 6 and "the network is down" in again.remote_problems[0]

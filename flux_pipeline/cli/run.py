@@ -216,10 +216,7 @@ def run(
     key = clean_key(os.environ.get(API_KEY_ENV, ""), API_KEY_ENV)
     if _all_up_to_date(loaded, run_options):
         return  # nothing to send: no emulator, no network library
-    # An emulator's images must never reach a team's cache: an emulator run only reads it.
-    remote["remote_read_only"] = remote["remote_read_only"] or emulator
-    found = configured_remote(settings_found, remote, lambda line: click.echo(line, err=True))
-    run_options = dataclasses.replace(run_options, remote=found)
+    run_options = dataclasses.replace(run_options, remote=_remote(settings_found, remote, emulator))
     if emulator:
         from ..emulator import EmulatorServer
 
@@ -227,6 +224,13 @@ def run(
             _run_all(loaded, server.url, key or "emulator", run_options)
     else:
         _run_all(loaded, base_url, key, run_options)
+
+
+def _remote(settings: dict[str, Any], options: dict[str, Any], emulator: bool) -> Any:
+    """The run's remote cache, if one is configured; an emulator's images must never reach a
+    team's cache, so an emulator run only reads it."""
+    options["remote_read_only"] = options["remote_read_only"] or emulator
+    return configured_remote(settings, options, lambda line: click.echo(line, err=True))
 
 
 def _run_options(specs: Sequence[Path], options: dict[str, Any]) -> Any:

@@ -33,6 +33,7 @@ class LockKeeper:
         interval: float = 0.5,
         shard: ShardStamp | None = None,
         assets: Mapping[str, AssetRecord] | None = None,
+        on_record: Callable[[Entry], None] | None = None,
     ) -> None:
         self._spec_name = spec_name
         self._shard = shard  # a partial lock says which shard of which requests it holds
@@ -46,6 +47,7 @@ class LockKeeper:
         self._changed = changed
         self._version = self._written = 0
         self._write_lock = threading.Lock()
+        self._on_record = on_record  # told of each entry as it is recorded (a remote's push)
 
     def record(self, entry: Entry) -> None:
         if entry.id not in self.entries:
@@ -54,6 +56,8 @@ class LockKeeper:
         self._fragments[entry.id] = entry_text(entry)
         self._changed = True
         self._dirty.set()
+        if self._on_record is not None:
+            self._on_record(entry)
 
     def _snapshot(self) -> tuple[int, str]:
         """The lock's text as of now (taken on the event loop, where entries change)."""

@@ -23,6 +23,7 @@ from ..store.cache import OutputCache
 from ..store.costs import learned_ratios
 from ..store.fetcher import ImageFetcher
 from ..store.lock import Lock
+from ..store.objects import link_mode
 from ..store.output_folder import OutputFolder
 from ..store.unusable import UnusableAnswers
 from ..store.writer_lock import FOLDER, JOURNAL
@@ -58,6 +59,7 @@ class RunFiles:
         cls, spec: Spec, lock_path: Path, old: Lock | None, redact: Redactor, options: RunOptions
     ) -> RunFiles:
         """Sweep what dead writers left, read what an interrupted run left, open the files."""
+        link = link_mode()  # a wrong FLUX_PIPELINE_CACHE_LINK stops the run before anything opens
         spec.output.mkdir(parents=True, exist_ok=True)
         sweep_temp_files(spec.output)
         sweep_temp_files(lock_path.parent, below=False)  # a lock write cut short
@@ -68,7 +70,7 @@ class RunFiles:
         journal_path = spec.output / JOURNAL if options.max_credits is not None else None
         ratios = learned_ratios(entries, journal_path)
         journal = Journal(spec.output / JOURNAL, redact)  # fails early on a read-only folder
-        cache = OutputCache(spec.output)
+        cache = OutputCache(spec.output, link=link)
         with contextlib.suppress(OSError):
             cache.remember(entries)
         unusable = UnusableAnswers(cache.root, redact)

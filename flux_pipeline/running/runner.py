@@ -36,7 +36,7 @@ from ..store.delivery import deliver
 from ..store.lock import Lock, repair_lock
 from ..store.output_folder import OutputFolder
 from ..store.planning import Plan, RequestState, plan
-from ..store.remote import prefetch, push_entries
+from ..store.remote import BackgroundPush, prefetch
 from ..store.shards import current_lock
 from ..store.writer_lock import hold_output_folder
 from .budget import cost_notices
@@ -108,6 +108,10 @@ async def run_async(
             entries = old.entries.values() if old else ()
             for line in cost_notices(models, files.ratios, options.prices, entries):
                 say(line)
+        remote = options.remote
+        pusher = None
+        if remote is not None and not remote.read_only:  # pushed as the run records them
+            pusher = BackgroundPush(remote, spec.lock_path.parent)
         keeper = LockKeeper(
             spec.name,
             scope.lock_path,
@@ -115,6 +119,7 @@ async def run_async(
             changed=scope.lock_changed,
             shard=scope.shard,
             assets=old.assets if old and scope.shard is None else None,
+            on_record=pusher.submit if pusher else None,
         )
         run = Run(
             spec, options, endpoint, keeper=keeper, files=files, listener=listener, notify=notify
@@ -131,7 +136,11 @@ async def run_async(
                 else:
                     run.finish(RequestResult(item.request.id, Status.SKIPPED))
             await run.work(run.adopt(scope.work, files.found.results))
-    return run.result(time.monotonic() - started)
+        result = run.result(time.monotonic() - started)
+    if pusher is None:
+        return result
+    pushed = await asyncio.to_thread(pusher.finish)
+    return dataclasses.replace(result, pushed=pushed, remote_problems=tuple(pusher.failed))
 
 
 def run(
@@ -171,8 +180,9 @@ def run(
         result = _run_handling_signals(
             spec, the_plan, old, base_url, api_key, options, listener, notify
         )
-        if options.remote is not None:
-            result = _to_remote(spec, result, options, fetched)
+        if options.remote is not None:  # what it brought, and what it refused or failed
+            problems = (*options.remote.rejected, *result.remote_problems)
+            result = dataclasses.replace(result, from_remote=fetched, remote_problems=problems)
         if has_assets(spec) and options.shard is None and not result.interrupted:
             planned = [item.request for item in the_plan.items]
             delivered = deliver(spec, planned, force=options.force_assets, prune=options.prune)
@@ -188,20 +198,6 @@ def _from_remote(spec: Spec, the_plan: Plan, options: RunOptions) -> int:
     if not bodies:
         return 0
     return prefetch(OutputCache(spec.output), bodies, options.remote, options.concurrency)
-
-
-def _to_remote(spec: Spec, result: RunResult, options: RunOptions, fetched: int) -> RunResult:
-    """Push what this run paid for to the remote (a failed push is reported, never fatal)."""
-    assert options.remote is not None
-    paid = {r.id for r in result.results if r.status is Status.DONE}
-    lock = current_lock(spec, options.shard)
-    entries = [e for key, e in (lock.entries if lock else {}).items() if key in paid]
-    folder = spec.lock_path.parent
-    pushed, failed = push_entries(entries, folder, options.remote, options.concurrency)
-    problems = (*options.remote.rejected, *failed)
-    return dataclasses.replace(
-        result, from_remote=fetched, pushed=pushed, remote_problems=tuple(problems)
-    )
 
 
 def _repair(spec: Spec, options: RunOptions, say: Notify) -> None:

@@ -6,12 +6,12 @@ of its body. When a request comes back — a prompt reworded and then restored, 
 removed and added again, an image deleted or damaged — its images are restored from there
 instead of generated again.
 
-The kept object is a real copy, as DVC's cache is by default: a reflink where the file system
-can share blocks copy-on-write (Btrfs, XFS, APFS-like), else a plain copy. An image damaged in
-place therefore leaves its cached copy sound. Hard links (no extra space, but an image edited
-in place edits its cached copy too) only when asked: `FLUX_PIPELINE_CACHE_LINK=hardlink`.
-An object is used only if it still has its recorded hash. `run --force` bypasses the cache;
-deleting the folder only costs money.
+The images are objects in a folder (`objects.LocalObjects`: a real copy each, as DVC's cache
+is by default; hard links only when asked, `FLUX_PIPELINE_CACHE_LINK=hardlink`, read by the
+run that builds the cache, `objects.link_mode`); the index of bodies is this module's. An
+object is used only if it still has its recorded hash. `run --force` bypasses the cache;
+deleting the folder only costs money. The shared remote cache (`remote`) keeps the same
+records in another home with the same verbs (`objects.RemoteObjects`).
 """
 
 from __future__ import annotations
@@ -19,22 +19,17 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
-import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from ..errors import ConfigError
 from ..provider.images import EXTENSIONS
-from .atomic import sha256_file, temp_name, write_atomic
+from .atomic import sha256_file, write_atomic
 from .lock import Output
+from .objects import LocalObjects, place
 
 FOLDER = ".flux-cache"
-LINK_ENV = "FLUX_PIPELINE_CACHE_LINK"
-LINKS = ("copy", "hardlink")  # copy: a reflink where possible
-FICLONE = 0x40049409  # Linux's ioctl that shares a file's blocks copy-on-write
 
 
 class Recorded(Protocol):
@@ -53,16 +48,16 @@ class OutputCache:
     image by its hash) and `restore` (a request's images by its body hash), plus `remember`
     (note what the lock holds) and `has`."""
 
-    def __init__(self, output: Path) -> None:
+    def __init__(self, output: Path, link: str = "copy") -> None:
         self.root = output / FOLDER
-        self.objects = self.root / "objects"
+        self.objects = LocalObjects(self.root / "objects", link)
         self.index_path = self.root / "bodies.jsonl"
         self._index: dict[str, dict[str, Any]] | None = None
-        self.removed: list[str] = []  # damaged objects removed (by `check`)
-        link = os.environ.get(LINK_ENV, "copy") or "copy"
-        if link not in LINKS:
-            raise ConfigError(f"{LINK_ENV}={link!r}: use one of {', '.join(LINKS)}")
-        self.hardlink = link == "hardlink"
+
+    @property
+    def removed(self) -> list[str]:
+        """Damaged objects removed (by `check`)."""
+        return self.objects.removed
 
     def _load(self) -> dict[str, dict[str, Any]]:
         if self._index is None:
@@ -75,17 +70,16 @@ class OutputCache:
         return self._index
 
     def object_path(self, sha256: str, fmt: str) -> Path:
-        return self.objects / f"{sha256}{EXTENSIONS[fmt]}"
+        return self.objects.path(_key(sha256, fmt))
 
     def save(self, path: Path, sha256: str, fmt: str) -> None:
         """Keep a copy of a stored image in the cache (best effort: a cache is a saving); an
         object there that does not verify is replaced."""
-        target = self.object_path(sha256, fmt)
-        if target.exists() and self.check(sha256, fmt):
+        key = _key(sha256, fmt)
+        if self.objects.has(key) and self.objects.check(key, sha256):
             return
         with contextlib.suppress(OSError):
-            self.objects.mkdir(parents=True, exist_ok=True)
-            _place(path, target, self.hardlink)
+            self.objects.put(key, path)
 
     def remember(self, entries: Iterable[Recorded]) -> None:
         """Note requests the cache does not know yet (a few lines appended)."""
@@ -122,11 +116,10 @@ class OutputCache:
     def keep(self, entry: Mapping[str, Any], images: Sequence[bytes]) -> None:
         """Keep a request another machine paid for (a remote's verified entry and images):
         its objects, then its record, so that `restore` puts it in place for nothing."""
-        self.objects.mkdir(parents=True, exist_ok=True)
         for output, data in zip(entry["outputs"], images, strict=True):
-            target = self.object_path(output["sha256"], output["format"])
-            if not target.exists():
-                write_atomic(target, data, durable=False)
+            key = _key(output["sha256"], output["format"])
+            if not self.objects.has(key):
+                self.objects.put_bytes(key, data)
         record = {
             "body_sha256": entry["body_sha256"],
             "outputs": [dict(o) for o in entry["outputs"]],
@@ -150,19 +143,8 @@ class OutputCache:
 
     def check(self, sha256: str, fmt: str, hashed: Callable[[Path], str] = sha256_file) -> bool:
         """Whether the object is there with its hash; a damaged one is removed (and named in
-        `removed`), as DVC's `HashFileDB.check` does, so that the next save replaces it."""
-        path = self.object_path(sha256, fmt)
-        try:
-            if hashed(path) == sha256:
-                return True
-        except FileNotFoundError:
-            return False
-        except OSError:
-            pass
-        with contextlib.suppress(OSError):
-            path.unlink()
-            self.removed.append(path.name)
-        return False
+        `removed`), so that the next save replaces it."""
+        return self.objects.check(_key(sha256, fmt), sha256, hashed)
 
     def restorable(self, body_sha256: str, sha256: Callable[[Path], str] = sha256_file) -> bool:
         """Whether `restore` would put the request's images back: every object is there
@@ -187,49 +169,15 @@ class OutputCache:
         for stem, source, output in zip(stems, sources, record["outputs"], strict=True):
             target = stem.with_name(stem.name + EXTENSIONS[output["format"]])
             target.parent.mkdir(parents=True, exist_ok=True)
-            _place(source, target, self.hardlink)
+            place(source, target, self.objects.hardlink)
             fields = {k: v for k, v in output.items() if k != "path"}  # where it was then
             outputs.append(Output(**{**fields, "path": lock_path(target)}))
         return outputs, dict(record["response"])
 
 
-def _place(source: Path, target: Path, hardlink: bool) -> None:
-    """Copy `source` to `target` (a reflink where the file system can; a hard link if asked)
-    in one rename, replacing what is there."""
-    temp = target.with_name(temp_name("-cache"))
-    with contextlib.suppress(FileNotFoundError):
-        temp.unlink()
-    try:
-        if hardlink:
-            try:
-                os.link(source, temp)
-            except OSError:
-                shutil.copyfile(source, temp)
-        else:
-            _copy(source, temp)
-        os.replace(temp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            temp.unlink()
-        raise
-
-
-_reflinks = {"possible": sys.platform.startswith("linux")}  # until one is refused
-
-
-def _copy(source: Path, target: Path) -> None:
-    """A real copy: a reflink (shared blocks, copy-on-write) if the file system has them,
-    else the bytes (`copyfile` uses the kernel's copy where it can)."""
-    if _reflinks["possible"]:
-        import fcntl
-
-        with source.open("rb") as src, target.open("wb") as dst:
-            try:
-                fcntl.ioctl(dst.fileno(), FICLONE, src.fileno())
-                return
-            except OSError:
-                _reflinks["possible"] = False  # this file system (or kernel) cannot
-    shutil.copyfile(source, target)
+def _key(sha256: str, fmt: str) -> str:
+    """An image's key among the objects: its sha256 and extension."""
+    return f"{sha256}{EXTENSIONS[fmt]}"
 
 
 class HashIndex:

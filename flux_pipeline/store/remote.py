@@ -29,6 +29,7 @@ from urllib.parse import urlsplit
 
 from ..errors import ConfigError
 from ..provider.images import EXTENSIONS
+from .objects import RemoteObjects
 
 REMOTE_ENV = "FLUX_PIPELINE_REMOTE"
 KEY_ENV = "FLUX_PIPELINE_REMOTE_KEY"
@@ -50,10 +51,11 @@ class Found:
 
 @dataclass
 class Remote:
-    """One remote cache (`open_remote`): `fetch` a request by its body hash, `push` one."""
+    """One remote cache (`open_remote`): `fetch` a request by its body hash, `push` one; its
+    objects are `RemoteObjects` (the same verbs as the local cache's `LocalObjects`)."""
 
     url: str
-    store: Any
+    objects: RemoteObjects
     read_only: bool = False
     key: bytes | None = None
     rejected: list[str] = field(default_factory=list)  # what a read refused, and why
@@ -61,35 +63,28 @@ class Remote:
     def _folder(self, body_sha256: str) -> str:
         return f"{LAYOUT}/{body_sha256[:2]}/{body_sha256}"
 
+    @property
+    def store(self) -> Any:
+        return self.objects.store
+
     def probe(self) -> None:
         """RemoteError unless the remote answers (a missing key is an answer)."""
         try:
-            self._get(f"{LAYOUT}/.probe")
+            self.objects.get(f"{LAYOUT}/.probe")
         except FileNotFoundError:
             return
         except Exception as exc:  # noqa: BLE001 - obstore's errors: named in the message
             raise RemoteError(f"the remote {self.url} cannot be used: {_said(exc)}") from None
 
-    def _get(self, key: str) -> bytes:
-        import obstore
-
-        return bytes(obstore.get(self.store, key).bytes())
-
     def has(self, body_sha256: str) -> bool:
-        import obstore
-
-        try:
-            obstore.head(self.store, f"{self._folder(body_sha256)}/entry.json")
-        except FileNotFoundError:
-            return False
-        return True
+        return self.objects.has(f"{self._folder(body_sha256)}/entry.json")
 
     def fetch(self, body_sha256: str) -> Found | None:
         """The request's entry and images, each image verified; None when the remote does not
         have it, or has it damaged, tampered with or unsigned (named in `rejected`)."""
         folder = self._folder(body_sha256)
         try:
-            raw = self._get(f"{folder}/entry.json")
+            raw = self.objects.get(f"{folder}/entry.json")
         except FileNotFoundError:
             return None
         try:
@@ -108,7 +103,7 @@ class Remote:
         images = []
         for output in outputs:
             try:
-                data = self._get(f"{folder}/{output['sha256']}{EXTENSIONS[output['format']]}")
+                data = self.objects.get(_image_key(folder, output))
             except FileNotFoundError:
                 self.rejected.append(f"{body_sha256[:12]}: an image is missing")
                 return None
@@ -122,8 +117,6 @@ class Remote:
         """Upload a request (its images, then its entry), create-only; whether it was new."""
         if self.read_only:
             return False
-        import obstore
-
         body_sha256 = str(entry["body_sha256"])
         folder = self._folder(body_sha256)
         if self.has(body_sha256):
@@ -134,9 +127,8 @@ class Remote:
         text = json.dumps(record, sort_keys=True, ensure_ascii=False).encode()
         try:
             for output, path in zip(entry["outputs"], files, strict=True):
-                key = f"{folder}/{output['sha256']}{EXTENSIONS[output['format']]}"
-                _create(obstore, self.store, key, path.read_bytes())
-            return _create(obstore, self.store, f"{folder}/entry.json", text)
+                self.objects.put(_image_key(folder, output), path.read_bytes())
+            return self.objects.put(f"{folder}/entry.json", text)
         except Exception as exc:
             if type(exc).__name__ != "PermissionDeniedError":
                 raise
@@ -146,15 +138,9 @@ class Remote:
             return False
 
 
-def _create(obstore: Any, store: Any, key: str, data: bytes) -> bool:
-    """Put `data` at `key` unless something is there (If-None-Match); whether it was put."""
-    try:
-        obstore.put(store, key, data, mode="create")
-    except Exception as exc:
-        if type(exc).__name__ == "AlreadyExistsError":
-            return False
-        raise
-    return True
+def _image_key(folder: str, output: Mapping[str, Any]) -> str:
+    """An image's key beside its entry: its sha256 and extension."""
+    return f"{folder}/{output['sha256']}{EXTENSIONS[output['format']]}"
 
 
 def _signature(key: bytes, entry: Mapping[str, Any]) -> str:
@@ -194,7 +180,7 @@ def open_remote(url: str, *, read_only: bool = False) -> Remote:
     else:
         raise RemoteError(f"remote {url!r}: use s3://, gs://, az://, file:// or memory://")
     key = os.environ.get(KEY_ENV, "").encode() or None
-    remote = Remote(url, store, read_only=read_only, key=key)
+    remote = Remote(url, RemoteObjects(store), read_only=read_only, key=key)
     remote.probe()
     return remote
 
@@ -217,28 +203,53 @@ def prefetch(cache: Any, bodies: Sequence[str], remote: Remote, workers: int = 8
     return len(found)
 
 
+class BackgroundPush:
+    """Pushes entries as a run records them, from a few threads of its own, so the run never
+    waits for the remote; each push is tried three times, then reported (never fatal)."""
+
+    def __init__(self, remote: Remote, folder: Path, workers: int = 4) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.remote = remote
+        self.folder = folder  # the lock's folder: output paths are relative to it
+        self._pool = ThreadPoolExecutor(max(1, workers), thread_name_prefix="flux-push")
+        self._futures: list[Any] = []
+        self.failed: list[str] = []
+
+    def submit(self, entry: Any) -> None:
+        self._futures.append(self._pool.submit(self._push, entry))
+
+    def _push(self, entry: Any) -> bool:
+        import time
+
+        files = [self.folder / o.path for o in entry.outputs]
+        last: BaseException | None = None
+        for attempt in range(3):
+            try:
+                return self.remote.push(entry_record(entry), files)
+            except Exception as exc:  # noqa: BLE001 - retried, then reported
+                last = exc
+                time.sleep(0.2 * (attempt + 1))
+        self.failed.append(f"{entry.id}: {_said(last) if last else 'failed'}")
+        return False
+
+    def finish(self) -> int:
+        """Wait for every push; how many requests were new to the remote."""
+        self._pool.shutdown(wait=True)
+        return sum(1 for future in self._futures if future.result())
+
+
 def push_entries(
     entries: Sequence[Any], folder: Path, remote: Remote, workers: int = 8
 ) -> tuple[int, list[str]]:
     """Upload lock entries the remote lacks (their images read from under `folder`, the
-    lock's); how many were new, and what failed (a push that fails never fails the run)."""
-    from concurrent.futures import ThreadPoolExecutor
-
+    lock's); how many were new, and what failed."""
     if remote.read_only:
         return 0, []
-    failed: list[str] = []
-
-    def one(entry: Any) -> bool:
-        files = [folder / o.path for o in entry.outputs]
-        try:
-            return remote.push(entry_record(entry), files)
-        except Exception as exc:  # noqa: BLE001 - reported, retried by the next run or push
-            failed.append(f"{entry.id}: {_said(exc)}")
-            return False
-
-    with ThreadPoolExecutor(max(1, workers), thread_name_prefix="flux-remote") as pool:
-        pushed = sum(pool.map(one, entries))
-    return pushed, failed
+    pusher = BackgroundPush(remote, folder, workers)
+    for entry in entries:
+        pusher.submit(entry)
+    return pusher.finish(), pusher.failed
 
 
 def entry_record(entry: Any) -> dict[str, Any]:
