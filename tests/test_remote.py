@@ -93,7 +93,7 @@ def test_pull_brings_a_lock_only_clone_its_images_and_check_passes(
     assert told.stdout.count("the remote cache has it: `flux-pipeline pull") == 6
     pulled = invoke("pull", "--remote", remote_url, str(clone / "spec.yaml"), env=s3.env("reader"))
     assert pulled.exit_code == 0, pulled.output
-    assert "pulled 6 images" in pulled.stdout
+    assert "pulled 6 images" in pulled.stdout and "pull: 6/6" in pulled.stderr  # its progress
     assert images(clone) == images(tmp_path / "a")
     assert invoke("check", str(clone / "spec.yaml")).exit_code == 0
     assert paid(emulator) == 6

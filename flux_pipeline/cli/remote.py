@@ -15,6 +15,16 @@ from .config import configured_remote, project_settings
 from .params import SPECS, WAIT, remote_options
 
 
+def _progress(verb: str) -> Any:
+    """A line on stderr at each tenth of the work (called from the remote's threads)."""
+
+    def said(done: int, total: int) -> None:
+        if done == total or done % max(1, total // 10) == 0:
+            click.echo(f"{verb}: {done}/{total}", err=True)
+
+    return said
+
+
 def _remote(specs: Sequence[Path], options: dict[str, Any]) -> Any:
     found, _ = project_settings(specs[0].parent if specs else Path("."))
     remote = configured_remote(found, options)
@@ -50,7 +60,9 @@ def push(settings: Settings, /, specs: Sequence[Path], **options: Any) -> None:
         spec = settings.load_spec(path)
         lock = read_lock(spec.lock_path)
         entries = list(lock.entries.values()) if lock else []
-        pushed, problems = push_entries(entries, spec.lock_path.parent, remote)
+        pushed, problems = push_entries(
+            entries, spec.lock_path.parent, remote, 8, _progress("push")
+        )
         click.echo(f"{path}: pushed {plural(pushed, 'request')} of {len(entries)} to {remote.url}")
         for problem in problems:
             click.echo(f"  failed {problem}")
@@ -86,7 +98,7 @@ def pull(settings: Settings, /, specs: Sequence[Path], wait: float, **options: A
         with hold_output_folder(
             spec.output, command="pull", spec=spec.path, lock_path=spec.lock_path, wait=wait
         ):
-            pulled, lacking = pull_images(spec, remote)
+            pulled, lacking = pull_images(spec, remote, 8, _progress("pull"))
         click.echo(f"{path}: pulled {plural(pulled, 'image')} from {remote.url}")
         for key in lacking:
             click.echo(f"  not in the remote: {key} (`flux-pipeline run {path}` makes it)")

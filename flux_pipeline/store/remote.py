@@ -21,7 +21,7 @@ import hashlib
 import hmac
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -207,9 +207,16 @@ class BackgroundPush:
     """Pushes entries as a run records them, from a few threads of its own, so the run never
     waits for the remote; each push is tried three times, then reported (never fatal)."""
 
-    def __init__(self, remote: Remote, folder: Path, workers: int = 4) -> None:
+    def __init__(
+        self,
+        remote: Remote,
+        folder: Path,
+        workers: int = 4,
+        on_done: Callable[[], None] | None = None,
+    ) -> None:
         from concurrent.futures import ThreadPoolExecutor
 
+        self.on_done = on_done  # told after each push, from the pushing thread
         self.remote = remote
         self.folder = folder  # the lock's folder: output paths are relative to it
         self._pool = ThreadPoolExecutor(max(1, workers), thread_name_prefix="flux-push")
@@ -224,14 +231,18 @@ class BackgroundPush:
 
         files = [self.folder / o.path for o in entry.outputs]
         last: BaseException | None = None
-        for attempt in range(3):
-            try:
-                return self.remote.push(entry_record(entry), files)
-            except Exception as exc:  # noqa: BLE001 - retried, then reported
-                last = exc
-                time.sleep(0.2 * (attempt + 1))
-        self.failed.append(f"{entry.id}: {_said(last) if last else 'failed'}")
-        return False
+        try:
+            for attempt in range(3):
+                try:
+                    return self.remote.push(entry_record(entry), files)
+                except Exception as exc:  # noqa: BLE001 - retried, then reported
+                    last = exc
+                    time.sleep(0.2 * (attempt + 1))
+            self.failed.append(f"{entry.id}: {_said(last) if last else 'failed'}")
+            return False
+        finally:
+            if self.on_done is not None:
+                self.on_done()
 
     def finish(self) -> int:
         """Wait for every push; how many requests were new to the remote."""
@@ -240,13 +251,17 @@ class BackgroundPush:
 
 
 def push_entries(
-    entries: Sequence[Any], folder: Path, remote: Remote, workers: int = 8
+    entries: Sequence[Any],
+    folder: Path,
+    remote: Remote,
+    workers: int = 8,
+    progress: Callable[[int, int], None] | None = None,
 ) -> tuple[int, list[str]]:
     """Upload lock entries the remote lacks (their images read from under `folder`, the
-    lock's); how many were new, and what failed."""
+    lock's); how many were new, and what failed; `progress(done, total)` as they go."""
     if remote.read_only:
         return 0, []
-    pusher = BackgroundPush(remote, folder, workers)
+    pusher = BackgroundPush(remote, folder, workers, _counter(len(entries), progress))
     for entry in entries:
         pusher.submit(entry)
     return pusher.finish(), pusher.failed
@@ -263,7 +278,9 @@ def entry_record(entry: Any) -> dict[str, Any]:
     }
 
 
-def pull_images(spec: Any, remote: Remote, workers: int = 8) -> tuple[int, list[str]]:
+def pull_images(
+    spec: Any, remote: Remote, workers: int = 8, progress: Callable[[int, int], None] | None = None
+) -> tuple[int, list[str]]:
     """Write every image the spec's lock names that is missing or altered here, from the
     remote, each checked against the lock's sha256 (the caller holds the output folder).
     How many were written, and the requests the remote lacks."""
@@ -280,8 +297,18 @@ def pull_images(spec: Any, remote: Remote, workers: int = 8) -> tuple[int, list[
         for entry in (lock.entries.values() if lock else ())
         if any(not _sound(folder / o.path, o.sha256, sha256_file) for o in entry.outputs)
     ]
+
+    done = _counter(len(wanted), progress)
+
+    def fetch(entry: Any) -> Found | None:
+        try:
+            return remote.fetch(entry.body_sha256)
+        finally:
+            if done is not None:
+                done()
+
     with ThreadPoolExecutor(max(1, workers), thread_name_prefix="flux-remote") as pool:
-        found = list(pool.map(lambda e: remote.fetch(e.body_sha256), wanted))
+        found = list(pool.map(fetch, wanted))
     written, lacking = 0, []
     cache = OutputCache(spec.output)
     for entry, item in zip(wanted, found, strict=True):
@@ -383,3 +410,19 @@ def collect_garbage(remote: Remote, keep: set[str], *, delete: bool) -> list[str
     if delete and doomed:
         obstore.delete(remote.store, doomed)
     return doomed
+
+
+def _counter(total: int, progress: Callable[[int, int], None] | None) -> Callable[[], None] | None:
+    """A thread-safe `done()` that tells `progress(done, total)`."""
+    if progress is None:
+        return None
+    import threading
+
+    lock, count = threading.Lock(), [0]
+
+    def done() -> None:
+        with lock:
+            count[0] += 1
+            progress(count[0], total)
+
+    return done
