@@ -23,7 +23,7 @@ import yaml
 ROOT = Path(__file__).parents[1]
 ACTION = "flux-pipeline/flux-pipeline@main"
 _EXPRESSION = re.compile(r"\$\{\{(.*?)\}\}")
-_NAME = re.compile(r"\b(inputs|env|matrix|secrets|github|vars)\.([A-Za-z_][\w-]*)")
+_NAME = re.compile(r"\b(inputs|env|matrix|secrets|github)\.([A-Za-z_][\w-]*)")
 _STATUS = ("success()", "failure()", "always()", "cancelled()")
 
 
@@ -36,7 +36,6 @@ class Runner:
     event: str = "push"
     secrets: dict[str, str] = field(default_factory=dict)
     env: dict[str, str] = field(default_factory=dict)  # the machine's (e.g. the emulator's URL)
-    vars: dict[str, str] = field(default_factory=dict)  # the repository's variables (`vars.X`)
     ran: list[str] = field(default_factory=list)  # the commands run, for the test to read
     failed: bool = False  # the current job has a failed step
     failures: list[str] = field(default_factory=list)  # what failed, for the test to read
@@ -81,13 +80,7 @@ class Runner:
         """Run a workflow job's steps (checkout is the workspace already there); whether the
         job succeeded."""
         self.failed = False
-        scope = {
-            "env": workflow_env,
-            "matrix": matrix,
-            "secrets": self.secrets,
-            "inputs": {},
-            "vars": self.vars,
-        }
+        scope = {"env": workflow_env, "matrix": matrix, "secrets": self.secrets, "inputs": {}}
         for step in job["steps"]:
             if not self.should_run(step.get("if"), scope):
                 continue

@@ -244,7 +244,7 @@ def test_gc_deletes_only_what_no_named_lock_reaches(
 
 def _entries(remote_url: str) -> int:
     """How many requests the remote holds (listed: a test may)."""
-    from flux_pipeline.store.remote import collect_garbage
+    from flux_pipeline.store.remote_gc import collect_garbage
 
     return len(
         {key.split("/")[2] for key in collect_garbage(open_remote(remote_url), set(), delete=False)}

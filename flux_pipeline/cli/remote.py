@@ -140,7 +140,7 @@ def gc(keep_locks: Sequence[Path], keep_ref: Sequence[str], yes: bool, **options
 
     Exit 0; 2 when the remote cannot be used or nothing is named to keep.
     """
-    from ..store.remote import collect_garbage, reachable
+    from ..store.remote_gc import collect_garbage, reachable
 
     if not keep_locks and not keep_ref:
         raise ConfigError("name what to keep: --keep LOCK or --keep-ref REF (nothing is assumed)")
