@@ -15,11 +15,11 @@ from ..errors import ConfigError
 from ..language.assets import has_assets
 from ..language.expansion import Request
 from ..language.spec import Spec
-from ..store.delivery import deliver
+from ..store.delivery import deliver_when_needed
 from ..store.lock import Entry, Lock, ShardStamp
 from ..store.planning import Plan, PlanItem, RequestState, all_up_to_date, plan
 from ..store.shards import current_lock, made_from
-from ..store.writer_lock import FOLDER, hold_output_folder
+from ..store.writer_lock import FOLDER
 from .options import RunOptions
 from .recovery import FILE_NAME
 from .results import RequestResult, RunResult, Status
@@ -148,9 +148,7 @@ def nothing_to_do(spec: Spec, requests: Sequence[Request], options: RunOptions) 
         return None
     skipped = tuple(RequestResult(r.id, Status.SKIPPED) for r in requests)
     delivered = None
-    if has_assets(spec):  # delivery needs no network: done here, under the folder's lock
-        with hold_output_folder(
-            spec.output, command="run", spec=spec.path, lock_path=spec.lock_path, wait=options.wait
-        ):
-            delivered = deliver(spec, requests, force=options.force_assets, prune=options.prune)
+    if has_assets(spec):  # delivery needs no network: done here
+        force = options.force_assets
+        delivered = deliver_when_needed(spec, requests, force=force, wait=options.wait)
     return RunResult(spec=spec, results=skipped, seconds=0.0, delivery=delivered)

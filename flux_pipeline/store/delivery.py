@@ -377,3 +377,21 @@ def _prune(spec: Spec, assets: Assets) -> tuple[str, ...]:
             target.unlink()
             pruned.append(posixpath.normpath(path))
     return tuple(pruned)
+
+
+def deliver_when_needed(
+    spec: Spec, requests: Sequence[Request], *, force: bool = False, wait: float = 0.0
+) -> Delivery:
+    """`deliver`, taking the output folder's writer lock only when a file is to be written:
+    a run with nothing to do neither waits for another run nor writes anything."""
+    from .writer_lock import hold_output_folder
+
+    assets = assess(spec, requests, read_lock(spec.lock_path))
+    edited = tuple(f.path for f in assets.files if f.status is FileStatus.EDITED)
+    writes = any(f.status is FileStatus.DELIVER for f in assets.files) or (force and edited)
+    if not writes:
+        return Delivery(assets, refused=edited)
+    with hold_output_folder(
+        spec.output, command="run", spec=spec.path, lock_path=spec.lock_path, wait=wait
+    ):
+        return deliver(spec, requests, force=force)
