@@ -404,3 +404,21 @@ def test_the_python_api_picks_and_lists_the_delivered_assets(tmp_path: Path) -> 
     assert picks.get("badge").note == "the round one"
     second = flux_pipeline.run(spec, emulator=True)
     assert second.assets == ("site/badge.png",) and second.ok
+
+
+def test_a_run_with_nothing_to_deliver_does_not_wait_for_the_folders_writer(
+    icons: Path, emulator: EmulatorServer
+) -> None:
+    from flux_pipeline.store.writer_lock import hold_output_folder
+
+    run(emulator.url, icons)  # delivered
+    spec = icons
+    output = icons.parent / "out/icons"
+    with hold_output_folder(
+        output, command="run", spec=spec, lock_path=icons.with_name("icons.lock.json")
+    ):
+        again = run(emulator.url, icons)  # another writer holds the folder: nothing to do
+        assert again.exit_code == 0, again.output  # type: ignore[attr-defined]
+        (icons.parent / "assets/icons/gear-64.png").unlink()
+        busy = run(emulator.url, icons)  # now a file is to be written: the folder is needed
+        assert busy.exit_code == 2  # type: ignore[attr-defined]
