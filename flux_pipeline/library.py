@@ -6,17 +6,18 @@ import dataclasses
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .language.assets import slots_of
 from .language.expansion import Request, expand
 from .language.spec import Spec, load_spec
 from .language.validation import validate
 from .running.results import RunResult, Status
-from .store.delivery import Assets, Delivery, assess
 from .store.lock import read_lock
-from .store.picks import Picks, choose
 from .store.planning import Plan, plan
+
+if TYPE_CHECKING:  # imported when used: `validate` and a run with nothing to do stay quick
+    from .store.delivery import Assets, Delivery
+    from .store.picks import Picks
 
 __all__ = [
     "Assets",
@@ -127,6 +128,18 @@ def _run(
     return run_spec(spec, base_url=url, api_key=key, options=settings)
 
 
+def __getattr__(name: str) -> Any:
+    if name in ("Assets", "Delivery"):
+        from .store import delivery
+
+        return getattr(delivery, name)
+    if name == "Picks":
+        from .store.picks import Picks
+
+        return Picks
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def _spec(spec: Spec | str | Path) -> Spec:
     return spec if isinstance(spec, Spec) else load_spec(spec)
 
@@ -138,6 +151,9 @@ def assets(
     why it has none usable: unpicked, stale, waiting for a run), each file's state. `every`:
     a spec without `assets:` has a slot per combination (its variants), as `pick` and the
     review page see it."""
+    from .language.assets import slots_of
+    from .store.delivery import assess
+
     spec = _spec(spec)
     if requests is None:
         requests = validate(spec)
@@ -157,6 +173,8 @@ def pick(
     """Pick `candidate` (a request's name, `NAME:N` for its Nth image) for an asset slot, in
     SPEC.picks.yaml: the next `run` or `deliver` delivers it. Also: reject candidates, note
     why, or clear the slot. The candidate must have been generated."""
+    from .store.picks import choose
+
     spec = _spec(spec)
     return choose(spec, validate(spec), slot, candidate, reject=reject, note=note, clear=clear)
 

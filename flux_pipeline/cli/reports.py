@@ -6,14 +6,17 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
 
 from ..errors import plural
 from ..provider.prices import price_table
 from ..provider.registry import SIZE_OF_INPUT, Model
-from ..review.compare import CheckReport, LockDiff
 from ..running.results import RunResult, Status
-from ..store.delivery import Assets, FileState, SlotStatus
 from ..store.planning import Plan, PlanItem
+
+if TYPE_CHECKING:  # a run's summary needs neither: a run with nothing to do stays quick
+    from ..review.compare import CheckReport, LockDiff
+    from ..store.delivery import Assets, FileState
 
 
 def table(rows: Sequence[Sequence[str]], right: frozenset[int] = frozenset()) -> str:
@@ -255,7 +258,7 @@ def slots_text(assets: Assets) -> str:
     for state in assets.slots:
         slot = state.slot
         said = str(state.status)
-        if state.pick.candidate and state.status is not SlotStatus.UNPICKED:
+        if state.pick.candidate and state.status.value != "unpicked":
             said = f"{said}: {state.pick.candidate}"
         if state.reason:
             said += f" ({state.reason})"

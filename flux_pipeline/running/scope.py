@@ -15,7 +15,6 @@ from ..errors import ConfigError
 from ..language.assets import has_assets
 from ..language.expansion import Request
 from ..language.spec import Spec
-from ..store.delivery import deliver_when_needed
 from ..store.lock import Entry, Lock, ShardStamp
 from ..store.planning import Plan, PlanItem, RequestState, all_up_to_date, plan
 from ..store.shards import current_lock, made_from
@@ -149,6 +148,8 @@ def nothing_to_do(spec: Spec, requests: Sequence[Request], options: RunOptions) 
     skipped = tuple(RequestResult(r.id, Status.SKIPPED) for r in requests)
     delivered = None
     if has_assets(spec):  # delivery needs no network: done here
+        from ..store.delivery import deliver_when_needed
+
         force = options.force_assets
         delivered = deliver_when_needed(spec, requests, force=force, wait=options.wait)
     return RunResult(spec=spec, results=skipped, seconds=0.0, delivery=delivered)

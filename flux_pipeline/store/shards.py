@@ -9,15 +9,18 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import ConfigError, LockError
 from ..language.assets import has_assets
 from ..language.expansion import Request
 from ..language.spec import Spec
 from ..language.validation import validate
-from .delivery import Delivery, deliver
 from .lock import Entry, Lock, ShardStamp, read_lock, write_lock
 from .writer_lock import hold_output_folder
+
+if TYPE_CHECKING:
+    from .delivery import Delivery
 
 
 def shard_of(request_id: str, count: int) -> int:
@@ -120,7 +123,11 @@ def _merge(spec: Spec, partial: bool) -> MergeResult:
     _remove(paths)
     merged = tuple((path, len(lock.entries)) for path, lock in locks.items())
     # Shards deliver nothing (each holds part of the images): the merged lock does.
-    delivered = deliver(spec, requests) if has_assets(spec) else None
+    delivered = None
+    if has_assets(spec):
+        from .delivery import deliver
+
+        delivered = deliver(spec, requests)
     return MergeResult(merged, len(entries), missing, delivered)
 
 
