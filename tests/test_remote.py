@@ -306,3 +306,62 @@ def test_a_push_that_fails_is_retried_then_reported_and_the_run_still_succeeds(
     again = flux_pipeline.run(spec, base_url=emulator.url, api_key="k", remote=remote)
     assert again.ok and again.pushed == 0  # the run's own result does not fail
     assert len(again.remote_problems) == 6 and "the network is down" in again.remote_problems[0]
+
+
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGKILL"])
+def test_a_run_with_a_remote_killed_mid_way_then_rerun_and_cloned_pays_each_body_once(
+    tmp_path: Path, emulator: EmulatorServer, signame: str
+) -> None:
+    """Killed after an answer arrived (billed), rerun, then a clone with the same remote:
+    the emulator billed every body exactly once, and every image the lock names is sound."""
+    import subprocess
+    import sys
+    from collections import Counter
+
+    from faults.test_faults_kill import WRAPPER
+
+    from flux_pipeline.store.atomic import sha256_file
+
+    url = f"file://{tmp_path / 'remote'}"
+    emulator.emulator.configure(latency=(0.02, 0.02))
+    spec = write_spec(tmp_path / "a", SPEC)
+    killed = subprocess.run(
+        [sys.executable, "-c", WRAPPER, "after-response", signame, "run", "--base-url",
+         emulator.url, "-j", "1", "--remote", url, str(spec)],
+        env={"AIMLAPI_KEY": "k", "PATH": "/usr/bin:/bin"},
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert killed.returncode != 0 and "Traceback" not in killed.stderr
+    rerun = run(emulator, spec, {}, "--remote", url)
+    assert rerun.exit_code == 0, rerun.output  # type: ignore[attr-defined]
+    before_clone = Counter(emulator.emulator.counters.paid_bodies)
+    clone = write_spec(tmp_path / "b", SPEC)
+    cloned = run(emulator, clone, {}, "--remote", url)
+    assert cloned.exit_code == 0, cloned.output  # type: ignore[attr-defined]
+    bills = Counter(emulator.emulator.counters.paid_bodies)
+    assert bills == before_clone and len(bills) == 6  # the clone paid nothing
+    # As the kill matrix says: an answer that arrived as SIGKILL landed was never written
+    # anywhere, so its body may be paid once more; nothing else ever is.
+    twice = [body for body, n in bills.items() if n > 1]
+    assert len(twice) <= (1 if signame == "SIGKILL" else 0) and max(bills.values()) <= 2
+    for folder in (spec.parent, clone.parent):
+        lock = read_lock(folder / "spec.lock.json")
+        assert lock is not None and len(lock.entries) == 6
+        for entry in lock.entries.values():
+            assert all(sha256_file(folder / o.path) == o.sha256 for o in entry.outputs)
+
+
+def test_entries_a_run_did_not_push_are_pushed_by_the_next_run_with_work(
+    tmp_path: Path, emulator: EmulatorServer
+) -> None:
+    """What reached the lock but not the remote (a run killed before its pushes finished, or
+    one that only read) is pushed by the next run that has work: a clone pays nothing."""
+    url = f"file://{tmp_path / 'remote'}"
+    spec = write_spec(tmp_path / "a", SPEC)
+    first = run(emulator, spec, {}, "--remote", url, "--remote-read-only", "--only", "kettle-*")
+    assert first.exit_code == 0 and _entries(url) == 0  # type: ignore[attr-defined]
+    second = run(emulator, spec, {}, "--remote", url)  # the other four, and the first two
+    assert "pushed 6 requests" in second.stdout  # type: ignore[attr-defined]
+    clone = write_spec(tmp_path / "b", SPEC)
+    assert run(emulator, clone, {}, "--remote", url).exit_code == 0  # type: ignore[attr-defined]
+    assert paid(emulator) == 6

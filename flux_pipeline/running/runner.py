@@ -20,7 +20,7 @@ import contextlib
 import dataclasses
 import signal
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import Any, TypeVar
 
 from ..errors import ConfigError, Terminated
@@ -31,14 +31,14 @@ from ..language.validation import output_stems
 from ..provider.client import make_http_client
 from ..provider.pacing import Rate
 from ..provider.redaction import Redactor, clean_key
-from ..store.cache import OutputCache
+from ..store.cache import OutputCache, Pushed
 from ..store.delivery import deliver
-from ..store.lock import Lock, repair_lock
+from ..store.lock import Entry, Lock, repair_lock
 from ..store.output_folder import OutputFolder
 from ..store.planning import Plan, RequestState, plan
 from ..store.remote import BackgroundPush, prefetch
 from ..store.shards import current_lock
-from ..store.writer_lock import hold_output_folder
+from ..store.writer_lock import FOLDER, hold_output_folder
 from .budget import cost_notices
 from .keeper import LockKeeper
 from .options import RunOptions
@@ -108,10 +108,7 @@ async def run_async(
             entries = old.entries.values() if old else ()
             for line in cost_notices(models, files.ratios, options.prices, entries):
                 say(line)
-        remote = options.remote
-        pusher = None
-        if remote is not None and not remote.read_only:  # pushed as the run records them
-            pusher = BackgroundPush(remote, spec.lock_path.parent)
+        pusher = _pusher(spec, scope.entries, options)
         keeper = LockKeeper(
             spec.name,
             scope.lock_path,
@@ -141,6 +138,20 @@ async def run_async(
         return result
     pushed = await asyncio.to_thread(pusher.finish)
     return dataclasses.replace(result, pushed=pushed, remote_problems=tuple(pusher.failed))
+
+
+def _pusher(spec: Spec, entries: Mapping[str, Entry], options: RunOptions) -> BackgroundPush | None:
+    """What pushes the run's entries to a writable remote as they are recorded, starting with
+    the lock's entries no run has pushed yet (one killed before its pushes finished)."""
+    remote = options.remote
+    if remote is None or remote.read_only:
+        return None
+    known = Pushed(spec.output / FOLDER, remote.url)
+    pusher = BackgroundPush(remote, spec.lock_path.parent, pushed=known)
+    for entry in entries.values():
+        if entry.body_sha256 not in known:
+            pusher.submit(entry)
+    return pusher
 
 
 def run(

@@ -17,6 +17,7 @@ records in another home with the same verbs (`objects.RemoteObjects`).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import time
@@ -223,3 +224,35 @@ class HashIndex:
             with contextlib.suppress(OSError):
                 write_atomic(self.path, json.dumps(self._entries).encode(), durable=False)
             self._changed = False
+
+
+class Pushed:
+    """The bodies this output folder knows the remote holds, appended as pushes succeed
+    (`.flux-cache/pushed-<url hash>.txt`): a run pushes what an earlier run recorded in the
+    lock but was killed before pushing, and nothing twice."""
+
+    def __init__(self, cache_root: Path, url: str) -> None:
+        import threading
+
+        name = hashlib.sha256(url.encode()).hexdigest()[:16]
+        self.path = cache_root / f"pushed-{name}.txt"
+        try:
+            self._known = set(self.path.read_text(encoding="utf-8").split())
+        except OSError:
+            self._known = set()
+        self._lock = threading.Lock()
+
+    def __contains__(self, body_sha256: object) -> bool:
+        return body_sha256 in self._known
+
+    def add(self, body_sha256: str) -> None:
+        with self._lock:
+            if body_sha256 in self._known:
+                return
+            self._known.add(body_sha256)
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                with self.path.open("a", encoding="utf-8") as handle:
+                    handle.write(body_sha256 + "\n")
+            except OSError:
+                pass  # only a saving: the next run asks the remote again

@@ -213,10 +213,12 @@ class BackgroundPush:
         folder: Path,
         workers: int = 4,
         on_done: Callable[[], None] | None = None,
+        pushed: Any = None,  # a cache.Pushed
     ) -> None:
         from concurrent.futures import ThreadPoolExecutor
 
         self.on_done = on_done  # told after each push, from the pushing thread
+        self.pushed = pushed  # what is known to be there, kept up to date
         self.remote = remote
         self.folder = folder  # the lock's folder: output paths are relative to it
         self._pool = ThreadPoolExecutor(max(1, workers), thread_name_prefix="flux-push")
@@ -234,7 +236,10 @@ class BackgroundPush:
         try:
             for attempt in range(3):
                 try:
-                    return self.remote.push(entry_record(entry), files)
+                    new = self.remote.push(entry_record(entry), files)
+                    if self.pushed is not None and not self.remote.read_only:
+                        self.pushed.add(entry.body_sha256)  # there now, new or not
+                    return new
                 except Exception as exc:  # noqa: BLE001 - retried, then reported
                     last = exc
                     time.sleep(0.2 * (attempt + 1))
