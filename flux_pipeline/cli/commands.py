@@ -118,8 +118,7 @@ def plan(
     from .reports import assets_table, plan_table
 
     plans: list[dict[str, Any]] = []
-    found_settings, _ = project_settings(specs[0].parent if specs else Path("."))
-    remote = configured_remote(found_settings, options, lambda line: click.echo(line, err=True))
+    remote = configured_remote(specs, options)
 
     def work(path: Path) -> None:
         found, source = project_settings(path.parent)
@@ -184,8 +183,7 @@ def check(
 
     reports: list[Any] = []
     stale = False
-    found, _ = project_settings(specs[0].parent if specs else Path("."))
-    remote = configured_remote(found, options, lambda line: click.echo(line, err=True))
+    remote = configured_remote(specs, options)
 
     def work(path: Path) -> None:
         nonlocal stale

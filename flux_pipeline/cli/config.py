@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -72,17 +72,22 @@ def prices(
     return found, origin
 
 
-def configured_remote(settings: Mapping[str, Any], options: dict[str, Any], say: Any = None) -> Any:
-    """The remote cache the options and settings name, opened and checked (popping the
-    remote options from `options`); None when there is none. RemoteError (exit 2) when it
-    cannot be used, unless --remote-optional (then a warning)."""
+def configured_remote(
+    specs: Sequence[Path], options: dict[str, Any], *, read_only: bool = False
+) -> Any:
+    """The remote cache the options (popped from `options`), FLUX_PIPELINE_REMOTE or the
+    project's settings name, opened and checked; None when there is none. RemoteError
+    (exit 2) when it cannot be used, unless --remote-optional (then a warning on stderr)."""
     import os
+
+    import click
 
     from ..store.remote import REMOTE_ENV, RemoteError, open_remote
 
+    settings, _ = project_settings(specs[0].parent if specs else Path("."))
     url = options.pop("remote_url", None)
     no_remote = options.pop("no_remote", False)
-    read_only = options.pop("remote_read_only", False)
+    read_only = options.pop("remote_read_only", False) or read_only
     optional = options.pop("remote_optional", False)
     url = url or os.environ.get(REMOTE_ENV) or settings.get("remote")
     if no_remote or not url:
@@ -92,6 +97,5 @@ def configured_remote(settings: Mapping[str, Any], options: dict[str, Any], say:
     except RemoteError as exc:
         if not optional:
             raise
-        if say is not None:
-            say(f"warning: {exc}; going on without it (--remote-optional)")
+        click.echo(f"warning: {exc}; going on without it (--remote-optional)", err=True)
         return None

@@ -11,7 +11,7 @@ import click
 
 from ..errors import EXIT_FAILED, ConfigError, plural
 from .app import Settings, cli, each_spec, pass_settings
-from .config import configured_remote, project_settings
+from .config import configured_remote
 from .params import SPECS, WAIT, remote_options
 
 
@@ -26,8 +26,7 @@ def _progress(verb: str) -> Any:
 
 
 def _remote(specs: Sequence[Path], options: dict[str, Any]) -> Any:
-    found, _ = project_settings(specs[0].parent if specs else Path("."))
-    remote = configured_remote(found, options)
+    remote = configured_remote(specs, options)
     if remote is None:
         raise ConfigError(
             "no remote cache: pass --remote URL, set FLUX_PIPELINE_REMOTE, or `remote` in "

@@ -197,7 +197,6 @@ def run(
     from ..running.scope import todo, unmatched_only
     from .reports import dry_run_lines
 
-    settings_found, _ = project_settings(specs[0].parent if specs else Path("."))
     remote = {k: options.pop(k) for k in REMOTE_KEYS}
     run_options = _run_options(specs, options)
     loaded = []
@@ -216,7 +215,9 @@ def run(
     key = clean_key(os.environ.get(API_KEY_ENV, ""), API_KEY_ENV)
     if _all_up_to_date(loaded, run_options):
         return  # nothing to send: no emulator, no network library
-    run_options = dataclasses.replace(run_options, remote=_remote(settings_found, remote, emulator))
+    # An emulator's images must never reach a team's cache: an emulator run only reads it.
+    found = configured_remote(specs, remote, read_only=emulator)
+    run_options = dataclasses.replace(run_options, remote=found)
     if emulator:
         from ..emulator import EmulatorServer
 
@@ -224,13 +225,6 @@ def run(
             _run_all(loaded, server.url, key or "emulator", run_options)
     else:
         _run_all(loaded, base_url, key, run_options)
-
-
-def _remote(settings: dict[str, Any], options: dict[str, Any], emulator: bool) -> Any:
-    """The run's remote cache, if one is configured; an emulator's images must never reach a
-    team's cache, so an emulator run only reads it."""
-    options["remote_read_only"] = options["remote_read_only"] or emulator
-    return configured_remote(settings, options, lambda line: click.echo(line, err=True))
 
 
 def _run_options(specs: Sequence[Path], options: dict[str, Any]) -> Any:
